@@ -1,1 +1,159 @@
-//! TODO
+//! Path resolution that cannot leave the root, and race-free directory creation.
+//!
+//! Every path is opened relative to a directory handle with `openat2`. A storage path is resolved
+//! with `RESOLVE_IN_ROOT`, so a symlink there behaves as it will after switch-root and stays inside
+//! the root. Below a storage, and on the root side of a mount point, no symlink is followed at all:
+//! a user who owns a persistent directory must not be able to steer our next `mkdir`/`chown`
+//! through a link into a root-owned place.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{
+    AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags, fchmod, fchown, fstat,
+    mkdirat, openat2, readlinkat, statx,
+};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+
+const DIR_PATH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+const DIR_READ: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+const STRICT: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
+
+/// Opens the root directory everything else is resolved from.
+pub fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(root, DIR_PATH, Mode::empty())
+}
+
+/// Opens a directory inside the root, following symlinks the way they resolve after switch-root.
+pub fn open_in_root(root: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
+    openat2(root, relative(path), DIR_PATH, Mode::empty(), IN_ROOT)
+}
+
+/// Opens a regular file inside the root for reading, symlinks resolved within the root.
+pub fn read_in_root(root: impl AsFd, path: &str) -> Result<Vec<u8>, Errno> {
+    let fd = openat2(
+        root,
+        relative(path),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut data)
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+    Ok(data)
+}
+
+/// Opens a directory below `dir` in one call, refusing every symlink on the way.
+pub fn open_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
+    openat2(dir, relative(path), DIR_PATH, Mode::empty(), STRICT)
+}
+
+/// Opens one child directory, refusing a symlink; the handle can be chowned and chmodded.
+pub fn open_child(dir: impl AsFd, name: &str) -> Result<OwnedFd, Errno> {
+    openat2(dir, name, DIR_READ, Mode::empty(), STRICT)
+}
+
+/// Opens one child directory as a path handle (enough to walk and stat, works without read access).
+pub fn open_child_path(dir: impl AsFd, name: &str) -> Result<OwnedFd, Errno> {
+    openat2(
+        dir,
+        name,
+        DIR_PATH | OFlags::NOFOLLOW,
+        Mode::empty(),
+        STRICT,
+    )
+}
+
+/// Creates one child directory, private to root until [`set_owner_mode`] gives its real attributes.
+pub fn make_child(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    mkdirat(dir, name, Mode::from_raw_mode(0o700))
+}
+
+/// Gives a directory we just created its owner, then its mode (chown clears set-id bits).
+pub fn set_owner_mode(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), Errno> {
+    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    fchmod(&fd, Mode::from_raw_mode(mode))
+}
+
+/// Owner, mode and identity of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub is_dir: bool,
+}
+
+pub fn meta(fd: impl AsFd) -> Result<Meta, Errno> {
+    let st = fstat(fd)?;
+    Ok(Meta {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        is_dir: st.st_mode & 0o170_000 == 0o040_000,
+    })
+}
+
+/// What stands at a name that could not be opened as a directory.
+pub enum Obstacle {
+    Missing,
+    Symlink(String),
+    NotADirectory,
+    Other(Errno),
+}
+
+/// Explains why opening `name` below `dir` as a directory failed.
+pub fn diagnose(dir: impl AsFd, name: &str, errno: Errno) -> Obstacle {
+    match errno {
+        Errno::NOENT => Obstacle::Missing,
+        Errno::LOOP | Errno::NOTDIR | Errno::XDEV => match readlinkat(&dir, name, Vec::new()) {
+            Ok(target) => Obstacle::Symlink(target.to_string_lossy().into_owned()),
+            Err(_) if errno == Errno::NOTDIR => Obstacle::NotADirectory,
+            Err(_) => Obstacle::Other(errno),
+        },
+        other => Obstacle::Other(other),
+    }
+}
+
+/// True when the open directory is the root of a mount, not just a directory on its parent's fs.
+pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
+    let stx = statx(
+        &fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    );
+    match stx {
+        Ok(stx)
+            if stx
+                .stx_attributes_mask
+                .contains(StatxAttributes::MOUNT_ROOT) =>
+        {
+            Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+        }
+        Ok(_) | Err(Errno::NOSYS) => {
+            // Kernels before 5.8: a mount root has another device than its parent, or is `/`.
+            let parent = openat2(&fd, "..", DIR_PATH, Mode::empty(), ResolveFlags::empty())?;
+            let (here, up) = (fstat(&fd)?, fstat(&parent)?);
+            Ok(here.st_dev != up.st_dev || here.st_ino == up.st_ino)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Strips the leading slash: openat2 resolves relative to the handle (or the root, for IN_ROOT).
+fn relative(path: &str) -> &str {
+    let trimmed = path.trim_start_matches('/');
+    if trimmed.is_empty() { "." } else { trimmed }
+}

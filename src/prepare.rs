@@ -1,5 +1,1140 @@
-//! TODO: apply/check engine.
+//! `apply` and `check`: bring the storages in line with the manifest, or report how far they are.
+//!
+//! Both share one walk over the manifest so that `check` and `--dry-run` report exactly what
+//! `apply` would do. Per storage: verify its mount, make the storage directory, then for each
+//! entry make the source below the storage and the mount point on the root, parents first.
+//! Nothing that exists is ever changed; a difference is reported as drift.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Instant;
+
+use rustix::io::Errno;
+use serde_json::{Value, json};
+
 use crate::Options;
+use crate::deferred::{self, Pending};
 use crate::exit::Exit;
-pub fn apply(_o: &Options) -> Exit { Exit::Ok }
-pub fn check(_o: &Options) -> Exit { Exit::Ok }
+use crate::fs::{self, Meta, Obstacle};
+use crate::manifest::{self, Attrs, Entry, Kind, Owner, Storage};
+use crate::mode;
+use crate::owner::{Db, Resolver};
+use crate::report;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Apply,
+    DryRun,
+    Check,
+}
+
+pub fn apply(options: &Options) -> Exit {
+    run(
+        options,
+        if options.dry_run {
+            Run::DryRun
+        } else {
+            Run::Apply
+        },
+    )
+}
+
+pub fn check(options: &Options) -> Exit {
+    run(options, Run::Check)
+}
+
+/// How paths under the root are shown: `/sysroot/nix/persist`, or `/nix/persist` for `/`.
+pub fn root_display(root: &Path) -> String {
+    let text = root.to_string_lossy();
+    let trimmed = text.trim_end_matches('/');
+    trimmed.to_owned()
+}
+
+/// A directory that was (or would be) created.
+struct Made {
+    path: String,
+    attrs: Attrs,
+    deferred: bool,
+}
+
+/// Why an entry could not be completed.
+enum Problem {
+    Symlink {
+        path: String,
+        target: String,
+    },
+    NotADirectory {
+        path: String,
+    },
+    Errno {
+        action: &'static str,
+        path: String,
+        errno: Errno,
+    },
+    Replaced {
+        path: String,
+    },
+}
+
+impl Problem {
+    fn state(&self) -> &'static str {
+        match self {
+            Problem::Symlink { .. } => "symlink",
+            Problem::NotADirectory { .. } => "not-a-directory",
+            Problem::Errno { .. } | Problem::Replaced { .. } => "error",
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Problem::Symlink { path, .. }
+            | Problem::NotADirectory { path }
+            | Problem::Errno { path, .. }
+            | Problem::Replaced { path } => path,
+        }
+    }
+
+    /// What went wrong, why, and the fix, in one sentence each.
+    fn explain(&self) -> (String, String) {
+        match self {
+            Problem::Symlink { path, target } => (
+                format!(
+                    "{path} is a symlink (-> {target}); persist-prep follows no symlink below a storage or on the root side of a bind mount, so that no link can steer a mkdir or chown outside"
+                ),
+                "replace the symlink with a real directory (or remove it), or declare the entry at the place the link points to".into(),
+            ),
+            Problem::NotADirectory { path } => (
+                format!("{path} exists but is not a directory"),
+                "move the file away (persist-prep never replaces anything), then run `persist-prep apply` again".into(),
+            ),
+            Problem::Errno { action, path, errno } => (
+                format!("cannot {action} {path}: {}", report::errno_words(*errno)),
+                report::errno_fix(*errno).into(),
+            ),
+            Problem::Replaced { path } => (
+                format!("{path} changed while persist-prep was creating it (it is not the directory just made)"),
+                "find out what else writes there during boot, then run `persist-prep apply` again".into(),
+            ),
+        }
+    }
+}
+
+/// Where an entry ended up.
+enum State {
+    Present,
+    Created,
+    /// Would be created (`--dry-run`), or is missing (`check`).
+    Missing,
+    Drift {
+        declared: String,
+        actual: String,
+    },
+    Deferred,
+    /// Exists, but its owner names cannot be resolved, so it cannot be judged (`check`).
+    Unresolvable(String),
+    Failed(Problem),
+    Skipped(&'static str),
+}
+
+struct EntryResult<'m> {
+    entry: &'m Entry,
+    storage: &'m str,
+    state: State,
+    made: Vec<Made>,
+    actual: Option<Meta>,
+}
+
+struct StorageResult<'m> {
+    storage: &'m Storage,
+    /// ok, created, missing, not-mounted, error
+    state: &'static str,
+    message: Option<String>,
+    entries: Vec<EntryResult<'m>>,
+}
+
+/// Which side of the bind mount a walk is on.
+#[derive(Clone, Copy)]
+enum Side<'s> {
+    Storage(&'s str),
+    Root,
+}
+
+struct Walker<'a> {
+    run: Run,
+    root: BorrowedFd<'a>,
+    root_display: String,
+    resolver: Resolver<'a>,
+    record: deferred::Record,
+    new_pending: Vec<Pending>,
+}
+
+fn run(options: &Options, run: Run) -> Exit {
+    let start = Instant::now();
+    let manifest = match manifest::load(&options.manifest) {
+        Ok(manifest) => manifest,
+        Err(errors) => {
+            manifest::report_invalid(options, &errors);
+            if options.json {
+                report::print_json(
+                    &json!({"version": 1, "command": command_name(run), "valid": false, "errors": errors}),
+                );
+            }
+            return Exit::InvalidManifest;
+        }
+    };
+    let root = match fs::open_root(&options.root) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            log::error!(
+                "cannot open the root {}: {}; fix: pass the mounted real root with --root (in the initrd it is /sysroot)",
+                options.root.display(),
+                report::errno_words(errno)
+            );
+            return Exit::Failed;
+        }
+    };
+    let record = deferred::load(&options.state_dir).unwrap_or_else(|message| {
+        log::warn!("{message}");
+        deferred::Record::default()
+    });
+    let mut walker = Walker {
+        run,
+        root: root.as_fd(),
+        root_display: root_display(&options.root),
+        resolver: Resolver::new(root.as_fd()),
+        record,
+        new_pending: Vec::new(),
+    };
+    let results: Vec<StorageResult> = manifest
+        .storages
+        .iter()
+        .map(|s| walker.storage(s))
+        .collect();
+    let mut exit = Exit::Ok;
+    if run == Run::Apply && !walker.new_pending.is_empty() {
+        let mut record = std::mem::take(&mut walker.record);
+        deferred::merge(&mut record, std::mem::take(&mut walker.new_pending));
+        if let Err(message) = deferred::save(&options.state_dir, &record) {
+            log::error!("{message}; the deferred owners will not be finished");
+            exit = Exit::Failed;
+        }
+    }
+    let counts = Counts::of(&results);
+    if counts.failed + counts.skipped > 0
+        || results
+            .iter()
+            .any(|s| matches!(s.state, "error" | "not-mounted"))
+        || (run == Run::Check && counts.not_ok > 0)
+    {
+        exit = Exit::Failed;
+    }
+    let elapsed = report::elapsed_ms(start);
+    if run == Run::Check && !options.json {
+        print_table(&results, &walker.root_display);
+    }
+    counts.log(run, elapsed);
+    if options.json {
+        report::print_json(&document(
+            options,
+            run,
+            &results,
+            &counts,
+            elapsed,
+            &walker.root_display,
+        ));
+    }
+    exit
+}
+
+fn command_name(run: Run) -> &'static str {
+    if run == Run::Check { "check" } else { "apply" }
+}
+
+impl<'a> Walker<'a> {
+    fn storage<'m>(&mut self, storage: &'m Storage) -> StorageResult<'m> {
+        let shown = format!("{}{}", self.root_display, storage.path);
+        let mut result = StorageResult {
+            storage,
+            state: "ok",
+            message: None,
+            entries: Vec::new(),
+        };
+        let skip_all = |result: &mut StorageResult<'m>, why: &'static str| {
+            result.entries = storage
+                .entries
+                .iter()
+                .map(|entry| EntryResult {
+                    entry,
+                    storage: &storage.path,
+                    state: State::Skipped(why),
+                    made: Vec::new(),
+                    actual: None,
+                })
+                .collect();
+        };
+        if let Some(mount_point) = &storage.mount_point {
+            if let Err(message) = self.check_mounted(storage, mount_point) {
+                if self.run == Run::Check {
+                    log::debug!("{message}");
+                } else {
+                    log::error!("{message}");
+                }
+                result.state = "not-mounted";
+                result.message = Some(message);
+                skip_all(&mut result, "storage-not-mounted");
+                return result;
+            }
+        }
+        let storage_fd = match self.storage_dir(storage) {
+            Ok(Some((fd, created))) => {
+                if created {
+                    result.state = "created";
+                }
+                fd
+            }
+            Ok(None) => {
+                result.state = "missing";
+                result.message = Some(format!("storage directory {shown} does not exist"));
+                if self.run == Run::DryRun {
+                    log::info!("would create storage directory {shown} (root:root 0755)");
+                }
+                for entry in &storage.entries {
+                    let mut made = Vec::new();
+                    self.plan_missing(
+                        entry,
+                        Side::Storage(&storage.path),
+                        &storage.entries,
+                        &mut made,
+                    );
+                    self.plan_missing(entry, Side::Root, &storage.entries, &mut made);
+                    result.entries.push(EntryResult {
+                        entry,
+                        storage: &storage.path,
+                        state: State::Missing,
+                        made,
+                        actual: None,
+                    });
+                }
+                self.log_entries(&result.entries);
+                return result;
+            }
+            Err(problem) => {
+                let (what, fix) = problem.explain();
+                let message = format!(
+                    "storage {}: {what}; nothing was created for its entries. Fix: {fix}",
+                    storage.path
+                );
+                log::error!("{message}");
+                result.state = "error";
+                result.message = Some(message);
+                skip_all(&mut result, "storage-error");
+                return result;
+            }
+        };
+        self.resolver.add_storage(&storage.path);
+        let declared: HashMap<&str, &Attrs> = storage
+            .entries
+            .iter()
+            .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
+            .collect();
+        for entry in &storage.entries {
+            let r = self.entry(storage, storage_fd.as_fd(), entry, &declared);
+            result.entries.push(r);
+        }
+        self.log_entries(&result.entries);
+        result
+    }
+
+    /// The storage must sit on its own mounted file system, or whatever we create lands on the
+    /// ephemeral root and vanishes at the next boot.
+    fn check_mounted(&self, storage: &Storage, mount_point: &str) -> Result<(), String> {
+        let shown = format!(
+            "{}{}",
+            self.root_display,
+            if mount_point == "/" { "/" } else { mount_point }
+        );
+        let not_mounted = |why: String| {
+            format!(
+                "storage {}: {why}, so the persistent volume is not mounted; nothing was created for its {} entries, since it would land on the ephemeral root and vanish at reboot. Fix: mount {mount_point} before persist-prep runs; on NixOS set fileSystems.\"{mount_point}\".neededForBoot = true",
+                storage.path,
+                storage.entries.len()
+            )
+        };
+        match fs::open_in_root(self.root, mount_point) {
+            Ok(fd) => match fs::is_mount_point(&fd) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(not_mounted(format!("{shown} is not a mount point"))),
+                Err(errno) => Err(not_mounted(format!(
+                    "cannot tell whether {shown} is a mount point ({})",
+                    report::errno_words(errno)
+                ))),
+            },
+            Err(Errno::NOENT) => Err(not_mounted(format!("{shown} does not exist"))),
+            Err(errno) => Err(not_mounted(format!(
+                "cannot open {shown} ({})",
+                report::errno_words(errno)
+            ))),
+        }
+    }
+
+    /// Opens the storage directory, creating it and its missing ancestors root root 0755.
+    /// Symlinks here resolve inside the root, as they will after switch-root.
+    fn storage_dir(&mut self, storage: &Storage) -> Result<Option<(OwnedFd, bool)>, Problem> {
+        match fs::open_in_root(self.root, &storage.path) {
+            Ok(fd) => return Ok(Some((fd, false))),
+            Err(Errno::NOENT) => {}
+            Err(errno) => {
+                return Err(self.obstacle_in_root(&storage.path, errno));
+            }
+        }
+        if self.run != Run::Apply {
+            return Ok(None);
+        }
+        let mut prefix = String::new();
+        let mut parent = fs::open_in_root(self.root, "/").map_err(|errno| Problem::Errno {
+            action: "open",
+            path: format!("{}/", self.root_display),
+            errno,
+        })?;
+        for name in storage.path.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(name);
+            let shown = format!("{}{prefix}", self.root_display);
+            match fs::open_in_root(self.root, &prefix) {
+                Ok(fd) => parent = fd,
+                Err(Errno::NOENT) => {
+                    match fs::make_child(&parent, name) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(errno) => {
+                            return Err(Problem::Errno {
+                                action: "create",
+                                path: shown,
+                                errno,
+                            });
+                        }
+                    }
+                    let fd = fs::open_child(&parent, name).map_err(|errno| {
+                        match fs::diagnose(&parent, name, errno) {
+                            Obstacle::Symlink(target) => Problem::Symlink {
+                                path: shown.clone(),
+                                target,
+                            },
+                            Obstacle::NotADirectory => Problem::NotADirectory {
+                                path: shown.clone(),
+                            },
+                            Obstacle::Missing | Obstacle::Other(_) => Problem::Errno {
+                                action: "open",
+                                path: shown.clone(),
+                                errno,
+                            },
+                        }
+                    })?;
+                    fs::set_owner_mode(&fd, 0, 0, 0o755).map_err(|errno| Problem::Errno {
+                        action: "set owner and mode of",
+                        path: shown.clone(),
+                        errno,
+                    })?;
+                    log::info!("created storage directory {shown} (root:root 0755)");
+                    parent = fd;
+                }
+                Err(errno) => return Err(self.obstacle_in_root(&prefix, errno)),
+            }
+        }
+        Ok(Some((parent, true)))
+    }
+
+    fn obstacle_in_root(&self, path: &str, errno: Errno) -> Problem {
+        let shown = format!("{}{path}", self.root_display);
+        if errno == Errno::NOTDIR {
+            Problem::NotADirectory { path: shown }
+        } else {
+            Problem::Errno {
+                action: "open",
+                path: shown,
+                errno,
+            }
+        }
+    }
+
+    fn entry<'m>(
+        &mut self,
+        storage: &'m Storage,
+        storage_fd: BorrowedFd<'_>,
+        entry: &'m Entry,
+        declared: &HashMap<&str, &Attrs>,
+    ) -> EntryResult<'m> {
+        let mut result = EntryResult {
+            entry,
+            storage: &storage.path,
+            state: State::Present,
+            made: Vec::new(),
+            actual: None,
+        };
+        let dirs = match entry.kind {
+            Kind::Directory => entry.path.as_str(),
+            Kind::File => entry
+                .path
+                .rsplit_once('/')
+                .map_or("/", |(parent, _)| parent),
+        };
+        let attrs_of = |prefix: &str| -> Attrs {
+            declared
+                .get(prefix)
+                .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
+        };
+        // The source, below the storage.
+        let source = match self.walk(
+            storage_fd,
+            Side::Storage(&storage.path),
+            dirs,
+            entry,
+            &attrs_of,
+            &mut result.made,
+        ) {
+            Ok(walked) => walked,
+            Err(problem) => {
+                result.state = State::Failed(problem);
+                return result;
+            }
+        };
+        // The mount point takes the source's actual owner and mode, as impermanence does.
+        let mut source_attrs = None;
+        if let (Kind::Directory, Some((fd, created))) = (entry.kind, &source) {
+            if !created {
+                match fs::meta(fd) {
+                    Ok(meta) => {
+                        result.actual = Some(meta);
+                        source_attrs = Some(Attrs {
+                            user: Owner {
+                                name: meta.uid.to_string(),
+                                id: Some(meta.uid),
+                            },
+                            group: Owner {
+                                name: meta.gid.to_string(),
+                                id: Some(meta.gid),
+                            },
+                            mode: meta.mode,
+                        });
+                    }
+                    Err(errno) => {
+                        result.state = State::Failed(Problem::Errno {
+                            action: "stat",
+                            path: self.shown(Side::Storage(&storage.path), &entry.path),
+                            errno,
+                        });
+                        return result;
+                    }
+                }
+            }
+        }
+        let root_attrs_of = |prefix: &str| -> Attrs {
+            if prefix == entry.path {
+                if let Some(attrs) = &source_attrs {
+                    return attrs.clone();
+                }
+            }
+            attrs_of(prefix)
+        };
+        let source_missing = source.is_none();
+        let mount_point = if source_missing && self.run != Run::Apply {
+            // Nothing below is opened in a read-only run once something is missing; plan instead.
+            self.plan_missing(entry, Side::Root, &storage.entries, &mut result.made);
+            None
+        } else {
+            match self.walk(
+                self.root,
+                Side::Root,
+                dirs,
+                entry,
+                &root_attrs_of,
+                &mut result.made,
+            ) {
+                Ok(walked) => walked,
+                Err(problem) => {
+                    result.state = State::Failed(problem);
+                    return result;
+                }
+            }
+        };
+        let _ = mount_point;
+        if !result.made.is_empty() {
+            result.state = if self.run != Run::Apply {
+                State::Missing
+            } else if result.made.iter().any(|m| m.deferred) {
+                State::Deferred
+            } else {
+                State::Created
+            };
+        }
+        if let (Some(attrs), Some(meta)) = (&entry.attrs, result.actual) {
+            if let Some(state) = self.judge_existing(storage, entry, attrs, meta) {
+                result.state = state;
+            }
+        }
+        result
+    }
+
+    /// Compares an existing source with its declaration; `None` when it matches.
+    fn judge_existing(
+        &mut self,
+        storage: &Storage,
+        entry: &Entry,
+        attrs: &Attrs,
+        meta: Meta,
+    ) -> Option<State> {
+        let uid = self.resolver.resolve(&attrs.user, Db::User);
+        let gid = self.resolver.resolve(&attrs.group, Db::Group);
+        let recorded = self.record.pending.iter().any(|p| {
+            p.storage.as_deref() == Some(storage.path.as_str())
+                && p.path == entry.path
+                && (p.dev, p.ino) == (meta.dev, meta.ino)
+        });
+        if recorded
+            && meta.uid == uid.unwrap_or(0)
+            && meta.gid == gid.unwrap_or(0)
+            && (uid.is_none() || gid.is_none())
+        {
+            return Some(State::Deferred);
+        }
+        let owner_differs =
+            uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
+        if owner_differs || meta.mode != attrs.mode {
+            return Some(State::Drift {
+                declared: format!(
+                    "{}:{} ({}:{}) {}",
+                    attrs.user.name,
+                    attrs.group.name,
+                    uid.map_or("?".into(), |u| u.to_string()),
+                    gid.map_or("?".into(), |g| g.to_string()),
+                    mode::display(attrs.mode)
+                ),
+                actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
+            });
+        }
+        if uid.is_none() || gid.is_none() {
+            let names = unresolved_names(attrs, uid, gid);
+            return Some(State::Unresolvable(names));
+        }
+        None
+    }
+
+    fn shown(&self, side: Side<'_>, path: &str) -> String {
+        match side {
+            Side::Storage(storage) => format!("{}{storage}{path}", self.root_display),
+            Side::Root => format!("{}{path}", self.root_display),
+        }
+    }
+
+    /// Opens `dirs` below `base`, creating missing components (in `Apply`), refusing symlinks.
+    /// Returns the final directory and whether it was created now; `None` when a read-only
+    /// run finds it missing (the missing part is added to `made` as a plan).
+    fn walk(
+        &mut self,
+        base: BorrowedFd<'_>,
+        side: Side<'_>,
+        dirs: &str,
+        entry: &Entry,
+        attrs_of: &dyn Fn(&str) -> Attrs,
+        made: &mut Vec<Made>,
+    ) -> Result<Option<(OwnedFd, bool)>, Problem> {
+        // The common case on every boot after the first: everything is there, one syscall.
+        if let Ok(fd) = fs::open_beneath(base, dirs) {
+            return Ok(Some((fd, false)));
+        }
+        let mut current: Option<OwnedFd> = None;
+        let mut prefix = String::new();
+        let mut created_last = false;
+        for name in dirs.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(name);
+            let parent = current.as_ref().map_or(base, AsFd::as_fd);
+            created_last = false;
+            let fd = match fs::open_child_path(parent, name) {
+                Ok(fd) => fd,
+                Err(errno) => match fs::diagnose(parent, name, errno) {
+                    Obstacle::Missing if self.run != Run::Apply => {
+                        self.plan_from(side, &prefix, dirs, attrs_of, made);
+                        return Ok(None);
+                    }
+                    Obstacle::Missing => {
+                        created_last = true;
+                        self.create(parent, name, side, &prefix, entry, &attrs_of(&prefix), made)?
+                    }
+                    Obstacle::Symlink(target) => {
+                        return Err(Problem::Symlink {
+                            path: self.shown(side, &prefix),
+                            target,
+                        });
+                    }
+                    Obstacle::NotADirectory => {
+                        return Err(Problem::NotADirectory {
+                            path: self.shown(side, &prefix),
+                        });
+                    }
+                    Obstacle::Other(errno) => {
+                        return Err(Problem::Errno {
+                            action: "open",
+                            path: self.shown(side, &prefix),
+                            errno,
+                        });
+                    }
+                },
+            };
+            current = Some(fd);
+        }
+        match current {
+            Some(fd) => Ok(Some((fd, created_last))),
+            // `dirs` is `/`: the base itself (a file directly under the storage or root).
+            None => rustix::io::fcntl_dupfd_cloexec(base, 0)
+                .map(|fd| Some((fd, false)))
+                .map_err(|errno| Problem::Errno {
+                    action: "open",
+                    path: self.shown(side, "/"),
+                    errno,
+                }),
+        }
+    }
+
+    /// Makes one directory: mkdir private, open without following links, check it is ours,
+    /// then chown and chmod through the handle, so no path is walked twice.
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        side: Side<'_>,
+        prefix: &str,
+        entry: &Entry,
+        attrs: &Attrs,
+        made: &mut Vec<Made>,
+    ) -> Result<OwnedFd, Problem> {
+        let shown = self.shown(side, prefix);
+        let fresh = match fs::make_child(parent, name) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(errno) => {
+                return Err(Problem::Errno {
+                    action: "create",
+                    path: shown,
+                    errno,
+                });
+            }
+        };
+        let fd = fs::open_child(parent, name).map_err(|errno| {
+            match fs::diagnose(parent, name, errno) {
+                Obstacle::Symlink(target) => Problem::Symlink {
+                    path: shown.clone(),
+                    target,
+                },
+                Obstacle::NotADirectory => Problem::NotADirectory {
+                    path: shown.clone(),
+                },
+                Obstacle::Missing | Obstacle::Other(_) => Problem::Errno {
+                    action: "open",
+                    path: shown.clone(),
+                    errno,
+                },
+            }
+        })?;
+        let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
+            action: "stat",
+            path: shown.clone(),
+            errno,
+        })?;
+        if !fresh {
+            // Someone else made it between our open and mkdir; it is theirs, not ours to chown.
+            return Ok(fd);
+        }
+        if meta.uid != rustix::process::geteuid().as_raw() || meta.mode != 0o700 {
+            return Err(Problem::Replaced { path: shown });
+        }
+        let uid = self.resolver.resolve(&attrs.user, Db::User);
+        let gid = self.resolver.resolve(&attrs.group, Db::Group);
+        fs::set_owner_mode(&fd, uid.unwrap_or(0), gid.unwrap_or(0), attrs.mode).map_err(
+            |errno| Problem::Errno {
+                action: "set owner and mode of",
+                path: shown.clone(),
+                errno,
+            },
+        )?;
+        let deferred = uid.is_none() || gid.is_none();
+        if deferred {
+            self.new_pending.push(Pending {
+                storage: match side {
+                    Side::Storage(s) => Some(s.to_owned()),
+                    Side::Root => None,
+                },
+                path: prefix.to_owned(),
+                entry: entry.describe(),
+                user: attrs.user.name.clone(),
+                group: attrs.group.name.clone(),
+                uid,
+                gid,
+                mode: attrs.mode,
+                dev: meta.dev,
+                ino: meta.ino,
+            });
+        }
+        made.push(Made {
+            path: shown,
+            attrs: attrs.clone(),
+            deferred,
+        });
+        Ok(fd)
+    }
+
+    /// Adds to `made` every directory from `prefix` down to `dirs`, which a read-only run found missing.
+    fn plan_from(
+        &self,
+        side: Side<'_>,
+        prefix: &str,
+        dirs: &str,
+        attrs_of: &dyn Fn(&str) -> Attrs,
+        made: &mut Vec<Made>,
+    ) {
+        let mut path = prefix.to_owned();
+        loop {
+            made.push(Made {
+                path: self.shown(side, &path),
+                attrs: attrs_of(&path),
+                deferred: false,
+            });
+            if path == dirs {
+                break;
+            }
+            let rest = &dirs[path.len() + 1..];
+            let next = rest.split('/').next().unwrap_or(rest);
+            path.push('/');
+            path.push_str(next);
+        }
+    }
+
+    /// Plans a whole side whose base is missing: every component of the entry's directories.
+    fn plan_missing(&self, entry: &Entry, side: Side<'_>, entries: &[Entry], made: &mut Vec<Made>) {
+        let dirs = match entry.kind {
+            Kind::Directory => entry.path.as_str(),
+            Kind::File => entry
+                .path
+                .rsplit_once('/')
+                .map_or("/", |(parent, _)| parent),
+        };
+        if dirs == "/" {
+            return;
+        }
+        let attrs_of = |prefix: &str| -> Attrs {
+            entries
+                .iter()
+                .find(|e| e.path == prefix && e.attrs.is_some())
+                .and_then(|e| e.attrs.clone())
+                .unwrap_or_else(|| entry.parent.clone())
+        };
+        let first = dirs.split('/').find(|c| !c.is_empty()).unwrap_or_default();
+        self.plan_from(side, &format!("/{first}"), dirs, &attrs_of, made);
+    }
+
+    fn log_entries(&self, results: &[EntryResult<'_>]) {
+        for r in results {
+            log_entry(self.run, r, &self.root_display);
+        }
+    }
+}
+
+fn unresolved_names(attrs: &Attrs, uid: Option<u32>, gid: Option<u32>) -> String {
+    let mut names = Vec::new();
+    if uid.is_none() {
+        names.push(format!("user {:?}", attrs.user.name));
+    }
+    if gid.is_none() {
+        names.push(format!("group {:?}", attrs.group.name));
+    }
+    names.join(" and ")
+}
+
+fn made_list(made: &[Made]) -> String {
+    let mut out = String::new();
+    for (i, m) in made.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{} ({})", m.path, m.attrs);
+    }
+    out
+}
+
+fn log_entry(run: Run, r: &EntryResult<'_>, root: &str) {
+    let what = r.entry.describe();
+    match &r.state {
+        State::Present => log::debug!("{what}: present"),
+        State::Created => log::info!("{what}: created {}", made_list(&r.made)),
+        State::Missing if run == Run::DryRun => {
+            log::info!("{what}: would create {}", made_list(&r.made))
+        }
+        State::Missing => log::debug!("{what}: missing {}", made_list(&r.made)),
+        State::Deferred if r.made.is_empty() => log::warn!(
+            "{what}: still waits for its owner (recorded in the deferred-owner list); fix: run `persist-prep finish` once the users exist"
+        ),
+        State::Deferred => {
+            let names: Vec<String> = r
+                .made
+                .iter()
+                .filter(|m| m.deferred)
+                .map(|m| format!("{}:{}", m.attrs.user.name, m.attrs.group.name))
+                .collect();
+            log::warn!(
+                "{what}: created {}; owner {} cannot be resolved yet (not in {root}/etc/passwd, etc/group or the NixOS id maps), so it is root-owned for now and recorded; `persist-prep finish` gives it its owner once the user exists (persist-prep-finish.service runs it after NixOS activation)",
+                made_list(&r.made),
+                names.first().map_or("?", String::as_str)
+            );
+        }
+        State::Drift { declared, actual } if run != Run::Check => log::warn!(
+            "{what}: {}{}{} exists as {actual} but is declared {declared}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
+            root,
+            r.storage,
+            r.entry.path
+        ),
+        State::Drift { .. } => {}
+        State::Unresolvable(names) => {
+            log::debug!("{what}: {names} cannot be resolved; owner not checked")
+        }
+        State::Failed(problem) => {
+            let (why, fix) = problem.explain();
+            if run == Run::Check {
+                log::debug!("{what}: {why}");
+            } else {
+                log::error!("{what}: {why}. Fix: {fix}");
+            }
+        }
+        State::Skipped(why) => log::debug!("{what}: skipped ({why})"),
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    created: usize,
+    present: usize,
+    missing: usize,
+    drift: usize,
+    deferred: usize,
+    unresolvable: usize,
+    failed: usize,
+    skipped: usize,
+    not_ok: usize,
+}
+
+impl Counts {
+    fn of(results: &[StorageResult<'_>]) -> Self {
+        let mut c = Counts::default();
+        for s in results {
+            if !matches!(s.state, "ok" | "created") {
+                c.not_ok += 1;
+            }
+            for e in &s.entries {
+                match &e.state {
+                    State::Present => c.present += 1,
+                    State::Created => c.created += 1,
+                    State::Missing => c.missing += 1,
+                    State::Drift { .. } => c.drift += 1,
+                    State::Deferred => c.deferred += 1,
+                    State::Unresolvable(_) => c.unresolvable += 1,
+                    State::Failed(_) => c.failed += 1,
+                    State::Skipped(_) => c.skipped += 1,
+                }
+                if !matches!(e.state, State::Present | State::Created) {
+                    c.not_ok += 1;
+                }
+            }
+        }
+        c
+    }
+
+    fn log(&self, run: Run, elapsed: f64) {
+        let line = match run {
+            Run::Check => format!(
+                "persist-prep: check: {} ok, {} missing, {} drift, {} deferred, {} owner unresolvable, {} failed, {} skipped in {elapsed:.1} ms",
+                self.present,
+                self.missing,
+                self.drift,
+                self.deferred,
+                self.unresolvable,
+                self.failed,
+                self.skipped
+            ),
+            Run::DryRun => format!(
+                "persist-prep: dry run: {} would be created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms; nothing was changed",
+                self.missing, self.present, self.drift, self.deferred, self.failed, self.skipped
+            ),
+            Run::Apply => format!(
+                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms",
+                self.created,
+                self.present + self.unresolvable,
+                self.drift,
+                self.deferred,
+                self.failed,
+                self.skipped
+            ),
+        };
+        if self.failed + self.skipped > 0 {
+            log::error!("{line}");
+        } else if self.not_ok > 0 && run == Run::Check || self.drift + self.deferred > 0 {
+            log::warn!("{line}");
+        } else {
+            log::info!("{line}");
+        }
+    }
+}
+
+fn entry_state(run: Run, state: &State) -> &'static str {
+    match state {
+        State::Present if run == Run::Check => "ok",
+        State::Present => "present",
+        State::Created => "created",
+        State::Missing if run == Run::DryRun => "would-create",
+        State::Missing => "missing",
+        State::Drift { .. } => "drift",
+        State::Deferred => "deferred",
+        State::Unresolvable(_) => "owner-unresolvable",
+        State::Failed(problem) => problem.state(),
+        State::Skipped(why) => why,
+    }
+}
+
+fn attrs_json(attrs: &Attrs) -> Value {
+    json!({
+        "user": attrs.user.name, "group": attrs.group.name,
+        "uid": attrs.user.id, "gid": attrs.group.id, "mode": mode::display(attrs.mode),
+    })
+}
+
+fn document(
+    options: &Options,
+    run: Run,
+    results: &[StorageResult<'_>],
+    c: &Counts,
+    elapsed: f64,
+    root: &str,
+) -> Value {
+    let storages: Vec<Value> = results
+        .iter()
+        .map(|s| {
+            json!({
+                "path": s.storage.path, "mountPoint": s.storage.mount_point,
+                "state": s.state, "message": s.message,
+            })
+        })
+        .collect();
+    let entries: Vec<Value> = results
+        .iter()
+        .flat_map(|s| s.entries.iter())
+        .map(|e| {
+            let (error, fix) = match &e.state {
+                State::Failed(problem) => {
+                    let (why, fix) = problem.explain();
+                    (Some(why), Some(fix))
+                }
+                _ => (None, None),
+            };
+            let errno = match &e.state {
+                State::Failed(Problem::Errno { errno, .. }) => Some(report::errno_name(*errno)),
+                _ => None,
+            };
+            json!({
+                "storage": e.storage,
+                "path": e.entry.path,
+                "kind": e.entry.kind.as_str(),
+                "origin": e.entry.origin,
+                "location": e.entry.location,
+                "state": entry_state(run, &e.state),
+                "declared": e.entry.attrs.as_ref().map(attrs_json),
+                "actual": e.actual.map(|m| json!({"uid": m.uid, "gid": m.gid, "mode": mode::display(m.mode)})),
+                "actions": e.made.iter().map(|m| json!({
+                    "action": "mkdir", "path": m.path, "deferred": m.deferred,
+                    "user": m.attrs.user.name, "group": m.attrs.group.name,
+                    "uid": m.attrs.user.id, "gid": m.attrs.group.id, "mode": mode::display(m.attrs.mode),
+                })).collect::<Vec<_>>(),
+                "errorPath": match &e.state { State::Failed(p) => Some(p.path().to_owned()), _ => None },
+                "error": error,
+                "errno": errno,
+                "fix": fix,
+            })
+        })
+        .collect();
+    json!({
+        "version": 1,
+        "command": command_name(run),
+        "dryRun": run == Run::DryRun,
+        "root": if root.is_empty() { "/" } else { root },
+        "manifest": options.manifest,
+        "storages": storages,
+        "entries": entries,
+        "summary": {
+            "created": c.created, "wouldCreate": if run == Run::DryRun { c.missing } else { 0 },
+            "present": c.present, "missing": if run == Run::Check { c.missing } else { 0 },
+            "drift": c.drift, "deferred": c.deferred, "ownerUnresolvable": c.unresolvable,
+            "failed": c.failed, "skipped": c.skipped, "notOk": c.not_ok, "elapsedMs": elapsed,
+        },
+    })
+}
+
+/// The `check` table: one line per storage and per entry, aligned for a terminal.
+fn print_table(results: &[StorageResult<'_>], root: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{:<20} {:<10} {:<36} DETAIL", "STATE", "KIND", "PATH");
+    for s in results {
+        let storage = s.storage;
+        let detail = match (s.state, &storage.mount_point) {
+            ("ok", Some(mp)) => format!("{root}{} on mounted {mp}", storage.path),
+            ("ok", None) => format!("{root}{}", storage.path),
+            _ => s.message.clone().unwrap_or_default(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<36} {detail}",
+            s.state, "storage", storage.path
+        );
+        for e in &s.entries {
+            let state = entry_state(Run::Check, &e.state);
+            let source = format!("{root}{}{}", e.storage, e.entry.path);
+            let declared = e
+                .entry
+                .attrs
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let detail = match &e.state {
+                State::Present => format!("{source} {declared}"),
+                State::Missing => format!(
+                    "missing: {}",
+                    e.made
+                        .iter()
+                        .map(|m| m.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                State::Drift { declared, actual } => {
+                    format!("declared {declared}, actual {actual}")
+                }
+                State::Deferred => {
+                    "root-owned until `persist-prep finish` gives it its owner".into()
+                }
+                State::Unresolvable(names) => {
+                    format!("{names} cannot be resolved; owner not checked")
+                }
+                State::Failed(problem) => {
+                    let (why, fix) = problem.explain();
+                    format!("{why}. Fix: {fix}")
+                }
+                State::Skipped(why) => format!("skipped: {why}"),
+                State::Created => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{state:<20} {:<10} {:<36} {detail}",
+                e.entry.kind.as_str(),
+                e.entry.path
+            );
+        }
+    }
+}
