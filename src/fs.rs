@@ -152,7 +152,7 @@ pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
     }
 }
 
-/// Strips the leading slash: openat2 resolves relative to the handle (or the root, for IN_ROOT).
+/// Strips the leading slash: openat2 resolves relative to the handle (or the root, for `IN_ROOT`).
 fn relative(path: &str) -> &str {
     let trimmed = path.trim_start_matches('/');
     if trimmed.is_empty() { "." } else { trimmed }

@@ -505,13 +505,14 @@ impl Validator {
             }
             None if object.contains_key(name_key) => return None,
             None if defaults && id.is_none() => return Some(Owner::root()),
-            None => match id {
-                Some(id) => id.to_string(),
-                None => {
+            None => {
+                if let Some(id) = id {
+                    id.to_string()
+                } else {
                     self.error(here, &format!(".{name_key}"), "missing");
                     return None;
                 }
-            },
+            }
         };
         // root is 0 everywhere; saying so keeps `"user": "root"` equal to the default.
         let id = id.or_else(|| (name == "root").then_some(0));

@@ -137,7 +137,7 @@ fn permission_value(perms: &[u8], current: u32, affected: u32) -> Option<u32> {
             _ => 0,
         };
         let rwx = (current >> shift) & 0o7;
-        return Some(rwx * 0o111 & if affected == 0 { 0o777 } else { affected });
+        return Some((rwx * 0o111) & if affected == 0 { 0o777 } else { affected });
     }
     let mut value = 0;
     for p in perms {

@@ -5,7 +5,7 @@
 //! entry make the source below the storage and the mount point on the root, parents first.
 //! Nothing that exists is ever changed; a difference is reported as drift.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -24,7 +24,7 @@ use crate::owner::{Db, Resolver};
 use crate::report;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Run {
+enum Intent {
     Apply,
     DryRun,
     Check,
@@ -34,15 +34,15 @@ pub fn apply(options: &Options) -> Exit {
     run(
         options,
         if options.dry_run {
-            Run::DryRun
+            Intent::DryRun
         } else {
-            Run::Apply
+            Intent::Apply
         },
     )
 }
 
 pub fn check(options: &Options) -> Exit {
-    run(options, Run::Check)
+    run(options, Intent::Check)
 }
 
 /// How paths under the root are shown: `/sysroot/nix/persist`, or `/nix/persist` for `/`.
@@ -162,15 +162,17 @@ enum Side<'s> {
 }
 
 struct Walker<'a> {
-    run: Run,
+    run: Intent,
     root: BorrowedFd<'a>,
     root_display: String,
     resolver: Resolver<'a>,
     record: deferred::Record,
     new_pending: Vec<Pending>,
+    /// Directories a read-only run has already planned, so that a plan lists each once.
+    planned: HashSet<String>,
 }
 
-fn run(options: &Options, run: Run) -> Exit {
+fn run(options: &Options, run: Intent) -> Exit {
     let start = Instant::now();
     let manifest = match manifest::load(&options.manifest) {
         Ok(manifest) => manifest,
@@ -206,6 +208,7 @@ fn run(options: &Options, run: Run) -> Exit {
         resolver: Resolver::new(root.as_fd()),
         record,
         new_pending: Vec::new(),
+        planned: HashSet::new(),
     };
     let results: Vec<StorageResult> = manifest
         .storages
@@ -213,7 +216,7 @@ fn run(options: &Options, run: Run) -> Exit {
         .map(|s| walker.storage(s))
         .collect();
     let mut exit = Exit::Ok;
-    if run == Run::Apply && !walker.new_pending.is_empty() {
+    if run == Intent::Apply && !walker.new_pending.is_empty() {
         let mut record = std::mem::take(&mut walker.record);
         deferred::merge(&mut record, std::mem::take(&mut walker.new_pending));
         if let Err(message) = deferred::save(&options.state_dir, &record) {
@@ -226,12 +229,12 @@ fn run(options: &Options, run: Run) -> Exit {
         || results
             .iter()
             .any(|s| matches!(s.state, "error" | "not-mounted"))
-        || (run == Run::Check && counts.not_ok > 0)
+        || (run == Intent::Check && counts.not_ok > 0)
     {
         exit = Exit::Failed;
     }
     let elapsed = report::elapsed_ms(start);
-    if run == Run::Check && !options.json {
+    if run == Intent::Check && !options.json {
         print_table(&results, &walker.root_display);
     }
     counts.log(run, elapsed);
@@ -248,11 +251,15 @@ fn run(options: &Options, run: Run) -> Exit {
     exit
 }
 
-fn command_name(run: Run) -> &'static str {
-    if run == Run::Check { "check" } else { "apply" }
+fn command_name(run: Intent) -> &'static str {
+    if run == Intent::Check {
+        "check"
+    } else {
+        "apply"
+    }
 }
 
-impl<'a> Walker<'a> {
+impl Walker<'_> {
     fn storage<'m>(&mut self, storage: &'m Storage) -> StorageResult<'m> {
         let shown = format!("{}{}", self.root_display, storage.path);
         let mut result = StorageResult {
@@ -276,7 +283,7 @@ impl<'a> Walker<'a> {
         };
         if let Some(mount_point) = &storage.mount_point {
             if let Err(message) = self.check_mounted(storage, mount_point) {
-                if self.run == Run::Check {
+                if self.run == Intent::Check {
                     log::debug!("{message}");
                 } else {
                     log::error!("{message}");
@@ -297,7 +304,7 @@ impl<'a> Walker<'a> {
             Ok(None) => {
                 result.state = "missing";
                 result.message = Some(format!("storage directory {shown} does not exist"));
-                if self.run == Run::DryRun {
+                if self.run == Intent::DryRun {
                     log::info!("would create storage directory {shown} (root:root 0755)");
                 }
                 for entry in &storage.entries {
@@ -389,7 +396,7 @@ impl<'a> Walker<'a> {
                 return Err(self.obstacle_in_root(&storage.path, errno));
             }
         }
-        if self.run != Run::Apply {
+        if self.run != Intent::Apply {
             return Ok(None);
         }
         let mut prefix = String::new();
@@ -537,30 +544,20 @@ impl<'a> Walker<'a> {
             }
             attrs_of(prefix)
         };
-        let source_missing = source.is_none();
-        let mount_point = if source_missing && self.run != Run::Apply {
-            // Nothing below is opened in a read-only run once something is missing; plan instead.
-            self.plan_missing(entry, Side::Root, &storage.entries, &mut result.made);
-            None
-        } else {
-            match self.walk(
-                self.root,
-                Side::Root,
-                dirs,
-                entry,
-                &root_attrs_of,
-                &mut result.made,
-            ) {
-                Ok(walked) => walked,
-                Err(problem) => {
-                    result.state = State::Failed(problem);
-                    return result;
-                }
-            }
-        };
-        let _ = mount_point;
+        // A read-only run walks the root side too: it plans from the first missing component.
+        if let Err(problem) = self.walk(
+            self.root,
+            Side::Root,
+            dirs,
+            entry,
+            &root_attrs_of,
+            &mut result.made,
+        ) {
+            result.state = State::Failed(problem);
+            return result;
+        }
         if !result.made.is_empty() {
-            result.state = if self.run != Run::Apply {
+            result.state = if self.run != Intent::Apply {
                 State::Missing
             } else if result.made.iter().any(|m| m.deferred) {
                 State::Deferred
@@ -654,7 +651,7 @@ impl<'a> Walker<'a> {
             let fd = match fs::open_child_path(parent, name) {
                 Ok(fd) => fd,
                 Err(errno) => match fs::diagnose(parent, name, errno) {
-                    Obstacle::Missing if self.run != Run::Apply => {
+                    Obstacle::Missing if self.run != Intent::Apply => {
                         self.plan_from(side, &prefix, dirs, attrs_of, made);
                         return Ok(None);
                     }
@@ -787,7 +784,7 @@ impl<'a> Walker<'a> {
 
     /// Adds to `made` every directory from `prefix` down to `dirs`, which a read-only run found missing.
     fn plan_from(
-        &self,
+        &mut self,
         side: Side<'_>,
         prefix: &str,
         dirs: &str,
@@ -796,11 +793,14 @@ impl<'a> Walker<'a> {
     ) {
         let mut path = prefix.to_owned();
         loop {
-            made.push(Made {
-                path: self.shown(side, &path),
-                attrs: attrs_of(&path),
-                deferred: false,
-            });
+            let shown = self.shown(side, &path);
+            if self.planned.insert(shown.clone()) {
+                made.push(Made {
+                    path: shown,
+                    attrs: attrs_of(&path),
+                    deferred: false,
+                });
+            }
             if path == dirs {
                 break;
             }
@@ -812,7 +812,13 @@ impl<'a> Walker<'a> {
     }
 
     /// Plans a whole side whose base is missing: every component of the entry's directories.
-    fn plan_missing(&self, entry: &Entry, side: Side<'_>, entries: &[Entry], made: &mut Vec<Made>) {
+    fn plan_missing(
+        &mut self,
+        entry: &Entry,
+        side: Side<'_>,
+        entries: &[Entry],
+        made: &mut Vec<Made>,
+    ) {
         let dirs = match entry.kind {
             Kind::Directory => entry.path.as_str(),
             Kind::File => entry
@@ -863,13 +869,13 @@ fn made_list(made: &[Made]) -> String {
     out
 }
 
-fn log_entry(run: Run, r: &EntryResult<'_>, root: &str) {
+fn log_entry(run: Intent, r: &EntryResult<'_>, root: &str) {
     let what = r.entry.describe();
     match &r.state {
         State::Present => log::debug!("{what}: present"),
         State::Created => log::info!("{what}: created {}", made_list(&r.made)),
-        State::Missing if run == Run::DryRun => {
-            log::info!("{what}: would create {}", made_list(&r.made))
+        State::Missing if run == Intent::DryRun => {
+            log::info!("{what}: would create {}", made_list(&r.made));
         }
         State::Missing => log::debug!("{what}: missing {}", made_list(&r.made)),
         State::Deferred if r.made.is_empty() => log::warn!(
@@ -888,7 +894,7 @@ fn log_entry(run: Run, r: &EntryResult<'_>, root: &str) {
                 names.first().map_or("?", String::as_str)
             );
         }
-        State::Drift { declared, actual } if run != Run::Check => log::warn!(
+        State::Drift { declared, actual } if run != Intent::Check => log::warn!(
             "{what}: {}{}{} exists as {actual} but is declared {declared}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
             root,
             r.storage,
@@ -896,11 +902,11 @@ fn log_entry(run: Run, r: &EntryResult<'_>, root: &str) {
         ),
         State::Drift { .. } => {}
         State::Unresolvable(names) => {
-            log::debug!("{what}: {names} cannot be resolved; owner not checked")
+            log::debug!("{what}: {names} cannot be resolved; owner not checked");
         }
         State::Failed(problem) => {
             let (why, fix) = problem.explain();
-            if run == Run::Check {
+            if run == Intent::Check {
                 log::debug!("{what}: {why}");
             } else {
                 log::error!("{what}: {why}. Fix: {fix}");
@@ -949,9 +955,9 @@ impl Counts {
         c
     }
 
-    fn log(&self, run: Run, elapsed: f64) {
+    fn log(&self, run: Intent, elapsed: f64) {
         let line = match run {
-            Run::Check => format!(
+            Intent::Check => format!(
                 "persist-prep: check: {} ok, {} missing, {} drift, {} deferred, {} owner unresolvable, {} failed, {} skipped in {elapsed:.1} ms",
                 self.present,
                 self.missing,
@@ -961,11 +967,11 @@ impl Counts {
                 self.failed,
                 self.skipped
             ),
-            Run::DryRun => format!(
+            Intent::DryRun => format!(
                 "persist-prep: dry run: {} would be created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms; nothing was changed",
                 self.missing, self.present, self.drift, self.deferred, self.failed, self.skipped
             ),
-            Run::Apply => format!(
+            Intent::Apply => format!(
                 "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms",
                 self.created,
                 self.present + self.unresolvable,
@@ -977,7 +983,7 @@ impl Counts {
         };
         if self.failed + self.skipped > 0 {
             log::error!("{line}");
-        } else if self.not_ok > 0 && run == Run::Check || self.drift + self.deferred > 0 {
+        } else if self.not_ok > 0 && run == Intent::Check || self.drift + self.deferred > 0 {
             log::warn!("{line}");
         } else {
             log::info!("{line}");
@@ -985,12 +991,12 @@ impl Counts {
     }
 }
 
-fn entry_state(run: Run, state: &State) -> &'static str {
+fn entry_state(run: Intent, state: &State) -> &'static str {
     match state {
-        State::Present if run == Run::Check => "ok",
+        State::Present if run == Intent::Check => "ok",
         State::Present => "present",
         State::Created => "created",
-        State::Missing if run == Run::DryRun => "would-create",
+        State::Missing if run == Intent::DryRun => "would-create",
         State::Missing => "missing",
         State::Drift { .. } => "drift",
         State::Deferred => "deferred",
@@ -1009,7 +1015,7 @@ fn attrs_json(attrs: &Attrs) -> Value {
 
 fn document(
     options: &Options,
-    run: Run,
+    run: Intent,
     results: &[StorageResult<'_>],
     c: &Counts,
     elapsed: f64,
@@ -1063,14 +1069,14 @@ fn document(
     json!({
         "version": 1,
         "command": command_name(run),
-        "dryRun": run == Run::DryRun,
+        "dryRun": run == Intent::DryRun,
         "root": if root.is_empty() { "/" } else { root },
         "manifest": options.manifest,
         "storages": storages,
         "entries": entries,
         "summary": {
-            "created": c.created, "wouldCreate": if run == Run::DryRun { c.missing } else { 0 },
-            "present": c.present, "missing": if run == Run::Check { c.missing } else { 0 },
+            "created": c.created, "wouldCreate": if run == Intent::DryRun { c.missing } else { 0 },
+            "present": c.present, "missing": if run == Intent::Check { c.missing } else { 0 },
             "drift": c.drift, "deferred": c.deferred, "ownerUnresolvable": c.unresolvable,
             "failed": c.failed, "skipped": c.skipped, "notOk": c.not_ok, "elapsedMs": elapsed,
         },
@@ -1095,7 +1101,7 @@ fn print_table(results: &[StorageResult<'_>], root: &str) {
             s.state, "storage", storage.path
         );
         for e in &s.entries {
-            let state = entry_state(Run::Check, &e.state);
+            let state = entry_state(Intent::Check, &e.state);
             let source = format!("{root}{}{}", e.storage, e.entry.path);
             let declared = e
                 .entry
