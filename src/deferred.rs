@@ -207,9 +207,9 @@ pub fn finish(options: &Options) -> Exit {
         log::error!("{message}");
         exit = Exit::Failed;
     }
-    let elapsed = report::elapsed_ms(start);
+    let elapsed = report::Elapsed::since(start);
     let summary = format!(
-        "persist-prep: finish: {done} given their owner, {pending} still pending, {failed} failed in {elapsed:.1} ms"
+        "persist-prep: finish: {done} given their owner, {pending} still pending, {failed} failed in {elapsed} ms"
     );
     if exit == Exit::Ok {
         log::info!("{summary}");
@@ -219,7 +219,7 @@ pub fn finish(options: &Options) -> Exit {
     if options.json {
         report::print_json(&serde_json::json!({
             "version": 1, "command": "finish", "results": results,
-            "summary": {"done": done, "pending": pending, "failed": failed, "elapsedMs": elapsed},
+            "summary": {"done": done, "pending": pending, "failed": failed, "elapsedMs": elapsed.millis()},
         }));
     }
     exit

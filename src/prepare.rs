@@ -233,7 +233,7 @@ fn run(options: &Options, run: Intent) -> Exit {
     {
         exit = Exit::Failed;
     }
-    let elapsed = report::elapsed_ms(start);
+    let elapsed = report::Elapsed::since(start);
     if run == Intent::Check && !options.json {
         print_table(&results, &walker.root_display);
     }
@@ -955,10 +955,10 @@ impl Counts {
         c
     }
 
-    fn log(&self, run: Intent, elapsed: f64) {
+    fn log(&self, run: Intent, elapsed: report::Elapsed) {
         let line = match run {
             Intent::Check => format!(
-                "persist-prep: check: {} ok, {} missing, {} drift, {} deferred, {} owner unresolvable, {} failed, {} skipped in {elapsed:.1} ms",
+                "persist-prep: check: {} ok, {} missing, {} drift, {} deferred, {} owner unresolvable, {} failed, {} skipped in {elapsed} ms",
                 self.present,
                 self.missing,
                 self.drift,
@@ -968,11 +968,11 @@ impl Counts {
                 self.skipped
             ),
             Intent::DryRun => format!(
-                "persist-prep: dry run: {} would be created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms; nothing was changed",
+                "persist-prep: dry run: {} would be created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms; nothing was changed",
                 self.missing, self.present, self.drift, self.deferred, self.failed, self.skipped
             ),
             Intent::Apply => format!(
-                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed:.1} ms",
+                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms",
                 self.created,
                 self.present + self.unresolvable,
                 self.drift,
@@ -1018,7 +1018,7 @@ fn document(
     run: Intent,
     results: &[StorageResult<'_>],
     c: &Counts,
-    elapsed: f64,
+    elapsed: report::Elapsed,
     root: &str,
 ) -> Value {
     let storages: Vec<Value> = results
@@ -1078,7 +1078,7 @@ fn document(
             "created": c.created, "wouldCreate": if run == Intent::DryRun { c.missing } else { 0 },
             "present": c.present, "missing": if run == Intent::Check { c.missing } else { 0 },
             "drift": c.drift, "deferred": c.deferred, "ownerUnresolvable": c.unresolvable,
-            "failed": c.failed, "skipped": c.skipped, "notOk": c.not_ok, "elapsedMs": elapsed,
+            "failed": c.failed, "skipped": c.skipped, "notOk": c.not_ok, "elapsedMs": elapsed.millis(),
         },
     })
 }

@@ -6,37 +6,63 @@ use std::os::fd::AsFd;
 
 use rustix::io::Errno;
 
-/// Sets up `log` output on stderr: `<3>`/`<4>`/`<6>` prefixes when stderr is the journal,
-/// `error: `/`warning: ` prefixes otherwise. The level comes from `PERSIST_PREP_LOG`.
-pub fn init_logging() {
-    let journal = stderr_is_journal();
-    let mut builder = env_logger::Builder::new();
-    builder.filter_level(log::LevelFilter::Info);
-    if let Ok(spec) = std::env::var("PERSIST_PREP_LOG") {
-        builder.parse_filters(&spec);
+/// Writes `log` records to stderr: with `<3>`/`<4>`/`<6>` prefixes when stderr is the journal,
+/// with `error: `/`warning: ` prefixes otherwise. Small enough not to need a logging crate.
+struct Logger {
+    journal: bool,
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
     }
-    builder.format(move |out, record| {
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         let level = record.level();
-        if journal {
-            let priority = match level {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(out, "<{priority}>{}", record.args())
+        let prefix = if self.journal {
+            match level {
+                log::Level::Error => "<3>",
+                log::Level::Warn => "<4>",
+                log::Level::Info => "<6>",
+                log::Level::Debug | log::Level::Trace => "<7>",
+            }
         } else {
-            let prefix = match level {
+            match level {
                 log::Level::Error => "error: ",
                 log::Level::Warn => "warning: ",
                 log::Level::Info => "",
                 log::Level::Debug | log::Level::Trace => "debug: ",
-            };
-            writeln!(out, "{prefix}{}", record.args())
-        }
-    });
-    builder.target(env_logger::Target::Stderr);
-    let _ = builder.try_init();
+            }
+        };
+        // One write per line, so that lines from concurrent units never interleave.
+        let line = format!("{prefix}{}\n", record.args());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sets up logging; the level comes from `PERSIST_PREP_LOG` (error, warn, info, debug).
+pub fn init_logging() {
+    let level = match std::env::var("PERSIST_PREP_LOG").as_deref().map(str::trim) {
+        Ok("error") => log::LevelFilter::Error,
+        Ok("warn" | "warning") => log::LevelFilter::Warn,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Info,
+    };
+    let logger = Logger {
+        journal: stderr_is_journal(),
+        level,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=dev:ino` for the stream it connected; only trust it when stderr is
@@ -119,9 +145,27 @@ pub fn errno_fix(errno: Errno) -> &'static str {
     }
 }
 
-/// Monotonic milliseconds since `start`, for the summary.
-pub fn elapsed_ms(start: std::time::Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1000.0
+/// Time taken, shown as milliseconds with one decimal. Integer maths keeps float formatting
+/// code out of the binary.
+#[derive(Clone, Copy)]
+pub struct Elapsed(u64);
+
+impl Elapsed {
+    pub fn since(start: std::time::Instant) -> Self {
+        Elapsed(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// For JSON documents.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn millis(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0 / 1000, self.0 % 1000 / 100)
+    }
 }
 
 /// Writes a JSON document to stdout on one line.
