@@ -830,4 +830,105 @@ mod tests {
         let e = errors("{ nope");
         assert!(e[0].contains("not valid JSON"), "{e:?}");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// JSON values shaped like manifests, with the odd wrong type or value mixed in.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                prop::sample::select(vec![
+                    "/",
+                    "/var/lib/x",
+                    "relative",
+                    "",
+                    "/a/../b",
+                    "0755",
+                    "u=rwx,g=rx,o=",
+                    "root",
+                    "a:b",
+                    "/nix",
+                    "0999",
+                ])
+                .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop::sample::select(vec![
+                    "version",
+                    "storages",
+                    "path",
+                    "mountPoint",
+                    "directories",
+                    "files",
+                    "user",
+                    "group",
+                    "uid",
+                    "gid",
+                    "mode",
+                    "parent",
+                    "origin",
+                    "bogus",
+                ]);
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )),
+                ]
+            })
+        }
+
+        fn directory() -> impl Strategy<Value = Value> {
+            (
+                prop::collection::vec(prop::sample::select(vec!["var", "lib", "a", "b", "home", "x y", "ü"]), 1..4),
+                prop::sample::select(vec!["0700", "0755", "2750", "u=rwx,g=rx,o=", "a=rx"]),
+                prop::option::of(0u32..70000),
+            )
+                .prop_map(|(parts, mode, uid)| {
+                    serde_json::json!({"path": format!("/{}", parts.join("/")), "user": "u", "group": "g", "uid": uid, "mode": mode})
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            /// No input makes validation panic; it either accepts or explains.
+            #[test]
+            fn arbitrary_json_never_panics(value in json()) {
+                let text = value.to_string();
+                match parse(&text) {
+                    Ok(m) => prop_assert!(m.storages.iter().all(|s| s.path.starts_with('/'))),
+                    Err(errors) => prop_assert!(!errors.is_empty()),
+                }
+            }
+
+            /// Bytes that are not even JSON are rejected, never a panic.
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
+                let _ = parse(&text);
+            }
+
+            /// Well-formed manifests are accepted, every path normalised and sorted parents first.
+            #[test]
+            fn generated_manifests_validate(dirs in prop::collection::vec(directory(), 0..12)) {
+                // Drop conflicting duplicates: the validator rightly rejects those.
+                let mut seen = std::collections::BTreeMap::new();
+                for d in dirs {
+                    seen.entry(d["path"].as_str().unwrap().to_owned()).or_insert(d);
+                }
+                let dirs: Vec<Value> = seen.into_values().collect();
+                let doc = serde_json::json!({"version": 1, "storages": [{"path": "/persist", "mountPoint": "/", "directories": dirs}]});
+                let m = parse(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                let entries = &m.storages[0].entries;
+                prop_assert_eq!(entries.len(), dirs.len());
+                for pair in entries.windows(2) {
+                    prop_assert!(!contains(&pair[1].path, &pair[0].path) || pair[0].path == pair[1].path);
+                }
+            }
+        }
+    }
 }

@@ -279,4 +279,75 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Clauses of the chmod grammar, the way people write them.
+        fn clause() -> impl Strategy<Value = String> {
+            let who = prop::sample::select(vec!["", "u", "g", "o", "a", "ug", "go", "uo", "ugo"]);
+            let op = prop::sample::select(vec!["=", "+", "-"]);
+            let perms = prop::sample::select(vec![
+                "", "r", "w", "x", "X", "s", "t", "rw", "rx", "rwx", "rwX", "rwxs", "rwxt", "xs",
+                "u", "g", "o",
+            ]);
+            (who, prop::collection::vec((op, perms), 1..3)).prop_map(|(who, actions)| {
+                let mut c = who.to_owned();
+                for (op, perms) in actions {
+                    c.push_str(op);
+                    c.push_str(perms);
+                }
+                c
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Whatever a manifest says, parsing a mode never panics and stays within 07777.
+            #[test]
+            fn never_panics(text in "\\PC{0,24}") {
+                if let Ok(mode) = parse(&text) {
+                    prop_assert!(mode <= ALL_BITS);
+                }
+            }
+
+            #[test]
+            fn octal_round_trips(mode in 0u32..=0o7777) {
+                prop_assert_eq!(parse(&format!("{mode:o}")), Ok(mode));
+                prop_assert_eq!(parse(&display(mode)), Ok(mode));
+            }
+        }
+
+        proptest! {
+            // Each case runs GNU mkdir, so fewer of them.
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            /// Generated symbolic modes give exactly what `mkdir --mode` gives under umask 022.
+            #[test]
+            fn symbolic_matches_gnu_mkdir(clauses in prop::collection::vec(clause(), 1..4)) {
+                let text = clauses.join(",");
+                let dir = std::env::temp_dir().join(format!("persist-prep-prop-{}", std::process::id()));
+                let _ = std::fs::remove_dir(&dir);
+                let status = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg("umask 022 && mkdir --mode=\"$1\" \"$2\" 2>/dev/null")
+                    .arg("sh")
+                    .arg(&text)
+                    .arg(&dir)
+                    .status()
+                    .expect("run mkdir");
+                if status.success() {
+                    let actual = std::os::unix::fs::PermissionsExt::mode(
+                        &std::fs::metadata(&dir).unwrap().permissions(),
+                    ) & ALL_BITS;
+                    std::fs::remove_dir(&dir).unwrap();
+                    prop_assert_eq!(parse(&text), Ok(actual), "mode {:?}", text);
+                } else {
+                    prop_assert!(parse(&text).is_err(), "mkdir rejects {:?} but we accept it", text);
+                }
+            }
+        }
+    }
 }
