@@ -554,16 +554,17 @@ impl Validator {
                         seen.insert(&entry.path, (storage, entry));
                     }
                     Some((first_storage, first)) => {
+                        // The same declaration in two storages is fine: impermanence makes a
+                        // user's home in every storage that holds entries of that user.
                         let same = first.kind == entry.kind
                             && first.attrs == entry.attrs
-                            && first.parent == entry.parent
-                            && first_storage.path == storage.path;
+                            && first.parent == entry.parent;
                         if !same {
                             let why = if first_storage.path == storage.path {
                                 "with different attributes".to_owned()
                             } else {
                                 format!(
-                                    "in two storages, {} and {}",
+                                    "with different attributes in two storages, {} and {}",
                                     first_storage.path, storage.path
                                 )
                             };
@@ -769,10 +770,13 @@ mod tests {
             e[0].contains("declared twice with different attributes"),
             "{e:?}"
         );
+        ok(r#"{"version":1,"storages":[
+              {"path":"/p1","directories":[{"path":"/home/a","user":"a","group":"users","mode":"0700"}]},
+              {"path":"/p2","directories":[{"path":"/home/a","user":"a","group":"users","mode":"0700"}]}]}"#);
         let e = errors(
             r#"{"version":1,"storages":[
               {"path":"/p1","directories":[{"path":"/a","user":"root","group":"root","mode":"0755"}]},
-              {"path":"/p2","directories":[{"path":"/a","user":"root","group":"root","mode":"0755"}]}]}"#,
+              {"path":"/p2","directories":[{"path":"/a","user":"root","group":"root","mode":"0700"}]}]}"#,
         );
         assert!(e[0].contains("in two storages"), "{e:?}");
         let e = errors(
