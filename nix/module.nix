@@ -138,7 +138,7 @@ let
     vms = map (name: { inherit name; autostart = builtins.elem name (config.microvm.autostart or [ ]); })
       (builtins.attrNames (config.microvm.vms or { }));
   };
-  hostManifestFile = pkgs.writeText "persist-prep-microvm.json" (builtins.toJSON hostManifest);
+  hostManifestFile = pkgs.writeText "persist-prep-microvm.json" (builtins.toJSON hostCfg.manifest);
 in
 {
   options.boot.initrd.persist-prep = {
@@ -193,6 +193,13 @@ in
 
   options.services.persist-prep.microvm-prune = {
     enable = mkEnableOption "removal of what microvm.nix leaves behind for VMs no longer in `microvm.vms`, after each configuration switch";
+    manifest = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = hostManifest;
+      defaultText = literalExpression "generated from microvm.vms and microvm.autostart";
+      description = "The host manifest given to `persist-prep microvm prune --manifest`, also at /etc/persist-prep/microvm.json.";
+    };
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];

@@ -101,6 +101,7 @@ let
   # includes removed options that throw when forced).
   pick = names: a: lib.filterAttrs (n: _: builtins.elem n names) a;
   perms = pick [ "user" "group" "mode" ];
+  owner = pick [ "user" "group" "uid" "gid" ];
   dir = d: pick [ "directory" "dirPath" "user" "group" "mode" "persistentStoragePath" "home" ] d
     // { defaultPerms = perms d.defaultPerms; };
   file = f: pick [ "file" "filePath" "persistentStoragePath" "home" ] f // {
@@ -121,5 +122,14 @@ in
     users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) c.users.users;
     groups = lib.mapAttrs (_: g: { inherit (g) gid; }) c.users.groups;
     ids = { inherit (c.ids) uids gids; };
+  } // lib.optionalAttrs withModule {
+    # persist-prep's own storages as the module hands them over (plain data, ids possibly null).
+    extraStorages = map
+      (st: {
+        inherit (st) path mountPoint;
+        directories = map (d: owner d // { inherit (d) path mode; parent = owner d.parent // { inherit (d.parent) mode; }; }) st.directories;
+        files = map (f: { inherit (f) path; parent = owner f.parent // { inherit (f.parent) mode; }; }) st.files;
+      })
+      (lib.attrValues c.boot.initrd.persist-prep.storages);
   };
 }
