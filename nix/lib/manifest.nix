@@ -145,6 +145,9 @@ let
             ++ optional (parentPath != "/" && owner declared != owner perms) {
               inherit storage;
               kind = "dir";
+              # Yields to a declared directory or home at the same path, as in impermanence,
+              # where the declared one is created first and the parent then exists.
+              implicit = true;
               entry = owner declared // {
                 path = parentPath;
                 parent = owner perms;
@@ -216,9 +219,12 @@ let
         in
         map dir (s.directories or [ ]) ++ map file (s.files or [ ]);
 
-      records =
+      allRecords =
         concatLists (map (n: fromPersistence n persistence.${n}) (attrNames persistence))
         ++ concatLists (map fromExtra extraStorages);
+
+      explicitDirPaths = map (r: r.entry.path) (filter (r: r.kind == "dir" && !(r.implicit or false)) allRecords);
+      records = filter (r: !(r.implicit or false) || !(elem r.entry.path explicitDirPaths)) allRecords;
 
       storagePaths = sort (a: b: a < b) (unique (map (r: normalize r.storage) records ++ map (s: normalize s.path) extraStorages));
 

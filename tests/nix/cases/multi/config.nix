@@ -8,10 +8,13 @@
   environment.persistence."/persist" = {
     directories = [
       { directory = "/var/lib/postgresql"; user = "postgres"; group = "postgres"; mode = "0750"; }
+      # Declared with its own mode; the file's parentDirectory below must not override it.
+      { directory = "/etc/wireguard"; mode = "0700"; }
       { directory = "/var/cache/builds"; persistentStoragePath = "/scratch/fast/cache"; user = "builder"; group = "builder"; mode = "0700"; }
     ];
     files = [
       { file = "/etc/nix/id_rsa"; parentDirectory = { mode = "u=rwx,g=,o="; }; }
+      { file = "/etc/wireguard/wg0.key"; parentDirectory = { mode = "0750"; }; }
       { file = "/var/lib/tor/keys/secret"; parentDirectory = { user = "tor"; group = "tor"; mode = "0700"; }; }
     ];
   };

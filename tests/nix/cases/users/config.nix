@@ -16,7 +16,8 @@
         { directory = "Documents/projects"; mode = "u=rwx,g=rx,o=rx"; }
         "VirtualBox VMs"
       ];
-      files = [ ".screenrc" ".config/app/token" ];
+      # The parent of .netrc is the home itself, which keeps its 0700.
+      files = [ ".screenrc" ".config/app/token" { file = ".netrc"; parentDirectory.mode = "0700"; } ];
     };
     users.bob.files = [ { file = ".gnupg/pubring.kbx"; parentDirectory.mode = "0700"; } ];
   };
