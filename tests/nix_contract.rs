@@ -545,3 +545,159 @@ fn module_microvm_prune_service() {
             { "name": "db", "autostart": false }, { "name": "web", "autostart": true } ] })
     );
 }
+
+/// nix/package.nix with a stand-in `buildRustPackage` that returns its arguments, and flake.nix's
+/// outputs with stand-in inputs: their shape, without building (no nixpkgs here).
+const PACKAGE_AND_FLAKE: &str = r#"{ repo, lib, imp }:
+  let
+    l = import (/. + lib + "/lib");
+    pkgs = {
+      lib = l;
+      pkgsStatic.callPackage = f: _: import f { lib = l; rustPlatform.buildRustPackage = a: a // { type = "derivation"; }; };
+      testers.runNixOSTest = t: t;
+    };
+    drv = pkgs.pkgsStatic.callPackage (/. + repo + "/nix/package.nix") { };
+    flake = import (/. + repo + "/flake.nix");
+    outputs = flake.outputs {
+      self = outputs;
+      nixpkgs = { lib = l; legacyPackages = l.genAttrs [ "x86_64-linux" "aarch64-linux" ] (_: pkgs); };
+      impermanence = imp;
+    };
+  in {
+    package = {
+      inherit (drv) pname version doCheck;
+      lockFile = toString drv.cargoLock.lockFile;
+      meta = { inherit (drv.meta) description mainProgram platforms; license = drv.meta.license.spdxId; };
+    };
+    flake = {
+      inputs = builtins.attrNames flake.inputs;
+      packages = builtins.attrNames outputs.packages.x86_64-linux;
+      defaultPname = outputs.packages.x86_64-linux.default.pname;
+      module = builtins.isFunction outputs.nixosModules.default;
+      checks = builtins.attrNames outputs.checks.x86_64-linux;
+      testNames = map (n: outputs.checks.x86_64-linux.${n}.name)
+        [ "persist-prep-first-boot" "persist-prep-missing-mount" ];
+    };
+  }"#;
+
+#[test]
+fn package_and_flake_outputs() {
+    if !have_nix() {
+        return;
+    }
+    let Some((lib, imp)) = eval_inputs() else {
+        return;
+    };
+    let repo = repo();
+    let got = eval_ok(
+        PACKAGE_AND_FLAKE,
+        &[
+            ("repo", repo.to_str().unwrap()),
+            ("lib", &lib),
+            ("imp", &imp),
+        ],
+    );
+    let package = &got["package"];
+    assert_eq!(package["pname"], "persist-prep");
+    assert_eq!(package["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(package["meta"]["license"], "MIT");
+    assert_eq!(package["meta"]["mainProgram"], "persist-prep");
+    assert_eq!(
+        package["meta"]["description"],
+        env!("CARGO_PKG_DESCRIPTION")
+    );
+    let platforms = package["meta"]["platforms"].as_array().unwrap();
+    assert!(platforms.contains(&Value::from("x86_64-linux")));
+    assert!(
+        platforms
+            .iter()
+            .all(|p| p.as_str().unwrap().ends_with("-linux"))
+    );
+    assert_eq!(
+        package["lockFile"],
+        repo.join("Cargo.lock").to_str().unwrap()
+    );
+
+    let flake = &got["flake"];
+    assert_eq!(
+        flake["inputs"],
+        serde_json::json!(["impermanence", "nixpkgs"])
+    );
+    assert_eq!(
+        flake["packages"],
+        serde_json::json!(["default", "persist-prep"])
+    );
+    assert_eq!(flake["defaultPname"], "persist-prep");
+    assert_eq!(flake["module"], true);
+    assert_eq!(
+        flake["checks"],
+        serde_json::json!([
+            "package",
+            "persist-prep-first-boot",
+            "persist-prep-missing-mount"
+        ])
+    );
+    assert_eq!(
+        flake["testNames"],
+        serde_json::json!(["persist-prep-first-boot", "persist-prep-missing-mount"])
+    );
+}
+
+/// The VM tests' machines, evaluated through the same stand-ins: they must pass every assertion
+/// and yield the manifest the test scripts rely on.
+const VM_NODE: &str = r#"{ repo, lib, imp, test }:
+  let
+    l = import (/. + lib + "/lib");
+    t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = imp; };
+    e = import (/. + repo + "/tests/nix/eval.nix") { lib = l; config = t.nodes.machine; };
+    c = e.config;
+  in {
+    inherit (c.boot.initrd.persist-prep) manifest;
+    assertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+    before = c.boot.initrd.systemd.services.persist-prep.before;
+  }"#;
+
+#[test]
+fn vm_test_machines_evaluate() {
+    if !have_nix() {
+        return;
+    }
+    let Some((lib, imp)) = eval_inputs() else {
+        return;
+    };
+    let repo = repo();
+    for test in ["first-boot", "missing-mount"] {
+        let got = eval_ok(
+            VM_NODE,
+            &[
+                ("repo", repo.to_str().unwrap()),
+                ("lib", &lib),
+                ("imp", &imp),
+                ("test", test),
+            ],
+        );
+        assert_eq!(got["assertions"], serde_json::json!([]), "{test}");
+        let storages = got["manifest"]["storages"].as_array().unwrap();
+        assert_eq!(storages.len(), 1, "{test}");
+        assert_eq!(storages[0]["path"], "/persist");
+        assert_eq!(storages[0]["mountPoint"], "/persist");
+        let dirs = storages[0]["directories"].as_array().unwrap();
+        let find = |path: &str| {
+            dirs.iter()
+                .find(|d| d["path"] == path)
+                .unwrap_or_else(|| panic!("{test}: no {path}"))
+        };
+        // No static id: the binary must defer it in the initrd (what first-boot.nix checks).
+        assert!(find("/var/lib/svc").get("uid").is_none());
+        assert_eq!(find("/var/lib/svc")["mode"], "u=rwx,g=rx,o=");
+        assert_eq!(find("/home/alice")["uid"], 1000);
+        assert_eq!(find("/home/alice/.ssh")["mode"], "0700");
+        assert!(
+            got["before"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("sysroot-var-log.mount")),
+            "{test}"
+        );
+    }
+}

@@ -37,7 +37,17 @@ let
       lib.replaceStrings [ "/" "-" " " ] [ "-" "\\x2d" "\\x20" ] (lib.removePrefix "/" s);
   };
 
-  stubs = { name, ... }: {
+  fileSystemsType = types.attrsOf (types.submodule ({ name, ... }: {
+    options = {
+      mountPoint = mkOption { type = types.str; default = name; };
+      device = mkOption { type = types.nullOr types.str; default = null; };
+      fsType = mkOption { type = types.str; default = "auto"; };
+      options = mkOption { type = types.listOf types.str; default = [ "defaults" ]; };
+      neededForBoot = mkOption { type = types.bool; default = false; };
+    };
+  }));
+
+  stubs = { config, ... }: {
     options = {
       users.users = mkOption {
         default = { };
@@ -45,6 +55,7 @@ let
           options = {
             uid = mkOption { type = types.nullOr types.int; default = null; };
             isNormalUser = mkOption { type = types.bool; default = false; };
+            isSystemUser = mkOption { type = types.bool; default = false; };
             group = mkOption { type = types.str; default = if config.isNormalUser then "users" else ""; };
             home = mkOption { type = types.str; default = if config.isNormalUser then "/home/${name}" else "/var/empty"; };
           };
@@ -60,15 +71,12 @@ let
       ids.gids = mkOption { type = types.attrsOf types.int; default = { }; };
       fileSystems = mkOption {
         default = { };
-        type = types.attrsOf (types.submodule ({ name, ... }: {
-          options = {
-            mountPoint = mkOption { type = types.str; default = name; };
-            device = mkOption { type = types.nullOr types.str; default = null; };
-            fsType = mkOption { type = types.str; default = "auto"; };
-            options = mkOption { type = types.listOf types.str; default = [ "defaults" ]; };
-            neededForBoot = mkOption { type = types.bool; default = false; };
-          };
-        }));
+        type = fileSystemsType;
+      };
+      # nixpkgs' qemu-vm.nix (VM tests) overrides fileSystems with this.
+      virtualisation.fileSystems = mkOption {
+        default = { };
+        type = fileSystemsType;
       };
       boot.initrd.systemd = {
         enable = mkOption { type = types.bool; default = false; };
@@ -86,6 +94,7 @@ let
       microvm.vms = mkOption { type = types.attrsOf types.anything; default = { }; };
       microvm.autostart = mkOption { type = types.listOf types.str; default = [ ]; };
     };
+    config.fileSystems = lib.mkIf (config.virtualisation.fileSystems != { }) (lib.mkOverride 10 config.virtualisation.fileSystems);
     config._module.check = false;
     config._module.args = { inherit pkgs utils; };
   };
