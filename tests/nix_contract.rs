@@ -11,6 +11,8 @@
 //! options and `nix/module.nix` with `lib.evalModules`, and must reproduce `evaluated.json`, the
 //! expected manifest and problems, and the unit ordering of `initrd/persist-prep.service`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -700,4 +702,71 @@ fn vm_test_machines_evaluate() {
             "{test}"
         );
     }
+}
+
+/// The generated manifest, applied by the binary to an empty root with the storage's file system
+/// mounted, must give what impermanence's own activation gives: homes user-owned 0700 under a
+/// root-owned /home, user entries' missing parents user-owned 0755, both on the volume and as mount
+/// points; an owner without a static id deferred and finished once it appears in /etc/passwd.
+#[test]
+fn generated_manifest_applies_like_impermanence() {
+    if !have_nix() || !common::require_root() {
+        return;
+    }
+    let got = generate(&repo().join("tests/nix/cases/users"));
+    // The binary promises the same result whatever the entries' order; the generator's order
+    // (homes first) must not be what makes it right.
+    let mut reversed = got["manifest"].clone();
+    for list in ["directories", "files"] {
+        reversed["storages"][0][list]
+            .as_array_mut()
+            .unwrap()
+            .reverse();
+    }
+    for (label, manifest) in [("generated", &got["manifest"]), ("reversed", &reversed)] {
+        check_users_tree(label, manifest);
+    }
+}
+
+fn check_users_tree(label: &str, manifest: &Value) {
+    let scratch = common::Scratch::new(&format!("nix-users-{label}"));
+    scratch.manifest(&manifest.to_string());
+    std::fs::create_dir_all(scratch.root().join("nix")).unwrap();
+    let run = scratch.in_namespace(
+        r#"mount -t tmpfs none "$ROOT/nix"
+        "$BIN" apply --root "$ROOT" --state-dir "$STATE" --manifest "$MANIFEST" >/dev/null 2>&1 || echo "APPLY-EXIT=$?"
+        test -e "$STATE/deferred.json" && echo DEFERRED
+        mkdir -p "$ROOT/etc"
+        echo 'bob:x:1001:100::/srv/home/bob:/bin/sh' >"$ROOT/etc/passwd"
+        echo 'users:x:100:' >"$ROOT/etc/group"
+        "$BIN" finish --root "$ROOT" --state-dir "$STATE" >/dev/null 2>&1 || echo "FINISH-EXIT=$?"
+        test -e "$STATE/deferred.json" && echo STILL-DEFERRED
+        cd "$ROOT"
+        for p in home home/alice home/alice/.ssh home/alice/Documents home/alice/Documents/projects \
+                 "home/alice/VirtualBox VMs" home/alice/.config home/alice/.config/app \
+                 srv srv/home srv/home/bob srv/home/bob/.gnupg var/lib/nixos; do
+            echo "$p|$(stat -c '%u:%g %a' "nix/persist/$p")|$(stat -c '%u:%g %a' "$p")"
+        done"#,
+    );
+    let want = "\
+DEFERRED
+home|0:0 755|0:0 755
+home/alice|1000:100 700|1000:100 700
+home/alice/.ssh|1000:100 700|1000:100 700
+home/alice/Documents|1000:100 755|1000:100 755
+home/alice/Documents/projects|1000:100 755|1000:100 755
+home/alice/VirtualBox VMs|1000:100 755|1000:100 755
+home/alice/.config|1000:100 755|1000:100 755
+home/alice/.config/app|1000:100 755|1000:100 755
+srv|0:0 755|0:0 755
+srv/home|0:0 755|0:0 755
+srv/home/bob|1001:100 700|1001:100 700
+srv/home/bob/.gnupg|1001:100 700|1001:100 700
+var/lib/nixos|0:0 755|0:0 755
+";
+    assert_eq!(
+        run.stdout, want,
+        "{label} manifest; stderr:\n{}",
+        run.stderr
+    );
 }
