@@ -146,6 +146,8 @@ fn validate(manifest: &Value, label: &str) -> (i32, String) {
     )
 }
 
+/// The repository's `.nix` files: tracked and new ones from git, or a walk of the tree when the
+/// source is not a git checkout (a release tarball).
 fn tracked_nix_files() -> Vec<PathBuf> {
     let out = Command::new("git")
         .args([
@@ -157,15 +159,37 @@ fn tracked_nix_files() -> Vec<PathBuf> {
             "*.nix",
         ])
         .current_dir(repo())
-        .output()
-        .expect("git ls-files");
-    assert!(out.status.success(), "git ls-files failed");
-    out.stdout
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| repo().join(String::from_utf8_lossy(s).as_ref()))
-        .filter(|p| p.is_file())
-        .collect()
+        .output();
+    match out {
+        Ok(out) if out.status.success() => out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| repo().join(String::from_utf8_lossy(s).as_ref()))
+            .filter(|p| p.is_file())
+            .collect(),
+        _ => {
+            let mut found = Vec::new();
+            walk_nix(&repo(), &mut found);
+            found.sort();
+            found
+        }
+    }
+}
+
+fn walk_nix(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == ".git" || name == "target" || name == ".cache" || name == ".work" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            walk_nix(&path, found);
+        } else if path.extension().is_some_and(|e| e == "nix") {
+            found.push(path);
+        }
+    }
 }
 
 #[test]
