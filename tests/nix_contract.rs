@@ -361,6 +361,33 @@ fn generator_orders_mounts_and_requires_storages() {
 }
 
 #[test]
+fn generator_refuses_entries_overlapping_a_storage() {
+    if !have_nix() {
+        return;
+    }
+    // The binary refuses these manifests (exit 3); the build must refuse them first.
+    let problems = eval_ok(
+        r#"{ repo }: ((import (/. + repo + "/nix/lib/manifest.nix")).generate {
+              fileSystems."/persist" = { neededForBoot = true; };
+              extraStorages = [ { path = "/persist/state"; directories = [ "/persist" "/persist/state/x" "/var/lib/ok" ]; } ];
+            }).problems"#,
+        &[("repo", repo().to_str().unwrap())],
+    );
+    let problems: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("persist-prep: /persist (")
+            && problems[0].contains("overlaps the storage /persist/state")
+    );
+    assert!(problems[1].starts_with("persist-prep: /persist/state/x ("));
+}
+
+#[test]
 fn evaluated_fixtures_match_impermanence() {
     if !have_nix() {
         return;

@@ -285,10 +285,20 @@ let
           optional (length (unique (map (e: withoutOrigin (removeAttrs e [ "storage" ])) same)) > 1)
             "persist-prep: the directory ${path} is declared more than once with different attributes: ${concatStringsSep "; " (map (e: "${e.origin} in ${e.storage}: ${e.user}:${e.group} ${e.mode}") same)}. Declare it once.")
         (unique (map (e: e.path) allDirs)));
+
+      # A bind mount on or above a storage would hide or loop into the persistent data; the binary
+      # refuses such a manifest, so refuse it at build time already.
+      overlaps = concatLists (map
+        (s: concatLists (map
+          (e: map
+            (other: "persist-prep: ${e.path} (${e.origin}) overlaps the storage ${other}: a bind mount there would hide or loop into persistent data. Remove the entry or move the storage.")
+            (filter (other: contains e.path other || contains other e.path) storagePaths))
+          (s.directories ++ s.files)))
+        storages);
     in
     {
       manifest = { version = 1; inherit storages; };
-      problems = notNeededForBoot ++ conflicts;
+      problems = notNeededForBoot ++ conflicts ++ overlaps;
       inherit storagePaths;
       mountUnitPaths = filter (p: !(elem p storagePaths) && !(builtins.any (s: contains p s) storagePaths)) (unique (map (e: e.path) allDirs));
     };
