@@ -1,0 +1,325 @@
+# NixOS module for persist-prep: bakes a manifest from impermanence's `environment.persistence`
+# (and from its own `storages`) into the systemd initrd, and runs persist-prep there after the
+# persistent volumes are mounted and before any bind mount needs a source.
+#
+# The unit ordering mirrors initrd/persist-prep.service, persist-prep-finish.service and
+# persist-prep-finish-late.service, which are the single source of truth for it.
+{ config, options, lib, pkgs, utils, ... }:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    optional
+    optionalAttrs
+    types
+    ;
+
+  cfg = config.boot.initrd.persist-prep;
+  hostCfg = config.services.persist-prep.microvm-prune;
+  generator = import ./lib/manifest.nix;
+
+  stateDir = "/run/persist-prep";
+
+  ownerOptions = {
+    user = mkOption { type = types.str; default = "root"; description = "Owner name."; };
+    group = mkOption { type = types.str; default = "root"; description = "Group name."; };
+    uid = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      description = "Numeric owner; when null it comes from `users.users.<user>.uid` or `ids.uids`, else the binary resolves the name at boot.";
+    };
+    gid = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      description = "Numeric group; when null it comes from `users.groups.<group>.gid` or `ids.gids`, else the binary resolves the name at boot.";
+    };
+  };
+
+  parentOption = mkOption {
+    default = { };
+    description = "Attributes for missing ancestors of the entry inside the storage and on the root.";
+    type = types.submodule {
+      options = ownerOptions // {
+        mode = mkOption { type = types.str; default = "0755"; description = "Mode of missing ancestors."; };
+      };
+    };
+  };
+
+  directoryType = types.coercedTo types.str (path: { inherit path; }) (types.submodule {
+    options = ownerOptions // {
+      path = mkOption { type = types.str; example = "/var/lib/private"; description = "Absolute path as seen on the running system."; };
+      mode = mkOption {
+        type = types.str;
+        default = "0755";
+        example = "u=rwx,g=rx,o=";
+        description = "Mode, octal or symbolic as `mkdir --mode` reads it.";
+      };
+      parent = parentOption;
+    };
+  });
+
+  fileType = types.coercedTo types.str (path: { inherit path; }) (types.submodule {
+    options = {
+      path = mkOption { type = types.str; example = "/etc/machine-id"; description = "Absolute path of the file; only its parent directories are created."; };
+      parent = parentOption;
+    };
+  });
+
+  storageType = types.submodule ({ name, ... }: {
+    options = {
+      path = mkOption {
+        type = types.str;
+        default = name;
+        defaultText = literalExpression "<name>";
+        description = "Absolute path of the persistent storage on the real root.";
+      };
+      mountPoint = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/persist";
+        description = ''
+          Mount that must be mounted before anything is created under the storage. When null, the
+          longest `fileSystems` mount point containing the storage path is used (and must be
+          `neededForBoot`).
+        '';
+      };
+      directories = mkOption {
+        type = types.listOf directoryType;
+        default = [ ];
+        example = literalExpression ''[ "/var/lib/nixos" { path = "/var/lib/private"; mode = "0700"; } ]'';
+        description = "Directories to create in the storage and as bind-mount points on the root.";
+      };
+      files = mkOption {
+        type = types.listOf fileType;
+        default = [ ];
+        example = [ "/etc/machine-id" ];
+        description = "Files whose parent directories are created.";
+      };
+    };
+  });
+
+  # Plain data for the generator: option values without the module system's internals.
+  plainOwner = o: { inherit (o) user group uid gid; } // optionalAttrs (o ? mode) { inherit (o) mode; };
+  plainStorage = s: {
+    inherit (s) path mountPoint;
+    directories = map (d: plainOwner d // { inherit (d) path; parent = plainOwner d.parent; }) s.directories;
+    files = map (f: { inherit (f) path; parent = plainOwner f.parent; }) s.files;
+  };
+
+  hasPersistence = options ? environment && options.environment ? persistence;
+
+  generated = generator.generate {
+    persistence = if cfg.fromImpermanence && hasPersistence then config.environment.persistence else { };
+    extraStorages = map plainStorage (lib.attrValues cfg.storages);
+    inherit (config) fileSystems;
+    users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) config.users.users;
+    groups = lib.mapAttrs (_: g: { inherit (g) gid; }) config.users.groups;
+    ids = if options ? ids then { uids = config.ids.uids or { }; gids = config.ids.gids or { }; } else { };
+    pathsNeededForBoot = utils.pathsNeededForBoot or generator.defaultPathsNeededForBoot;
+  };
+
+  manifestFile = pkgs.writeText "persist-prep-manifest.json" (builtins.toJSON cfg.manifest);
+
+  # Bind mounts declared for the initrd by other means (preservation, hand-written units), except
+  # those a storage itself needs.
+  otherBindMounts = map (m: mountUnit (lib.removePrefix "/sysroot" m.where)) (builtins.filter
+    (m: m ? where && lib.hasPrefix "/sysroot/" m.where
+      && lib.elem "bind" (lib.splitString "," (m.options or ""))
+      && !(builtins.any (s: generator.contains (lib.removePrefix "/sysroot" m.where) s) generated.storagePaths))
+    (config.boot.initrd.systemd.mounts or [ ]));
+
+  mountUnit = path: "${utils.escapeSystemdPath "/sysroot${path}"}.mount";
+
+  hostManifest = {
+    version = 1;
+    vms = map (name: { inherit name; autostart = builtins.elem name (config.microvm.autostart or [ ]); })
+      (builtins.attrNames (config.microvm.vms or { }));
+  };
+  hostManifestFile = pkgs.writeText "persist-prep-microvm.json" (builtins.toJSON hostCfg.manifest);
+in
+{
+  options.boot.initrd.persist-prep = {
+    enable = mkEnableOption "persist-prep, which creates missing persistent directories with their declared owners and modes in the initrd";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.persist-prep or (pkgs.pkgsStatic.callPackage ./package.nix { });
+      defaultText = literalExpression "pkgs.persist-prep or (pkgs.pkgsStatic.callPackage ./nix/package.nix { })";
+      description = "The persist-prep package; a static build keeps the initrd small.";
+    };
+
+    fromImpermanence = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Derive entries from impermanence's `environment.persistence` when that option exists.";
+    };
+
+    storages = mkOption {
+      type = types.attrsOf storageType;
+      default = { };
+      example = literalExpression ''
+        { "/persist".directories = [ { path = "/var/lib/private"; mode = "0700"; } ]; }
+      '';
+      description = "Storages and entries of persist-prep's own, for setups without impermanence or in addition to it.";
+    };
+
+    failureAction = mkOption {
+      type = types.enum [ "continue" "emergency" ];
+      default = "continue";
+      description = ''
+        What a failure of persist-prep does to the boot. `continue` (default) makes it loud on the
+        console and in the journal and lets the boot go on; `emergency` stops the boot in the
+        initrd's emergency shell, where `persist-prep check` shows what is wrong.
+      '';
+    };
+
+    logLevel = mkOption {
+      type = types.enum [ "error" "warn" "info" "debug" ];
+      default = "info";
+      description = "Log level (PERSIST_PREP_LOG).";
+    };
+
+    manifest = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = generated.manifest;
+      defaultText = literalExpression "generated from environment.persistence and storages";
+      description = "The generated manifest, as written to /etc/persist-prep/manifest.json in the initrd.";
+    };
+  };
+
+  options.services.persist-prep.microvm-prune = {
+    enable = mkEnableOption "removal of what microvm.nix leaves behind for VMs no longer in `microvm.vms`, after each configuration switch";
+    manifest = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = hostManifest;
+      defaultText = literalExpression "generated from microvm.vms and microvm.autostart";
+      description = "The host manifest given to `persist-prep microvm prune --manifest`, also at /etc/persist-prep/microvm.json.";
+    };
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--stop" ];
+      description = "Extra arguments to `persist-prep microvm prune`, such as `--stop` to stop running orphaned VMs.";
+    };
+  };
+
+  config = mkMerge [
+    (mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = config.boot.initrd.systemd.enable;
+          message = "boot.initrd.persist-prep needs the systemd initrd: set boot.initrd.systemd.enable = true; (the scripted initrd is not supported).";
+        }
+      ] ++ map (message: { assertion = false; inherit message; }) generated.problems;
+
+      warnings = optional (cfg.manifest.storages == [ ])
+        "boot.initrd.persist-prep is enabled but declares nothing: environment.persistence is empty or absent and boot.initrd.persist-prep.storages is empty.";
+
+      boot.initrd.systemd = {
+        contents."/etc/persist-prep/manifest.json".source = manifestFile;
+        # On the initrd's PATH, so that `persist-prep check` works in the emergency shell.
+        extraBin.persist-prep = "${cfg.package}/bin/persist-prep";
+
+        services.persist-prep = {
+          description = "Create missing persistent directories (persist-prep)";
+          wantedBy = [ "initrd-fs.target" ];
+          after = [ "sysroot.mount" ];
+          before = [
+            "initrd-fs.target"
+            "systemd-tmpfiles-setup-sysroot.service"
+            "initrd-nixos-activation.service"
+          ] ++ lib.unique (map mountUnit generated.mountUnitPaths ++ otherBindMounts);
+          unitConfig = {
+            DefaultDependencies = false;
+            ConditionPathExists = "/etc/initrd-release";
+            RequiresMountsFor = [ "/sysroot" ] ++ map (p: "/sysroot${p}") generated.storagePaths;
+          } // optionalAttrs (cfg.failureAction == "emergency") {
+            OnFailure = "emergency.target";
+            OnFailureJobMode = "replace-irreversibly";
+          };
+          environment.PERSIST_PREP_LOG = cfg.logLevel;
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "/bin/persist-prep apply --root /sysroot --manifest /etc/persist-prep/manifest.json";
+            StandardOutput = "journal+console";
+            StandardError = "journal+console";
+          };
+        };
+
+        # Deferred owners: the users exist in /sysroot/etc/passwd once NixOS's activation ran.
+        services.persist-prep-finish = {
+          description = "Give deferred persistent directories their owners (persist-prep)";
+          wantedBy = [ "initrd.target" ];
+          after = [ "persist-prep.service" "initrd-fs.target" "initrd-nixos-activation.service" ];
+          before = [ "initrd.target" "initrd-cleanup.service" "initrd-switch-root.target" ];
+          unitConfig = {
+            DefaultDependencies = false;
+            ConditionPathExists = [ "/etc/initrd-release" "${stateDir}/deferred.json" ];
+          };
+          environment.PERSIST_PREP_LOG = cfg.logLevel;
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "/bin/persist-prep finish --root /sysroot";
+            StandardOutput = "journal+console";
+            StandardError = "journal+console";
+          };
+        };
+      };
+
+      # Stage-2 fallback: the record survives switch-root in /run when users are only made by
+      # systemd-sysusers or userborn.
+      systemd.services.persist-prep-finish-late = {
+        description = "Give deferred persistent directories their owners after user creation (persist-prep)";
+        wantedBy = [ "sysinit.target" ];
+        after = [ "local-fs.target" "systemd-sysusers.service" "userborn.service" ];
+        before = [ "sysinit.target" "systemd-tmpfiles-setup.service" "shutdown.target" ];
+        conflicts = [ "shutdown.target" ];
+        unitConfig = {
+          DefaultDependencies = false;
+          ConditionPathExists = [ "!/etc/initrd-release" "${stateDir}/deferred.json" ];
+        };
+        environment.PERSIST_PREP_LOG = cfg.logLevel;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = "${cfg.package}/bin/persist-prep finish --root /";
+          StandardOutput = "journal+console";
+          StandardError = "journal+console";
+        };
+      };
+    })
+
+    (mkIf hostCfg.enable {
+      assertions = [{
+        # Without microvm.nix's options the declared set would be empty and every VM an orphan.
+        assertion = options ? microvm && options.microvm ? vms;
+        message = "services.persist-prep.microvm-prune needs microvm.nix's host module (microvm.vms is not declared).";
+      }];
+
+      environment.etc."persist-prep/microvm.json".source = hostManifestFile;
+
+      # A oneshot rather than an activation snippet: switch-to-configuration restarts it when the
+      # declared set changes (restartTriggers), its output lands in the journal, and a failure is a
+      # failed unit rather than a failed switch.
+      systemd.services.persist-prep-microvm-prune = {
+        description = "Remove leftovers of microvm.nix VMs no longer declared (persist-prep)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "microvms.target" ];
+        restartTriggers = [ hostManifestFile ];
+        environment.PERSIST_PREP_LOG = cfg.logLevel;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/persist-prep" "microvm" "prune" "--manifest" "${hostManifestFile}" ] ++ hostCfg.extraArgs);
+        };
+      };
+    })
+  ];
+}
