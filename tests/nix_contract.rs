@@ -276,9 +276,6 @@ fn binary_accepts_generated_manifests() {
     }
     let mut checked = 0;
     for dir in case_dirs("cases") {
-        if PENDING_CORE.contains(&name(&dir).as_str()) {
-            continue;
-        }
         let got = generate(&dir);
         // A case with problems is refused at build time by the module; its manifest is never used.
         if got["problems"].as_array().is_some_and(|p| !p.is_empty()) {
@@ -294,28 +291,6 @@ fn binary_accepts_generated_manifests() {
         checked += 1;
     }
     assert!(checked >= 3, "too few valid cases: {checked}");
-}
-
-/// Cases the binary refuses today although impermanence accepts them; see the test below.
-const PENDING_CORE: &[&str] = &["homes-in-two-storages"];
-
-/// A user with entries in two storages gets the home in each (impermanence creates both), so the
-/// manifest declares `/home/alice` in two storages with identical attributes. The validator now
-/// refuses any path declared in two storages; it should refuse only differing declarations.
-#[test]
-#[ignore = "needs the core validator to accept identical declarations in two storages"]
-fn binary_accepts_homes_in_two_storages() {
-    if !have_nix() {
-        return;
-    }
-    for case in PENDING_CORE {
-        let got = generate(&repo().join("tests/nix/cases").join(case));
-        let (code, stderr) = validate(&got["manifest"], case);
-        assert_eq!(
-            code, 0,
-            "{case}: persist-prep validate refused it:\n{stderr}"
-        );
-    }
 }
 
 #[test]
