@@ -110,7 +110,8 @@ pub enum Obstacle {
     Missing,
     Symlink(String),
     NotADirectory,
-    Other(Errno),
+    /// Anything else; the caller reports the errno it already has.
+    Other,
 }
 
 /// Explains why opening `name` below `dir` as a directory failed.
@@ -120,9 +121,9 @@ pub fn diagnose(dir: impl AsFd, name: &str, errno: Errno) -> Obstacle {
         Errno::LOOP | Errno::NOTDIR | Errno::XDEV => match readlinkat(&dir, name, Vec::new()) {
             Ok(target) => Obstacle::Symlink(target.to_string_lossy().into_owned()),
             Err(_) if errno == Errno::NOTDIR => Obstacle::NotADirectory,
-            Err(_) => Obstacle::Other(errno),
+            Err(_) => Obstacle::Other,
         },
-        other => Obstacle::Other(other),
+        _ => Obstacle::Other,
     }
 }
 

@@ -66,11 +66,21 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// How messages name the entry: its path and where it came from.
-    pub fn describe(&self) -> String {
-        match &self.origin {
-            Some(origin) => format!("{} {} (from {origin})", self.kind.as_str(), self.path),
-            None => format!("{} {} ({})", self.kind.as_str(), self.path, self.location),
+    /// How messages name the entry: its path and where it came from. Formatted only when a
+    /// message is actually written.
+    pub fn describe(&self) -> Described<'_> {
+        Described(self)
+    }
+}
+
+pub struct Described<'a>(&'a Entry);
+
+impl std::fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        match &e.origin {
+            Some(origin) => write!(f, "{} {} (from {origin})", e.kind.as_str(), e.path),
+            None => write!(f, "{} {} ({})", e.kind.as_str(), e.path, e.location),
         }
     }
 }

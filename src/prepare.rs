@@ -170,6 +170,9 @@ struct Walker<'a> {
     new_pending: Vec<Pending>,
     /// Directories a read-only run has already planned, so that a plan lists each once.
     planned: HashSet<String>,
+    storage_chain: Vec<(String, OwnedFd)>,
+    root_chain: Vec<(String, OwnedFd)>,
+    euid: u32,
 }
 
 fn run(options: &Options, run: Intent) -> Exit {
@@ -209,6 +212,9 @@ fn run(options: &Options, run: Intent) -> Exit {
         record,
         new_pending: Vec::new(),
         planned: HashSet::new(),
+        storage_chain: Vec::new(),
+        root_chain: Vec::new(),
+        euid: rustix::process::geteuid().as_raw(),
     };
     let results: Vec<StorageResult> = manifest
         .storages
@@ -261,6 +267,8 @@ fn command_name(run: Intent) -> &'static str {
 
 impl Walker<'_> {
     fn storage<'m>(&mut self, storage: &'m Storage) -> StorageResult<'m> {
+        // Links of the previous storage's chain are relative to another directory.
+        self.storage_chain.clear();
         let shown = format!("{}{}", self.root_display, storage.path);
         let mut result = StorageResult {
             storage,
@@ -431,7 +439,7 @@ impl Walker<'_> {
                             Obstacle::NotADirectory => Problem::NotADirectory {
                                 path: shown.clone(),
                             },
-                            Obstacle::Missing | Obstacle::Other(_) => Problem::Errno {
+                            Obstacle::Missing | Obstacle::Other => Problem::Errno {
                                 action: "open",
                                 path: shown.clone(),
                                 errno,
@@ -508,8 +516,9 @@ impl Walker<'_> {
         };
         // The mount point takes the source's actual owner and mode, as impermanence does.
         let mut source_attrs = None;
-        if let (Kind::Directory, Some((fd, created))) = (entry.kind, &source) {
-            if !created {
+        if let (Kind::Directory, Some(false)) = (entry.kind, source) {
+            {
+                let fd = &self.storage_chain.last().expect("a walked directory").1;
                 match fs::meta(fd) {
                     Ok(meta) => {
                         result.actual = Some(meta);
@@ -625,8 +634,9 @@ impl Walker<'_> {
     }
 
     /// Opens `dirs` below `base`, creating missing components (in `Apply`), refusing symlinks.
-    /// Returns the final directory and whether it was created now; `None` when a read-only
-    /// run finds it missing (the missing part is added to `made` as a plan).
+    /// On success the final directory is the last link of the side's chain, and the result says
+    /// whether it was created now; `None` when a read-only run finds it missing (the missing
+    /// part is added to `made` as a plan).
     fn walk(
         &mut self,
         base: BorrowedFd<'_>,
@@ -635,69 +645,107 @@ impl Walker<'_> {
         entry: &Entry,
         attrs_of: &dyn Fn(&str) -> Attrs,
         made: &mut Vec<Made>,
-    ) -> Result<Option<(OwnedFd, bool)>, Problem> {
-        // The common case on every boot after the first: everything is there, one syscall.
-        if let Ok(fd) = fs::open_beneath(base, dirs) {
-            return Ok(Some((fd, false)));
+    ) -> Result<Option<bool>, Problem> {
+        let mut chain = std::mem::take(self.chain(side));
+        let result = self.walk_chain(&mut chain, base, side, dirs, entry, attrs_of, made);
+        *self.chain(side) = chain;
+        result
+    }
+
+    /// The directories opened on one side for the previous entry. Entries come sorted, so the
+    /// next one usually shares most of them and only the rest of its path is resolved.
+    fn chain(&mut self, side: Side<'_>) -> &mut Vec<(String, OwnedFd)> {
+        match side {
+            Side::Storage(_) => &mut self.storage_chain,
+            Side::Root => &mut self.root_chain,
         }
-        let mut current: Option<OwnedFd> = None;
-        let mut prefix = String::new();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_chain(
+        &mut self,
+        chain: &mut Vec<(String, OwnedFd)>,
+        base: BorrowedFd<'_>,
+        side: Side<'_>,
+        dirs: &str,
+        entry: &Entry,
+        attrs_of: &dyn Fn(&str) -> Attrs,
+        made: &mut Vec<Made>,
+    ) -> Result<Option<bool>, Problem> {
+        let shared = chain
+            .iter()
+            .take_while(|(prefix, _)| manifest::contains(prefix, dirs))
+            .count();
+        chain.truncate(shared);
+        let mut prefix = chain.last().map_or(String::new(), |(p, _)| p.clone());
+        if prefix == dirs || dirs == "/" {
+            return Ok(Some(false));
+        }
+        let rest = &dirs[prefix.len()..];
+        // The common case on every boot after the first: everything is there, one syscall.
+        let from = chain.last().map_or(base, |(_, fd)| fd.as_fd());
+        if let Ok(fd) = fs::open_beneath(from, rest) {
+            chain.push((dirs.to_owned(), fd));
+            return Ok(Some(false));
+        }
         let mut created_last = false;
-        for name in dirs.split('/').filter(|c| !c.is_empty()) {
+        for name in rest.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
             prefix.push_str(name);
-            let parent = current.as_ref().map_or(base, AsFd::as_fd);
+            let parent = chain.last().map_or(base, |(_, fd)| fd.as_fd());
             created_last = false;
-            let fd = match fs::open_child_path(parent, name) {
-                Ok(fd) => fd,
-                Err(errno) => match fs::diagnose(parent, name, errno) {
-                    Obstacle::Missing if self.run != Intent::Apply => {
-                        self.plan_from(side, &prefix, dirs, attrs_of, made);
-                        return Ok(None);
-                    }
-                    Obstacle::Missing => {
-                        created_last = true;
-                        self.create(parent, name, side, &prefix, entry, &attrs_of(&prefix), made)?
-                    }
-                    Obstacle::Symlink(target) => {
-                        return Err(Problem::Symlink {
-                            path: self.shown(side, &prefix),
-                            target,
-                        });
-                    }
-                    Obstacle::NotADirectory => {
-                        return Err(Problem::NotADirectory {
-                            path: self.shown(side, &prefix),
-                        });
-                    }
-                    Obstacle::Other(errno) => {
+            // In `Apply`, try mkdir first: on a fresh volume it succeeds, and EEXIST is as
+            // cheap as a failed lookup would have been.
+            let fresh = self.run == Intent::Apply
+                && match fs::make_child(parent, name) {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false,
+                    Err(errno) => {
                         return Err(Problem::Errno {
-                            action: "open",
+                            action: "create",
                             path: self.shown(side, &prefix),
                             errno,
                         });
                     }
-                },
+                };
+            let fd = if fresh {
+                created_last = true;
+                self.give_attributes(parent, name, side, &prefix, entry, &attrs_of(&prefix), made)?
+            } else {
+                match fs::open_child_path(parent, name) {
+                    Ok(fd) => fd,
+                    Err(errno) => match fs::diagnose(parent, name, errno) {
+                        Obstacle::Missing if self.run != Intent::Apply => {
+                            self.plan_from(side, &prefix, dirs, attrs_of, made);
+                            return Ok(None);
+                        }
+                        obstacle => return Err(self.obstacle(obstacle, side, &prefix, errno)),
+                    },
+                }
             };
-            current = Some(fd);
+            chain.push((prefix.clone(), fd));
         }
-        match current {
-            Some(fd) => Ok(Some((fd, created_last))),
-            // `dirs` is `/`: the base itself (a file directly under the storage or root).
-            None => rustix::io::fcntl_dupfd_cloexec(base, 0)
-                .map(|fd| Some((fd, false)))
-                .map_err(|errno| Problem::Errno {
-                    action: "open",
-                    path: self.shown(side, "/"),
-                    errno,
-                }),
+        Ok(Some(created_last))
+    }
+
+    fn obstacle(&self, obstacle: Obstacle, side: Side<'_>, prefix: &str, errno: Errno) -> Problem {
+        let path = self.shown(side, prefix);
+        match obstacle {
+            Obstacle::Symlink(target) => Problem::Symlink { path, target },
+            Obstacle::NotADirectory => Problem::NotADirectory { path },
+            Obstacle::Missing | Obstacle::Other => Problem::Errno {
+                action: "open",
+                path,
+                errno,
+            },
         }
     }
 
-    /// Makes one directory: mkdir private, open without following links, check it is ours,
-    /// then chown and chmod through the handle, so no path is walked twice.
+    /// Finishes a directory just made (private, root-owned): open it without following links,
+    /// check it is the one we made, then chown and chmod through the handle, so that no path
+    /// is walked twice.
     #[allow(clippy::too_many_arguments)]
-    fn create(
+    fn give_attributes(
         &mut self,
         parent: BorrowedFd<'_>,
         name: &str,
@@ -707,44 +755,16 @@ impl Walker<'_> {
         attrs: &Attrs,
         made: &mut Vec<Made>,
     ) -> Result<OwnedFd, Problem> {
-        let shown = self.shown(side, prefix);
-        let fresh = match fs::make_child(parent, name) {
-            Ok(()) => true,
-            Err(Errno::EXIST) => false,
-            Err(errno) => {
-                return Err(Problem::Errno {
-                    action: "create",
-                    path: shown,
-                    errno,
-                });
-            }
-        };
         let fd = fs::open_child(parent, name).map_err(|errno| {
-            match fs::diagnose(parent, name, errno) {
-                Obstacle::Symlink(target) => Problem::Symlink {
-                    path: shown.clone(),
-                    target,
-                },
-                Obstacle::NotADirectory => Problem::NotADirectory {
-                    path: shown.clone(),
-                },
-                Obstacle::Missing | Obstacle::Other(_) => Problem::Errno {
-                    action: "open",
-                    path: shown.clone(),
-                    errno,
-                },
-            }
+            self.obstacle(fs::diagnose(parent, name, errno), side, prefix, errno)
         })?;
+        let shown = self.shown(side, prefix);
         let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
             action: "stat",
             path: shown.clone(),
             errno,
         })?;
-        if !fresh {
-            // Someone else made it between our open and mkdir; it is theirs, not ours to chown.
-            return Ok(fd);
-        }
-        if meta.uid != rustix::process::geteuid().as_raw() || meta.mode != 0o700 {
+        if meta.uid != self.euid || meta.mode != 0o700 {
             return Err(Problem::Replaced { path: shown });
         }
         let uid = self.resolver.resolve(&attrs.user, Db::User);
@@ -764,7 +784,7 @@ impl Walker<'_> {
                     Side::Root => None,
                 },
                 path: prefix.to_owned(),
-                entry: entry.describe(),
+                entry: entry.describe().to_string(),
                 user: attrs.user.name.clone(),
                 group: attrs.group.name.clone(),
                 uid,
