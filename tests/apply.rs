@@ -650,3 +650,66 @@ fn usage_errors_exit_2() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
     }
 }
+
+#[test]
+fn the_log_level_comes_from_the_environment() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("loglevel");
+    s.manifest(TWO_USERS);
+    let run = |level: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["apply", "--manifest"])
+            .arg(s.dir.join("manifest.json"))
+            .arg("--root")
+            .arg(s.root())
+            .arg("--state-dir")
+            .arg(s.state())
+            .env("PERSIST_PREP_LOG", level)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap()
+    };
+    let quiet = run("error");
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    let verbose = String::from_utf8_lossy(&run("debug").stderr).into_owned();
+    assert!(
+        verbose.contains("debug: directory /var/lib/app (from"),
+        "{verbose}"
+    );
+    assert!(verbose.contains(": present"), "{verbose}");
+}
+
+#[test]
+fn a_storage_path_that_is_a_file_fails_that_storage_only() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("storagefile");
+    s.manifest(
+        r#"{"version":1,"storages":[
+          {"path":"/persist","directories":[{"path":"/a","user":"root","group":"root","mode":"0700"}]},
+          {"path":"/other","directories":[{"path":"/b","user":"root","group":"root","mode":"0700"}]}]}"#,
+    );
+    std::fs::write(s.root().join("persist"), "not a directory").unwrap();
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("storage /persist:") && run.stderr.contains("is not a directory"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.root().join("persist")).unwrap(),
+        "not a directory"
+    );
+    assert!(!exists(s.root().join("a")));
+    assert_eq!(stat(s.root().join("other/b")), (0o700, 0, 0));
+    assert_eq!(run.json()["storages"][0]["state"], "error");
+}
