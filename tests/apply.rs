@@ -446,57 +446,48 @@ fn a_file_where_a_directory_should_be_is_an_error_for_that_entry() {
     assert_eq!(doc["summary"]["created"], 3);
 }
 
-#[test]
-fn a_read_only_storage_fails_with_erofs_and_the_fix() {
+/// Applies `TWO_USERS` with the storage on a tmpfs mounted with `options`; returns its stderr.
+fn apply_on_tmpfs(name: &str, options: &str) -> Option<String> {
     if !require_root() {
-        return;
+        return None;
     }
-    let s = Scratch::new("rofs");
+    let s = Scratch::new(name);
     s.manifest(TWO_USERS);
     std::fs::create_dir_all(s.root().join("persist")).unwrap();
-    let run = s.in_namespace(
-        r#"mount -t tmpfs -o ro tmpfs "$ROOT/persist"
-           "$BIN" apply --manifest "$MANIFEST" --root "$ROOT" --state-dir "$STATE" || echo "exit=$?""#,
-    );
+    let run = s.in_namespace(&format!(
+        r#"mount -t tmpfs -o {options} tmpfs "$ROOT/persist"
+           "$BIN" apply --manifest "$MANIFEST" --root "$ROOT" --state-dir "$STATE" || echo "exit=$?""#
+    ));
     assert!(
         run.stdout.contains("exit=1"),
         "{}\n{}",
         run.stdout,
         run.stderr
     );
+    Some(run.stderr)
+}
+
+#[test]
+fn a_read_only_storage_fails_with_erofs_and_the_fix() {
+    let Some(stderr) = apply_on_tmpfs("rofs", "ro") else {
+        return;
+    };
     assert!(
-        run.stderr.contains("Read-only file system (EROFS)")
-            && run.stderr.contains("mount it read-write"),
-        "{}",
-        run.stderr
+        stderr.contains("Read-only file system (EROFS)") && stderr.contains("mount it read-write"),
+        "{stderr}"
     );
-    assert!(run.stderr.contains("4 failed"), "{}", run.stderr);
+    assert!(stderr.contains("4 failed"), "{stderr}");
 }
 
 #[test]
 fn a_full_file_system_fails_with_enospc_and_the_fix() {
-    if !require_root() {
-        return;
-    }
-    let s = Scratch::new("enospc");
-    s.manifest(TWO_USERS);
-    std::fs::create_dir_all(s.root().join("persist")).unwrap();
     // Room for the root inode and three directories, no more.
-    let run = s.in_namespace(
-        r#"mount -t tmpfs -o nr_inodes=4,size=64k tmpfs "$ROOT/persist"
-           "$BIN" apply --manifest "$MANIFEST" --root "$ROOT" --state-dir "$STATE" || echo "exit=$?""#,
-    );
+    let Some(stderr) = apply_on_tmpfs("enospc", "nr_inodes=4,size=64k") else {
+        return;
+    };
     assert!(
-        run.stdout.contains("exit=1"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("No space left on device (ENOSPC)")
-            && run.stderr.contains("free space"),
-        "{}",
-        run.stderr
+        stderr.contains("No space left on device (ENOSPC)") && stderr.contains("free space"),
+        "{stderr}"
     );
 }
 
