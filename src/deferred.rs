@@ -143,16 +143,8 @@ pub fn finish(options: &Options) -> Exit {
         }
     };
     let root_display = crate::prepare::root_display(&options.root);
-    let root = match fs::open_root(&options.root) {
-        Ok(fd) => fd,
-        Err(errno) => {
-            log::error!(
-                "cannot open the root {}: {}; fix: pass the mounted system with --root",
-                options.root.display(),
-                report::errno_words(errno)
-            );
-            return Exit::Failed;
-        }
+    let Some(root) = crate::prepare::open_root(&options.root) else {
+        return Exit::Failed;
     };
     let mut resolver = Resolver::new(root.as_fd());
     for storage in record.pending.iter().filter_map(|p| p.storage.as_deref()) {

@@ -52,6 +52,19 @@ pub fn root_display(root: &Path) -> String {
     trimmed.to_owned()
 }
 
+/// Opens the root every path is resolved from, or says why not.
+pub fn open_root(root: &Path) -> Option<OwnedFd> {
+    fs::open_root(root)
+        .map_err(|errno| {
+            log::error!(
+                "cannot open the root {}: {}; fix: pass the mounted real root with --root (in the initrd it is /sysroot)",
+                root.display(),
+                report::errno_words(errno)
+            );
+        })
+        .ok()
+}
+
 /// A directory that was (or would be) created.
 struct Made {
     path: String,
@@ -189,16 +202,8 @@ fn run(options: &Options, run: Intent) -> Exit {
             return Exit::InvalidManifest;
         }
     };
-    let root = match fs::open_root(&options.root) {
-        Ok(fd) => fd,
-        Err(errno) => {
-            log::error!(
-                "cannot open the root {}: {}; fix: pass the mounted real root with --root (in the initrd it is /sysroot)",
-                options.root.display(),
-                report::errno_words(errno)
-            );
-            return Exit::Failed;
-        }
+    let Some(root) = open_root(&options.root) else {
+        return Exit::Failed;
     };
     let record = deferred::load(&options.state_dir).unwrap_or_else(|message| {
         log::warn!("{message}");
