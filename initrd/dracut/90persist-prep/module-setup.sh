@@ -68,8 +68,10 @@ install() {
     mkdir -p "$initdir$systemdsystemunitdir/persist-prep.service.d"
     _persist_prep_dropin "$manifest" || return 1
     if [[ ${persist_prep_stop_boot:-no} == yes ]]; then
-        inst_simple "$moddir/stop-boot-on-failure.conf" \
-            "$systemdsystemunitdir/persist-prep.service.d/stop-boot-on-failure.conf"
+        inst_simple "$moddir/stop-boot/persist-prep.service.d/50-stop-boot.conf" \
+            "$systemdsystemunitdir/persist-prep.service.d/50-stop-boot.conf"
+        inst_simple "$moddir/stop-boot/initrd-cleanup.service.d/50-persist-prep-stop-boot.conf" \
+            "$systemdsystemunitdir/initrd-cleanup.service.d/50-persist-prep-stop-boot.conf"
     fi
     $SYSTEMCTL -q --root "$initdir" enable persist-prep.service persist-prep-finish.service
 }

@@ -30,7 +30,7 @@ base_initrd() {
         dpkg-query -W -f='${Package}=${Version}\n' dracut-core systemd udev
         printf 'setting %s\n' "$@"
         sha256sum "$(binary_path)" "$BASE_MANIFEST" | cut -d' ' -f1
-        (cd "$REPO_DIR/initrd" && find -L dracut persist-prep*.service stop-boot-on-failure.conf -type f |
+        (cd "$REPO_DIR/initrd" && find -L dracut persist-prep*.service stop-boot -type f |
             LC_ALL=C sort | xargs sha256sum)
     } | sha256sum | cut -c1-16)
     out=$CACHE_DIR/initrd/base-$key.img
