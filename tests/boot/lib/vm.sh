@@ -40,7 +40,9 @@ boot_vm() {
         if grep -aq 'Kernel panic' "$dir/console.log"; then verdict=panic; break; fi
         if ((i < ${#sends[@]})); then
             local pattern=${sends[i]%%$'\t'*} text=${sends[i]#*$'\t'}
-            if clean_console "$dir/console.log" | grep -Eq -- "$pattern"; then
+            # grep -c, not -q: an early exit would kill sed with SIGPIPE and, under pipefail,
+            # turn a match into a miss.
+            if [[ $(clean_console "$dir/console.log" | grep -Eac -- "$pattern") != 0 ]]; then
                 printf '%s\r' "$text" >&"$keep"
                 i=$((i + 1))
             fi

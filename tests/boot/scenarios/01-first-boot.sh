@@ -23,7 +23,7 @@ expect_stats=(
     "/sysroot/var/lib/colord mount=yes type=directory mode=750 uid=997 gid=996"
     "/sysroot/persist/etc type=directory mode=755 uid=0 gid=0"
 )
-expect_summary="failed=0 drift=0 deferred=0"
+expect_summary="created=4 present=0 failed=0 drift=0 deferred=0"
 expect_console=('persist-prep: summary: ' '!Ordering cycle|ordering cycle' '!Dependency failed')
 # On the images after power-off. The persistent volume is the storage /persist itself. systemd
 # would have created missing sources and mount points as root 0755, so the attributes are the test.

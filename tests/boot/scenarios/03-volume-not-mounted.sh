@@ -10,10 +10,10 @@ expect_units=(
     "sysroot-persist.mount load=masked"
 )
 expect_stats=("/sysroot/persist/var exists=no" "/sysroot/var exists=no")
-expect_summary="created=0"
+expect_summary="created=0 skipped=4"
 expect_console=(
-    'persist-prep.*/persist.*not mounted'
-    'fileSystems\."/persist"\.neededForBoot = true'
+    'persist-prep\[[0-9]+\]: storage /persist: /sysroot/persist is not a mount point, so the persistent volume is not mounted'
+    'Fix: .*fileSystems\."/persist"\.neededForBoot = true'
 )
 expect_disk=(
     "root /persist type=directory"

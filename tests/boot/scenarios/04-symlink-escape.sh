@@ -16,7 +16,10 @@ expect_stats=(
     "/sysroot/persist/data/ok type=directory mode=750 uid=1000 gid=100"
 )
 expect_summary="failed=2"
-expect_console=('persist-prep.*(symlink|symbolic link)')
+expect_console=(
+    'persist-prep\[[0-9]+\]: directory /var/lib/private .*: /sysroot/persist/var is a symlink \(-> /\)'
+    'persist-prep\[[0-9]+\]: directory /srv/www .*: /sysroot/persist/srv is a symlink \(-> \.\.\)'
+)
 expect_disk=(
     "persist /var type=symlink"
     "persist /srv type=symlink"
@@ -24,4 +27,7 @@ expect_disk=(
     "root /www absent"
     "root /lib absent"
     "root /private absent"
+    "root /var absent"
+    "root /srv absent"
+    "root /data/ok type=directory mode=750 uid=1000 gid=100"
 )

@@ -17,6 +17,7 @@ send=(
 expect_markers=("check-rc=1" "sysroot=mounted")
 expect_console=(
     'Reached target.*Emergency Mode|Entering emergency mode'
-    '/persist.*not mounted'
+    '^not-mounted +storage +/persist +storage /persist: /sysroot/persist is not a mount point'
+    '^storage-not-mounted +directory +/var/lib/private'
     '!Starting initrd-switch-root.service'
 )
