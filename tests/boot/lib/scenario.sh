@@ -15,7 +15,7 @@ scenario_defaults() {
     send=()                   # "PATTERN<TAB>TEXT": type TEXT on the console once PATTERN appeared
     images_from=""            # reuse the images another scenario's boot left behind
     persist_disk=yes          # attach the persistent volume as vdb
-    report_units=(sysroot.mount sysroot-persist.mount persist-prep.service persist-prep-finish.service)
+    report_units=(sysroot.mount sysroot-persist.mount persist-prep.service persist-prep-finish.service pp-test-baseline.service)
     stat_paths=()             # extra paths (inside the initrd) the report stats
     timeout=300               # watchdog, seconds
     expect_report=yes         # the report unit must have run to the end
@@ -170,6 +170,9 @@ run_scenario() (
     line=$(grep -m1 '^unit name=persist-prep.service ' "$dir/markers")
     s=$(field "$line" starting) d=$(field "$line" done)
     [[ $s =~ ^[0-9]+$ && $d =~ ^[0-9]+$ ]] && echo "$((d - s))" > "$dir/cost-us"
+    line=$(grep -m1 '^unit name=pp-test-baseline.service ' "$dir/markers")
+    s=$(field "$line" starting) d=$(field "$line" done)
+    [[ $s =~ ^[0-9]+$ && $d =~ ^[0-9]+$ ]] && echo "$((d - s))" > "$dir/baseline-us"
 
     local total failed first
     total=$(wc -l < "$CHECKS")
