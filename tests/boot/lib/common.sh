@@ -7,9 +7,10 @@ REPO_DIR=$(cd "$BOOT_DIR/../.." && pwd)
 CACHE_DIR=${PERSIST_PREP_BOOT_CACHE:-$BOOT_DIR/.cache}
 WORK_DIR=${PERSIST_PREP_BOOT_WORK:-$BOOT_DIR/.work}
 
-# Debian packages the harness needs on the host. qemu-utils is listed on purpose: without it,
+# Debian packages the harness needs on the host (jq: the dracut module derives the ordering from
+# the manifest with it, and the tests exercise that path). qemu-utils is listed on purpose: without it,
 # installing qemu-system-x86 removes a newer preinstalled qemu-utils instead of replacing it.
-HOST_PACKAGES=(dracut-core qemu-system-x86 qemu-utils cpio zstd e2fsprogs kmod udev)
+HOST_PACKAGES=(dracut-core qemu-system-x86 qemu-utils cpio zstd e2fsprogs kmod udev jq)
 
 # The one place that knows which kernel the tests boot. setup.sh resolves the concrete ABI behind
 # Debian's cloud meta package once and records it here, so a kernel ABI bump in the archive is

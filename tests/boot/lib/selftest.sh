@@ -14,6 +14,10 @@ harness_selftest() (
     cp -a "$unpacked" "$dir/root"
     verify_units "$dir/root" "$dir"/root/usr/lib/systemd/system/persist-prep*.service > "$dir/clean.log" 2>&1 ||
         problems+=("verify fails on the shipped units: $(head -n 2 "$dir/clean.log" | tr '\n' ' ')")
+    # The stage-2 fallback never runs in these boots (they end before switch-root); verify it here.
+    cp "$REPO_DIR/initrd/persist-prep-finish-late.service" "$dir/root/usr/lib/systemd/system/"
+    verify_units "$dir/root" "$dir/root/usr/lib/systemd/system/persist-prep-finish-late.service" > "$dir/late.log" 2>&1 ||
+        problems+=("verify fails on persist-prep-finish-late.service: $(head -n 2 "$dir/late.log" | tr '\n' ' ')")
     # ... and fails on an unknown key, and on the ordering cycle the field notes warn about.
     printf '[Unit]\nDescription=bad key\nDefaultDependencies=no\n[Service]\nType=oneshot\nExecStart=/bin/true\nNoSuchKey=1\n' \
         > "$dir/root/etc/systemd/system/pp-bad-key.service"
