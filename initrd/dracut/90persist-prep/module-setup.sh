@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2154  # initdir, moddir, systemdsystemunitdir and the settings come from dracut
 # dracut module for persist-prep: installs the static binary, the manifest and the initrd units
 # into a systemd initrd, and orders persist-prep after the storages and before the bind mounts.
 #

@@ -28,7 +28,7 @@ check_units() { # check_units MARKERS_FILE SPEC...   SPEC: "unit.service key=val
         line=$(grep -m1 "^unit name=$unit " "$mk")
         if [[ -z $line ]]; then record FAIL unit "$unit" "no report"
         elif has_fields "$line" "$want"; then record ok unit "$unit $want"
-        else record FAIL unit "$unit $want" "got ${line#unit name=$unit }"; fi
+        else record FAIL unit "$unit $want" "got ${line#unit name="$unit" }"; fi
     done
 }
 
@@ -40,7 +40,7 @@ check_stats() { # SPEC: "/path key=value ..." as seen inside the initrd
         line=$(grep -m1 "^stat path=$path " "$mk")
         if [[ -z $line ]]; then record FAIL stat "$path" "no report"
         elif has_fields "$line" "$want"; then record ok stat "$path $want"
-        else record FAIL stat "$path $want" "got ${line#stat path=$path }"; fi
+        else record FAIL stat "$path $want" "got ${line#stat path="$path" }"; fi
     done
 }
 

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source this
 # Shared paths and helpers for the boot tests; sourced by every script under tests/boot/.
 # Nothing here has side effects beyond defining variables and functions.
 
@@ -36,7 +36,8 @@ die() { printf 'boot: error: %s\n' "$*" >&2; exit 1; }
 # Exit the whole suite as "skipped" (0) unless CI demands every prerequisite.
 skip_or_fail() {
     if [[ ${PERSIST_PREP_REQUIRE_ALL:-} == 1 ]]; then
-        printf 'boot tests: FAILED prerequisite (PERSIST_PREP_REQUIRE_ALL=1): %s\n' "$*" >&2
+        printf 'boot tests: FAILED prerequisite (PERSIST_PREP_REQUIRE_ALL=1): %s\n' "$*"
+        echo "0 passed, 1 failed"
         exit 1
     fi
     printf 'boot tests: SKIPPED: %s\n' "$*"

@@ -83,6 +83,7 @@ enable_units() {
     for unit in "$stage"/etc/systemd/system/*.{service,mount,target}; do
         [[ -f $unit ]] || continue
         for kind in WantedBy RequiredBy; do
+            # shellcheck disable=SC2013 # words on purpose: one WantedBy= may name several targets
             for target in $(sed -n "s/^$kind=//p" "$unit"); do
                 local suffix=wants
                 [[ $kind == RequiredBy ]] && suffix=requires

@@ -168,10 +168,10 @@ run_scenario() (
     # persist-prep's own cost in this boot: its start job began .. finished, from the journal.
     local line s d
     line=$(grep -m1 '^unit name=persist-prep.service ' "$dir/markers")
-    s=$(field "$line" starting) d=$(field "$line" done)
+    s=$(field "$line" starting) d=$(field "$line" "done")
     [[ $s =~ ^[0-9]+$ && $d =~ ^[0-9]+$ ]] && echo "$((d - s))" > "$dir/cost-us"
     line=$(grep -m1 '^unit name=pp-test-baseline.service ' "$dir/markers")
-    s=$(field "$line" starting) d=$(field "$line" done)
+    s=$(field "$line" starting) d=$(field "$line" "done")
     [[ $s =~ ^[0-9]+$ && $d =~ ^[0-9]+$ ]] && echo "$((d - s))" > "$dir/baseline-us"
 
     local total failed first
