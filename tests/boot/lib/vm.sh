@@ -24,7 +24,8 @@ boot_vm() {
     local drives=()
     for disk in "$@"; do drives+=(-drive "file=$disk,if=virtio,format=raw"); done
     local fifo=$dir/console.in
-    rm -f "$fifo" "$dir/console.log"
+    rm -f "$fifo"
+    : > "$dir/console.log" # exists before QEMU opens it (it waits for the fifo's writer first)
     mkfifo "$fifo"
     # KVM is present but unusable on these machines (KVM internal error, then a hang): TCG only.
     qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 \
