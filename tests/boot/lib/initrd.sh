@@ -35,6 +35,7 @@ base_initrd() {
     } | sha256sum | cut -c1-16)
     out=$CACHE_DIR/initrd/base-$key.img
     if [[ -s $out ]]; then
+        touch "$out" # used: a full run prunes the bases it did not use
         echo "$out"
         return 0
     fi
