@@ -21,7 +21,10 @@ fn require_all() -> bool {
 
 /// Skips (or fails under `PERSIST_PREP_REQUIRE_ALL=1`) when a prerequisite is missing.
 fn skip(why: &str) {
-    assert!(!require_all(), "prerequisite missing and PERSIST_PREP_REQUIRE_ALL=1: {why}");
+    assert!(
+        !require_all(),
+        "prerequisite missing and PERSIST_PREP_REQUIRE_ALL=1: {why}"
+    );
     eprintln!("SKIP: {why}");
 }
 
@@ -81,12 +84,13 @@ impl Tree {
         let store = format!("/nix/store/{name}-microvm-qemu-{name}");
         self.file(&format!("{store}/bin/microvm-run"), "#!/bin/sh\n");
         if !taps.is_empty() {
-            let text: String = taps.iter().map(|t| format!("{t}\n")).collect();
+            let text = taps.iter().fold(String::new(), |text, t| text + t + "\n");
             self.file(&format!("{store}/share/microvm/tap-interfaces"), &text);
         }
         if !macvtaps.is_empty() {
-            let text: String =
-                macvtaps.iter().map(|t| format!("{t} 02:00:00:00:00:01 eth0 bridge\n")).collect();
+            let text = macvtaps.iter().fold(String::new(), |text, t| {
+                text + t + " 02:00:00:00:00:01 eth0 bridge\n"
+            });
             self.file(&format!("{store}/share/microvm/macvtap-interfaces"), &text);
         }
         store
@@ -97,7 +101,10 @@ impl Tree {
         let runner = self.runner(name, taps, &[]);
         let state = format!("/var/lib/microvms/{name}");
         self.link(&format!("{state}/current"), &runner)
-            .link(&format!("{state}/toplevel"), &format!("/nix/store/{name}-nixos-system"))
+            .link(
+                &format!("{state}/toplevel"),
+                &format!("/nix/store/{name}-nixos-system"),
+            )
             .file(&format!("{state}/{name}.img"), "disk")
     }
 
@@ -107,8 +114,14 @@ impl Tree {
         let state = format!("/var/lib/microvms/{name}");
         self.link(&format!("{state}/current"), &runner)
             .file(&format!("{state}/flake"), "git+file:///etc/nixos")
-            .link(&format!("/nix/var/nix/gcroots/microvm/{name}"), &format!("{state}/current"))
-            .link(&format!("/nix/var/nix/gcroots/microvm/booted-{name}"), &format!("{state}/booted"))
+            .link(
+                &format!("/nix/var/nix/gcroots/microvm/{name}"),
+                &format!("{state}/current"),
+            )
+            .link(
+                &format!("/nix/var/nix/gcroots/microvm/booted-{name}"),
+                &format!("{state}/booted"),
+            )
     }
 
     /// Every path in the tree with its type and (for links) target, never following links.
@@ -144,7 +157,10 @@ impl Drop for Tree {
     fn drop(&mut self) {
         let base = self.root.parent().unwrap();
         // Make everything removable again (tests may leave read-only modes behind).
-        let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(base).status();
+        let _ = Command::new("chmod")
+            .args(["-R", "u+rwX"])
+            .arg(base)
+            .status();
         let _ = fs::remove_dir_all(base);
     }
 }
@@ -188,7 +204,9 @@ impl Run {
         let items = self.json["items"].as_array().unwrap();
         let item = items
             .iter()
-            .find(|i| i["path"] == path_or_name || (i["path"].is_null() && i["name"] == path_or_name))
+            .find(|i| {
+                i["path"] == path_or_name || (i["path"].is_null() && i["name"] == path_or_name)
+            })
             .unwrap_or_else(|| panic!("no item {path_or_name} in {items:#?}"));
         item["class"].as_str().unwrap().to_owned()
     }
@@ -212,7 +230,10 @@ impl Run {
 /// asserts that nothing appeared.
 fn vanished(before: &BTreeSet<String>, after: &BTreeSet<String>) -> BTreeSet<String> {
     let appeared: Vec<_> = after.difference(before).collect();
-    assert!(appeared.is_empty(), "prune created or changed: {appeared:?}");
+    assert!(
+        appeared.is_empty(),
+        "prune created or changed: {appeared:?}"
+    );
     before.difference(after).cloned().collect()
 }
 
@@ -240,8 +261,15 @@ fn prune_as_planned(tree: &Tree, args: &[&str]) -> (Run, BTreeSet<String>) {
     let mut real_args = vec!["prune", "--json"];
     real_args.extend_from_slice(args);
     let real = tree.run(&real_args);
-    assert_eq!(dry.plan(), real.plan(), "--dry-run printed another plan than prune carried out");
-    assert_eq!(dry.code, real.code, "dry run and prune disagree on the exit code");
+    assert_eq!(
+        dry.plan(),
+        real.plan(),
+        "--dry-run printed another plan than prune carried out"
+    );
+    assert_eq!(
+        dry.code, real.code,
+        "dry run and prune disagree on the exit code"
+    );
     let after = tree.snapshot();
     let gone = vanished(&before, &after);
     let expected: BTreeSet<String> = real
@@ -262,14 +290,20 @@ fn planned(run: &Run) -> Vec<(String, String)> {
         .map(|s| {
             (
                 s["action"].as_str().unwrap().to_owned(),
-                s["path"].as_str().or(s["unit"].as_str()).unwrap_or("").to_owned(),
+                s["path"]
+                    .as_str()
+                    .or(s["unit"].as_str())
+                    .unwrap_or("")
+                    .to_owned(),
             )
         })
         .collect()
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
 }
 
 const SYSTEM_UNITS: &str = "/nix/store/aaaa-system-units";
@@ -279,32 +313,87 @@ const SYSTEM_UNITS: &str = "/nix/store/aaaa-system-units";
 fn nixos_host() -> Tree {
     let tree = Tree::new("nixos");
     tree.file(&format!("{SYSTEM_UNITS}/microvm@.service"), "[Service]\n")
-        .file(&format!("{SYSTEM_UNITS}/microvm-tap-interfaces@.service"), "[Service]\n")
-        .file(&format!("{SYSTEM_UNITS}/install-microvm-web.service"), "[Service]\n")
-        .file(&format!("{SYSTEM_UNITS}/microvm@web.service.d/overrides.conf"), "[Unit]\n")
+        .file(
+            &format!("{SYSTEM_UNITS}/microvm-tap-interfaces@.service"),
+            "[Service]\n",
+        )
+        .file(
+            &format!("{SYSTEM_UNITS}/install-microvm-web.service"),
+            "[Service]\n",
+        )
+        .file(
+            &format!("{SYSTEM_UNITS}/microvm@web.service.d/overrides.conf"),
+            "[Unit]\n",
+        )
         .file(&format!("{SYSTEM_UNITS}/microvms.target"), "[Unit]\n")
-        .link(&format!("{SYSTEM_UNITS}/microvms.target.wants/microvm@web.service"), "../microvm@.service")
+        .link(
+            &format!("{SYSTEM_UNITS}/microvms.target.wants/microvm@web.service"),
+            "../microvm@.service",
+        )
         .file(&format!("{SYSTEM_UNITS}/sshd.service"), "[Service]\n")
         .link("/etc/static", "/nix/store/bbbb-etc/etc")
         .link("/nix/store/bbbb-etc/etc/systemd/system", SYSTEM_UNITS)
         .link("/etc/systemd/system", "/etc/static/systemd/system");
-    tree.declarative_vm("web", &["vm-web0"]).imperative_vm("imp");
+    tree.declarative_vm("web", &["vm-web0"])
+        .imperative_vm("imp");
     // Leftovers of `old`, removed from microvm.vms: state, GC roots, runtime units and links.
     tree.declarative_vm("old", &["vm-old0"])
-        .link("/var/lib/microvms/old/booted", "/nix/store/old-microvm-qemu-old")
-        .link("/nix/var/nix/gcroots/microvm/old", "/var/lib/microvms/old/current")
-        .link("/nix/var/nix/gcroots/microvm/booted-old", "/var/lib/microvms/old/booted")
-        .link("/nix/var/nix/gcroots/microvm/stale", "/var/lib/microvms/stale/current")
-        .link("/run/systemd/system/microvm@old.service", "/etc/systemd/system/microvm@.service")
-        .file("/run/systemd/system/microvm@old.service.d/override.conf", "[Service]\nCPUQuota=50%\n")
-        .file("/run/systemd/system/microvm-tap-interfaces@old.service.d/x.conf", "[Unit]\n")
-        .file("/run/systemd/system/install-microvm-old.service", "[Service]\n")
-        .link("/run/systemd/system/microvms.target.wants/microvm@old.service", "/etc/systemd/system/microvm@.service")
-        .link("/run/systemd/system/microvms.target.wants/microvm@imp.service", "/etc/systemd/system/microvm@.service")
-        .file("/etc/systemd/system.control/microvm@old.service.d/50-MemoryMax.conf", "[Service]\n")
-        .file("/run/systemd/system/microvm@imp.service.d/override.conf", "[Service]\n")
-        .file("/run/systemd/system/microvm@web.service.d/override.conf", "[Service]\n")
-        .file("/run/systemd/system/microvm-virtiofsd@.service", "[Service]\n")
+        .link(
+            "/var/lib/microvms/old/booted",
+            "/nix/store/old-microvm-qemu-old",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/booted-old",
+            "/var/lib/microvms/old/booted",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/stale",
+            "/var/lib/microvms/stale/current",
+        )
+        .link(
+            "/run/systemd/system/microvm@old.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\nCPUQuota=50%\n",
+        )
+        .file(
+            "/run/systemd/system/microvm-tap-interfaces@old.service.d/x.conf",
+            "[Unit]\n",
+        )
+        .file(
+            "/run/systemd/system/install-microvm-old.service",
+            "[Service]\n",
+        )
+        .link(
+            "/run/systemd/system/microvms.target.wants/microvm@old.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .link(
+            "/run/systemd/system/microvms.target.wants/microvm@imp.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .file(
+            "/etc/systemd/system.control/microvm@old.service.d/50-MemoryMax.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@imp.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@web.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm-virtiofsd@.service",
+            "[Service]\n",
+        )
         .file("/run/systemd/system/unrelated.service", "[Service]\n");
     tree
 }
@@ -325,15 +414,30 @@ fn status_classifies_everything() {
         ("/nix/var/nix/gcroots/microvm/booted-old", "orphaned"),
         ("/nix/var/nix/gcroots/microvm/stale", "orphaned"),
         ("/etc/systemd/system/microvm@.service", "store-managed"),
-        ("/etc/systemd/system/install-microvm-web.service", "store-managed"),
+        (
+            "/etc/systemd/system/install-microvm-web.service",
+            "store-managed",
+        ),
         ("/etc/systemd/system/microvm@web.service.d", "store-managed"),
-        ("/etc/systemd/system/microvms.target.wants/microvm@web.service", "store-managed"),
+        (
+            "/etc/systemd/system/microvms.target.wants/microvm@web.service",
+            "store-managed",
+        ),
         ("/run/systemd/system/microvm@old.service", "orphaned"),
         ("/run/systemd/system/microvm@old.service.d", "orphaned"),
-        ("/run/systemd/system/microvms.target.wants/microvm@imp.service", "imperative"),
+        (
+            "/run/systemd/system/microvms.target.wants/microvm@imp.service",
+            "imperative",
+        ),
         ("/run/systemd/system/microvm@web.service.d", "declared"),
-        ("/run/systemd/system/microvm-virtiofsd@.service", "template-in-use"),
-        ("/etc/systemd/system.control/microvm@old.service.d", "orphaned"),
+        (
+            "/run/systemd/system/microvm-virtiofsd@.service",
+            "template-in-use",
+        ),
+        (
+            "/etc/systemd/system.control/microvm@old.service.d",
+            "orphaned",
+        ),
         ("vm-web0", "declared"),
         ("vm-old0", "orphaned"),
     ] {
@@ -341,18 +445,25 @@ fn status_classifies_everything() {
     }
     let items = status.json["items"].as_array().unwrap();
     assert!(
-        !items.iter().any(|i| i["path"].as_str().is_some_and(|p| p.contains("sshd") || p.contains("unrelated"))),
+        !items.iter().any(|i| i["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("sshd") || p.contains("unrelated"))),
         "unrelated units listed"
     );
     let store_item = items
         .iter()
         .find(|i| i["path"] == "/etc/systemd/system/microvm@.service")
         .unwrap();
-    assert!(store_item["detail"].as_str().unwrap().contains("imports"), "fix missing: {store_item}");
+    assert!(
+        store_item["detail"].as_str().unwrap().contains("imports"),
+        "fix missing: {store_item}"
+    );
     // The text form lists the same things.
     let text = tree.run(&["status", "--declared", "web"]);
     let stdout = String::from_utf8_lossy(&text.output.stdout);
-    assert!(stdout.contains("orphaned") && stdout.contains("/run/systemd/system/microvm@old.service.d"));
+    assert!(
+        stdout.contains("orphaned") && stdout.contains("/run/systemd/system/microvm@old.service.d")
+    );
 }
 
 #[test]
@@ -363,12 +474,30 @@ fn prune_removes_exactly_the_orphans_leftovers() {
     assert_eq!(
         planned(&run),
         pairs(&[
-            ("remove-enablement-link", "/run/systemd/system/microvms.target.wants/microvm@old.service"),
-            ("remove-unit-file", "/run/systemd/system/install-microvm-old.service"),
-            ("remove-unit-file", "/run/systemd/system/microvm@old.service"),
-            ("remove-drop-in", "/etc/systemd/system.control/microvm@old.service.d"),
-            ("remove-drop-in", "/run/systemd/system/microvm-tap-interfaces@old.service.d"),
-            ("remove-drop-in", "/run/systemd/system/microvm@old.service.d"),
+            (
+                "remove-enablement-link",
+                "/run/systemd/system/microvms.target.wants/microvm@old.service"
+            ),
+            (
+                "remove-unit-file",
+                "/run/systemd/system/install-microvm-old.service"
+            ),
+            (
+                "remove-unit-file",
+                "/run/systemd/system/microvm@old.service"
+            ),
+            (
+                "remove-drop-in",
+                "/etc/systemd/system.control/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm-tap-interfaces@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
             ("remove-gc-root", "/nix/var/nix/gcroots/microvm/booted-old"),
             ("remove-gc-root", "/nix/var/nix/gcroots/microvm/old"),
             ("remove-gc-root", "/nix/var/nix/gcroots/microvm/stale"),
@@ -385,7 +514,10 @@ fn prune_removes_exactly_the_orphans_leftovers() {
         "/run/systemd/system/microvm-virtiofsd@.service",
         "/nix/store/aaaa-system-units/microvm@.service",
     ] {
-        assert!(tree.path(kept).exists() || tree.path(kept).is_symlink(), "{kept} was removed");
+        assert!(
+            tree.path(kept).exists() || tree.path(kept).is_symlink(),
+            "{kept} was removed"
+        );
     }
     // A second run finds nothing more to do.
     let again = tree.run(&["prune", "--json", "--declared", "web"]);
@@ -396,11 +528,23 @@ fn prune_removes_exactly_the_orphans_leftovers() {
 fn templates_go_only_when_no_vm_is_left() {
     let tree = Tree::new("templates");
     tree.file("/etc/systemd/system/microvm@.service", "[Service]\n")
-        .file("/etc/systemd/system/microvm-set-booted@.service", "[Service]\n")
-        .file("/etc/systemd/system/microvm@.service.d/10-local.conf", "[Service]\n")
+        .file(
+            "/etc/systemd/system/microvm-set-booted@.service",
+            "[Service]\n",
+        )
+        .file(
+            "/etc/systemd/system/microvm@.service.d/10-local.conf",
+            "[Service]\n",
+        )
         .file("/etc/systemd/system/microvms.target", "[Unit]\n")
-        .link("/etc/systemd/system/multi-user.target.wants/microvms.target", "/etc/systemd/system/microvms.target")
-        .link("/etc/systemd/system/microvms.target.wants/microvm@imp.service", "/etc/systemd/system/microvm@.service")
+        .link(
+            "/etc/systemd/system/multi-user.target.wants/microvms.target",
+            "/etc/systemd/system/microvms.target",
+        )
+        .link(
+            "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
+            "/etc/systemd/system/microvm@.service",
+        )
         .imperative_vm("imp");
     // The imperative VM still uses them.
     let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
@@ -412,9 +556,18 @@ fn templates_go_only_when_no_vm_is_left() {
     assert_eq!(
         planned(&run),
         pairs(&[
-            ("remove-enablement-link", "/etc/systemd/system/microvms.target.wants/microvm@imp.service"),
-            ("remove-enablement-link", "/etc/systemd/system/multi-user.target.wants/microvms.target"),
-            ("remove-unit-file", "/etc/systemd/system/microvm-set-booted@.service"),
+            (
+                "remove-enablement-link",
+                "/etc/systemd/system/microvms.target.wants/microvm@imp.service"
+            ),
+            (
+                "remove-enablement-link",
+                "/etc/systemd/system/multi-user.target.wants/microvms.target"
+            ),
+            (
+                "remove-unit-file",
+                "/etc/systemd/system/microvm-set-booted@.service"
+            ),
             ("remove-unit-file", "/etc/systemd/system/microvm@.service"),
             ("remove-unit-file", "/etc/systemd/system/microvms.target"),
             ("remove-drop-in", "/etc/systemd/system/microvm@.service.d"),
@@ -433,12 +586,36 @@ fn store_managed_templates_are_reported_and_never_touched() {
     fs::remove_dir_all(tree.path("/var/lib/microvms/web")).unwrap();
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
     let paths = run.plan_paths();
-    assert!(paths.contains("/run/systemd/system/microvm-virtiofsd@.service"), "{paths:?}");
-    assert!(!paths.iter().any(|p| p.starts_with("/etc/systemd/system/")), "{paths:?}");
+    assert!(
+        paths.contains("/run/systemd/system/microvm-virtiofsd@.service"),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/etc/systemd/system/")),
+        "{paths:?}"
+    );
     let notes = run.problems().join("\n");
-    assert!(notes.contains("/etc/systemd/system/microvm@.service is kept"), "{notes}");
-    assert!(notes.contains("managed by the NixOS configuration"), "{notes}");
-    assert!(tree.path(&format!("{SYSTEM_UNITS}/microvm@.service")).exists());
+    assert!(
+        notes.contains("/etc/systemd/system/microvm@.service is kept"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("managed by the NixOS configuration"),
+        "{notes}"
+    );
+    assert!(
+        tree.path(&format!("{SYSTEM_UNITS}/microvm@.service"))
+            .exists()
+    );
+}
+
+/// Unmounts on drop, also when an assertion fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 #[test]
@@ -446,7 +623,10 @@ fn read_only_unit_directories_are_never_touched() {
     let tree = Tree::new("readonly");
     tree.file("/ro/microvm@old.service.d/override.conf", "[Service]\n")
         .dir("/etc/systemd/system.control")
-        .link("/nix/var/nix/gcroots/microvm/old", "/var/lib/microvms/old/current");
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        );
     let target = tree.path("/etc/systemd/system.control");
     let mounted = Command::new("mount")
         .arg("--bind")
@@ -458,12 +638,6 @@ fn read_only_unit_directories_are_never_touched() {
         skip("cannot bind-mount (needs root and mount rights)");
         return;
     }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let _guard = Unmount(target.clone());
     let remounted = Command::new("mount")
         .args(["-o", "remount,bind,ro"])
@@ -472,8 +646,15 @@ fn read_only_unit_directories_are_never_touched() {
         .is_ok_and(|s| s.success());
     assert!(remounted, "cannot remount read-only");
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(planned(&run), pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/old")]));
-    assert!(run.problems().join("\n").contains("read-only"), "{:?}", run.problems());
+    assert_eq!(
+        planned(&run),
+        pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/old")])
+    );
+    assert!(
+        run.problems().join("\n").contains("read-only"),
+        "{:?}",
+        run.problems()
+    );
 }
 
 #[test]
@@ -481,14 +662,24 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
     let tree = nixos_host();
     tree.file("/precious/data", "keep me")
         .link("/var/lib/microvms/old/shared", "/precious")
-        .link("/var/lib/microvms/old/dangling", "/nix/store/gone-garbage-collected")
+        .link(
+            "/var/lib/microvms/old/dangling",
+            "/nix/store/gone-garbage-collected",
+        )
         .file("/var/lib/microvms/old/nested/deeper/disk.img", "disk")
         .fifo("/var/lib/microvms/old/nested/control.fifo");
     let (run, gone) = prune_as_planned(&tree, &["--declared", "web", "--purge-state", "old"]);
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/"), "{gone:?}");
-    assert!(tree.path("/precious/data").exists(), "followed a link out of the state dir");
-    assert!(tree.path("/nix/store/old-microvm-qemu-old/bin/microvm-run").exists(), "store touched");
+    assert!(
+        tree.path("/precious/data").exists(),
+        "followed a link out of the state dir"
+    );
+    assert!(
+        tree.path("/nix/store/old-microvm-qemu-old/bin/microvm-run")
+            .exists(),
+        "store touched"
+    );
     assert!(tree.path("/var/lib/microvms/web/web.img").exists());
 }
 
@@ -497,18 +688,49 @@ fn purging_a_declared_vm_aborts_everything() {
     let tree = nixos_host();
     let before = tree.snapshot();
     for args in [
-        &["prune", "--json", "--declared", "web", "--purge-state", "old", "--purge-state", "web"][..],
-        &["prune", "--json", "--declared", "web", "--purge-state", "nosuchvm"][..],
+        &[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+            "--purge-state",
+            "web",
+        ][..],
+        &[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "nosuchvm",
+        ][..],
     ] {
         let run = tree.run(args);
         assert_eq!(run.code, 2, "{}", run.stderr());
         assert_eq!(run.json["aborted"], true);
         assert_eq!(run.plan(), Vec::<Value>::new());
-        assert!(run.problems().join("\n").contains("Nothing was changed"), "{:?}", run.problems());
+        assert!(
+            run.problems().join("\n").contains("Nothing was changed"),
+            "{:?}",
+            run.problems()
+        );
         assert_eq!(tree.snapshot(), before, "something was changed");
     }
-    let run = tree.run(&["prune", "--json", "--declared", "web", "--purge-state", "web"]);
-    assert!(run.problems().join("\n").contains("declared"), "{:?}", run.problems());
+    let run = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "web",
+        "--purge-state",
+        "web",
+    ]);
+    assert!(
+        run.problems().join("\n").contains("declared"),
+        "{:?}",
+        run.problems()
+    );
 }
 
 #[test]
@@ -518,18 +740,35 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
     tree.link("/var/lib/microvms/old/current", "/nix/store/gone-runner")
         .link("/var/lib/microvms/old/toplevel", "/nix/store/gone-system")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link("/nix/var/nix/gcroots/microvm/old", "/var/lib/microvms/old/current")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
         // A state "directory" that is itself a broken link: nothing of it may be touched.
         .link("/var/lib/microvms/lost", "/mnt/elsewhere/lost")
-        .link("/nix/var/nix/gcroots/microvm/lost", "/var/lib/microvms/lost/current")
-        .file("/run/systemd/system/microvm@lost.service.d/override.conf", "[Service]\n");
+        .link(
+            "/nix/var/nix/gcroots/microvm/lost",
+            "/var/lib/microvms/lost/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@lost.service.d/override.conf",
+            "[Service]\n",
+        );
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1, "a state dir that is a symlink is an error");
     let problems = status.problems().join("\n");
-    assert!(problems.contains("/var/lib/microvms/old/current is a broken symbolic link to /nix/store/gone-runner"), "{problems}");
+    assert!(
+        problems.contains(
+            "/var/lib/microvms/old/current is a broken symbolic link to /nix/store/gone-runner"
+        ),
+        "{problems}"
+    );
     assert!(problems.contains("/var/lib/microvms/lost cannot be handled: it is a symbolic link to /mnt/elsewhere/lost, which does not exist"), "{problems}");
     assert_eq!(status.class_of("/var/lib/microvms/lost"), "invalid");
-    assert_eq!(status.class_of("/run/systemd/system/microvm@lost.service.d"), "invalid");
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@lost.service.d"),
+        "invalid"
+    );
     let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
     assert_eq!(run.code, 1);
     assert_eq!(
@@ -539,9 +778,15 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
             ("purge-state", "/var/lib/microvms/old"),
         ])
     );
-    assert!(tree.path("/run/systemd/system/microvm@lost.service.d/override.conf").exists());
+    assert!(
+        tree.path("/run/systemd/system/microvm@lost.service.d/override.conf")
+            .exists()
+    );
     let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", "lost"]);
-    assert_eq!(run.code, 2, "purging a state dir that cannot be handled must abort");
+    assert_eq!(
+        run.code, 2,
+        "purging a state dir that cannot be handled must abort"
+    );
 }
 
 #[test]
@@ -549,27 +794,48 @@ fn names_that_need_systemd_escaping_are_errors_and_kept() {
     let tree = Tree::new("escaping");
     tree.file("/var/lib/microvms/my vm/toplevel", "")
         .file("/var/lib/microvms/ünï/toplevel", "")
-        .file("/run/systemd/system/microvm@my vm.service.d/override.conf", "[Service]\n")
-        .file("/run/systemd/system/microvm@old.service.d/override.conf", "[Service]\n")
+        .file(
+            "/run/systemd/system/microvm@my vm.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        )
         .file("/run/systemd/system/microvm@.service", "[Service]\n")
-        .link(r"/nix/var/nix/gcroots/microvm/my\x20vm", r"/var/lib/microvms/my\x20vm/current");
+        .link(
+            r"/nix/var/nix/gcroots/microvm/my\x20vm",
+            r"/var/lib/microvms/my\x20vm/current",
+        );
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1);
     let problems = status.problems().join("\n");
     assert!(problems.contains(r"microvm@my\x20vm.service"), "{problems}");
     assert!(problems.contains("/var/lib/microvms/ünï"), "{problems}");
     assert_eq!(status.class_of("/var/lib/microvms/my vm"), "invalid");
-    assert_eq!(status.class_of("/run/systemd/system/microvm@my vm.service.d"), "invalid");
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@my vm.service.d"),
+        "invalid"
+    );
     // `my\x20vm` is a well-formed (escaped) instance with no state: an orphan GC root.
-    assert_eq!(status.class_of(r"/nix/var/nix/gcroots/microvm/my\x20vm"), "orphaned");
+    assert_eq!(
+        status.class_of(r"/nix/var/nix/gcroots/microvm/my\x20vm"),
+        "orphaned"
+    );
     // The unusable names might be VMs someone uses: the template stays, the clear orphan goes.
-    assert_eq!(status.class_of("/run/systemd/system/microvm@.service"), "template-in-use");
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@.service"),
+        "template-in-use"
+    );
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(run.code, 1);
     assert_eq!(
         planned(&run),
         pairs(&[
-            ("remove-drop-in", "/run/systemd/system/microvm@old.service.d"),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
             ("remove-gc-root", r"/nix/var/nix/gcroots/microvm/my\x20vm"),
         ])
     );
@@ -612,8 +878,14 @@ fn unreadable_directories_block_prune_entirely() {
         ("gcroots-fifo", "it is a FIFO"),
     ] {
         let tree = Tree::new(case);
-        tree.link("/nix/var/nix/gcroots/microvm/old", "/var/lib/microvms/old/current")
-            .file("/etc/systemd/system/microvm@old.service.d/override.conf", "[Service]\n");
+        tree.link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        .file(
+            "/etc/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        );
         make_unreadable(case, &tree);
         let before = tree.snapshot();
         let run = tree.run(&["prune", "--json", "--declared", ""]);
@@ -621,14 +893,20 @@ fn unreadable_directories_block_prune_entirely() {
         assert_eq!(run.code, 1, "{case}: {problems}");
         assert_eq!(run.plan(), Vec::<Value>::new(), "{case}");
         assert_eq!(tree.snapshot(), before, "{case}: something was removed");
-        assert!(problems.contains("prune changes nothing"), "{case}: {problems}");
+        assert!(
+            problems.contains("prune changes nothing"),
+            "{case}: {problems}"
+        );
         assert!(problems.contains(why), "{case}: {problems}");
         let status = tree.run(&["status", "--json", "--declared", ""]);
         assert_eq!(status.code, 1, "{case}: status must report the error");
     }
     // A symlink loop named *.wants is not a directory, so it is not descended into at all.
     let tree = Tree::new("wants-dir-loop");
-    tree.file("/etc/systemd/system/microvm@old.service.d/override.conf", "[Service]\n");
+    tree.file(
+        "/etc/systemd/system/microvm@old.service.d/override.conf",
+        "[Service]\n",
+    );
     make_unreadable("wants-dir-loop", &tree);
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(run.code, 0, "{:?}", run.problems());
@@ -643,9 +921,15 @@ fn symlinks_resolve_inside_the_root() {
     fs::write(outside.join("microvm@old.service.d/x.conf"), "x").unwrap();
     let outside_text = outside.display().to_string();
     // Both links point at the outside directory; inside the root they resolve to its namesake.
-    tree.link("/run/systemd/system", &format!("../../../../../../../..{outside_text}"))
-        .link("/etc/systemd/system", &outside_text)
-        .file(&format!("{outside_text}/microvm@old.service.d/y.conf"), "inside");
+    tree.link(
+        "/run/systemd/system",
+        &format!("../../../../../../../..{outside_text}"),
+    )
+    .link("/etc/systemd/system", &outside_text)
+    .file(
+        &format!("{outside_text}/microvm@old.service.d/y.conf"),
+        "inside",
+    );
     let before = tree.snapshot();
     let dry = tree.run(&["prune", "--json", "--dry-run", "--declared", ""]);
     assert_eq!(tree.snapshot(), before);
@@ -655,15 +939,27 @@ fn symlinks_resolve_inside_the_root() {
     assert_eq!(
         planned(&run),
         pairs(&[
-            ("remove-drop-in", "/run/systemd/system/microvm@old.service.d"),
-            ("remove-drop-in", "/etc/systemd/system/microvm@old.service.d"),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/etc/systemd/system/microvm@old.service.d"
+            ),
         ])
     );
     assert_eq!(run.json["results"][1]["message"], "already gone");
-    assert!(outside.join("microvm@old.service.d/x.conf").exists(), "escaped the root");
+    assert!(
+        outside.join("microvm@old.service.d/x.conf").exists(),
+        "escaped the root"
+    );
     let gone = vanished(&before, &tree.snapshot());
     let inside = format!("/root{outside_text}/microvm@old.service.d");
-    assert_eq!(gone, BTreeSet::from([format!("{inside}/"), format!("{inside}/y.conf (6 bytes)")]));
+    assert_eq!(
+        gone,
+        BTreeSet::from([format!("{inside}/"), format!("{inside}/y.conf (6 bytes)")])
+    );
 }
 
 #[test]
@@ -676,7 +972,10 @@ fn systemctl_enablement_links_are_pruned() {
     let template = "[Unit]\nDescription=MicroVM '%i'\n[Service]\nExecStart=/bin/true\n\
                     [Install]\nWantedBy=microvms.target\n";
     tree.file("/etc/systemd/system/microvm@.service", template)
-        .file("/etc/systemd/system/microvms.target", "[Unit]\n[Install]\nWantedBy=multi-user.target\n")
+        .file(
+            "/etc/systemd/system/microvms.target",
+            "[Unit]\n[Install]\nWantedBy=multi-user.target\n",
+        )
         .imperative_vm("imp")
         .declarative_vm("old", &[]);
     let systemctl = |args: &[&str]| {
@@ -685,37 +984,75 @@ fn systemctl_enablement_links_are_pruned() {
             .args(args)
             .output()
             .unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
     };
-    let (ok, _) = systemctl(&["enable", "microvm@old.service", "microvm@imp.service", "microvms.target"]);
+    let (ok, _) = systemctl(&[
+        "enable",
+        "microvm@old.service",
+        "microvm@imp.service",
+        "microvms.target",
+    ]);
     assert!(ok, "systemctl --root enable failed");
-    assert_eq!(systemctl(&["is-enabled", "microvm@old.service"]).1, "enabled");
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@old.service"]).1,
+        "enabled"
+    );
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(
         planned(&run),
-        pairs(&[("remove-enablement-link", "/etc/systemd/system/microvms.target.wants/microvm@old.service")])
+        pairs(&[(
+            "remove-enablement-link",
+            "/etc/systemd/system/microvms.target.wants/microvm@old.service"
+        )])
     );
-    assert_eq!(systemctl(&["is-enabled", "microvm@old.service"]).1, "disabled");
-    assert_eq!(systemctl(&["is-enabled", "microvm@imp.service"]).1, "enabled");
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@old.service"]).1,
+        "disabled"
+    );
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@imp.service"]).1,
+        "enabled"
+    );
     assert_eq!(systemctl(&["is-enabled", "microvms.target"]).1, "enabled");
 }
 
 #[test]
 fn command_line_and_manifest_errors() {
     let tree = Tree::new("cli");
-    assert_eq!(tree.run(&["status"]).code, 2, "must refuse to guess the declared VMs");
+    assert_eq!(
+        tree.run(&["status"]).code,
+        2,
+        "must refuse to guess the declared VMs"
+    );
     assert_eq!(tree.run(&["prune", "--declared", "a", "--bogus"]).code, 2);
     let manifest = tree.root.parent().unwrap().join("host.json");
-    fs::write(&manifest, r#"{"version":1,"vms":[{"name":"web","autostart":true}],"x":1}"#).unwrap();
+    fs::write(
+        &manifest,
+        r#"{"version":1,"vms":[{"name":"web","autostart":true}],"x":1}"#,
+    )
+    .unwrap();
     let manifest = manifest.display().to_string();
     assert_eq!(tree.run(&["status", "--manifest", &manifest]).code, 3);
-    fs::write(&manifest, r#"{"version":1,"vms":[{"name":"web","autostart":true},{"name":"db","autostart":false}]}"#).unwrap();
+    fs::write(
+        &manifest,
+        r#"{"version":1,"vms":[{"name":"web","autostart":true},{"name":"db","autostart":false}]}"#,
+    )
+    .unwrap();
     tree.declarative_vm("web", &[]).declarative_vm("db", &[]);
     let run = tree.run(&["status", "--json", "--manifest", &manifest]);
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert_eq!(run.class_of("/var/lib/microvms/db"), "declared");
     let vms = run.json["vms"].as_array().unwrap();
-    assert!(vms.iter().any(|v| v["name"] == "web" && v["autostart"] == true));
-    let missing = run_with_root(Path::new("/nonexistent/persist-prep-root"), &["status", "--declared", ""]);
+    assert!(
+        vms.iter()
+            .any(|v| v["name"] == "web" && v["autostart"] == true)
+    );
+    let missing = run_with_root(
+        Path::new("/nonexistent/persist-prep-root"),
+        &["status", "--declared", ""],
+    );
     assert_eq!(missing.code, 2);
 }

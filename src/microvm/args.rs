@@ -169,9 +169,18 @@ mod tests {
         let parsed = args(&["prune", "--declared", "", "--dry-run"]).unwrap();
         assert_eq!(parsed.declared, DeclaredSource::Names(vec![]));
         assert!(parsed.dry_run);
-        let parsed = args(&["prune", "--declared=a,b", "--purge-state=x", "--purge-state", "y"])
-            .unwrap();
-        assert_eq!(parsed.declared, DeclaredSource::Names(vec!["a".into(), "b".into()]));
+        let parsed = args(&[
+            "prune",
+            "--declared=a,b",
+            "--purge-state=x",
+            "--purge-state",
+            "y",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.declared,
+            DeclaredSource::Names(vec!["a".into(), "b".into()])
+        );
         assert_eq!(parsed.purge_state, ["x", "y"]);
     }
 

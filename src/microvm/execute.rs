@@ -63,7 +63,10 @@ pub fn execute(root: &Root, live: bool, steps: &[Step]) -> Vec<Outcome> {
 fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, String> {
     let needs_host = matches!(
         step,
-        Step::Stop { .. } | Step::ResetFailed { .. } | Step::DeleteInterface { .. } | Step::DaemonReload
+        Step::Stop { .. }
+            | Step::ResetFailed { .. }
+            | Step::DeleteInterface { .. }
+            | Step::DaemonReload
     );
     if needs_host && !live {
         return Err("refused: --root is not the running system".into());
@@ -79,7 +82,10 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
             systemd::run("systemctl", &["reset-failed", "--", unit]).map(|()| None)
         }
         Step::DeleteInterface { interface, .. } => {
-            if !std::path::Path::new("/sys/class/net").join(interface).exists() {
+            if !std::path::Path::new("/sys/class/net")
+                .join(interface)
+                .exists()
+            {
                 return Ok(Some("already gone".into()));
             }
             systemd::run("ip", &["link", "delete", "dev", interface]).map(|()| None)

@@ -39,13 +39,19 @@ pub fn load(path: &Path) -> Result<Declared, String> {
 pub fn parse(text: &str) -> Result<Declared, String> {
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if raw.version != 1 {
-        return Err(format!("version {} is not supported (expected 1)", raw.version));
+        return Err(format!(
+            "version {} is not supported (expected 1)",
+            raw.version
+        ));
     }
     let mut declared = Declared::new();
     for vm in raw.vms {
         super::names::check_vm_name(&vm.name)
             .map_err(|why| format!("VM name {:?} is not usable: {why}", vm.name))?;
-        if declared.insert(vm.name.clone(), Some(vm.autostart)).is_some() {
+        if declared
+            .insert(vm.name.clone(), Some(vm.autostart))
+            .is_some()
+        {
             return Err(format!("VM {:?} is listed twice", vm.name));
         }
     }
@@ -69,13 +75,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_manifests() {
-        assert!(parse(r#"{"version":2,"vms":[]}"#).unwrap_err().contains("version 2"));
+        assert!(
+            parse(r#"{"version":2,"vms":[]}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
         assert!(parse(r#"{"version":1,"vms":[],"extra":1}"#).is_err());
         assert!(parse(r#"{"version":1,"vms":[{"name":"a","autostart":true,"x":1}]}"#).is_err());
-        assert!(parse(r#"{"version":1,"vms":[{"name":"a"},{"name":"a"}]}"#)
-            .unwrap_err()
-            .contains("twice"));
-        assert!(parse(r#"{"version":1,"vms":[{"name":"a b"}]}"#).unwrap_err().contains("escape"));
+        assert!(
+            parse(r#"{"version":1,"vms":[{"name":"a"},{"name":"a"}]}"#)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            parse(r#"{"version":1,"vms":[{"name":"a b"}]}"#)
+                .unwrap_err()
+                .contains("escape")
+        );
         assert!(parse(r#"{"version":1}"#).is_err());
     }
 }

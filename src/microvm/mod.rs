@@ -90,7 +90,11 @@ pub fn main(args: &[String]) -> Exit {
     let exit = match args.command {
         Command::Status => {
             report.print_status(&inventory);
-            if inventory.has_errors() { Exit::Failed } else { Exit::Ok }
+            if inventory.has_errors() {
+                Exit::Failed
+            } else {
+                Exit::Ok
+            }
         }
         Command::Prune => prune(&args, &root, &inventory, &mut report),
     };
@@ -133,7 +137,10 @@ fn prune(
     report.notes = plan.notes;
     report.plan = plan.steps;
     if args.dry_run {
-        log::info!("prune: dry run, {} steps planned, nothing changed", report.plan.len());
+        log::info!(
+            "prune: dry run, {} steps planned, nothing changed",
+            report.plan.len()
+        );
         return if inventory.has_errors() || plan_errors {
             Exit::Failed
         } else {

@@ -4,6 +4,8 @@
 //! *escaped* instance string. So a VM name, a unit instance and a state directory name are the same
 //! string, and only names made of characters that systemd allows unescaped in unit names can work.
 
+use std::fmt::Write as _;
+
 /// Template prefixes of the shared `PREFIX@.service` units the host module defines.
 pub const TEMPLATE_PREFIXES: [&str; 6] = [
     "microvm",
@@ -62,7 +64,7 @@ pub fn mangled(name: &str) -> String {
         if plain_unit_char(byte) {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("\\x{byte:02x}"));
+            let _ = write!(out, "\\x{byte:02x}");
         }
     }
     out
@@ -96,7 +98,9 @@ pub fn valid_interface(name: &str) -> bool {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
 }
 
 #[cfg(test)]
@@ -106,7 +110,10 @@ mod tests {
     #[test]
     fn recognises_microvm_units() {
         assert_eq!(parse_unit("microvm@.service"), Some(UnitName::Shared));
-        assert_eq!(parse_unit("microvm-virtiofsd@.service"), Some(UnitName::Shared));
+        assert_eq!(
+            parse_unit("microvm-virtiofsd@.service"),
+            Some(UnitName::Shared)
+        );
         assert_eq!(parse_unit("microvms.target"), Some(UnitName::Shared));
         assert_eq!(
             parse_unit("microvm-tap-interfaces@web.service"),
@@ -125,7 +132,11 @@ mod tests {
     #[test]
     fn names_that_need_escaping_are_refused() {
         assert!(check_vm_name("web-1.example_a:b").is_ok());
-        assert!(check_vm_name("my vm").unwrap_err().contains(r"microvm@my\x20vm.service"));
+        assert!(
+            check_vm_name("my vm")
+                .unwrap_err()
+                .contains(r"microvm@my\x20vm.service")
+        );
         assert!(check_vm_name("a@b").is_err());
         assert!(check_vm_name("ünï").is_err());
         assert!(check_vm_name("").is_err());

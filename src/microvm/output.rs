@@ -1,5 +1,7 @@
 //! What the admin sees: a table on stdout, messages on stderr (via `log`), or one JSON document.
 
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
 use super::args::{Args, Command};
@@ -59,10 +61,10 @@ impl Report {
             let class = serde_plain(&item.class);
             let mut line = format!("{class:<16} {kind:<16} {what}");
             if let Some(vm) = &item.vm {
-                line.push_str(&format!("  [vm {vm}]"));
+                let _ = write!(line, "  [vm {vm}]");
             }
             if let Some(detail) = &item.detail {
-                line.push_str(&format!("  ({detail})"));
+                let _ = write!(line, "  ({detail})");
             }
             println!("{line}");
         }
@@ -72,7 +74,11 @@ impl Report {
         if self.json {
             return;
         }
-        let heading = if self.dry_run { "plan (dry run, nothing is changed)" } else { "plan" };
+        let heading = if self.dry_run {
+            "plan (dry run, nothing is changed)"
+        } else {
+            "plan"
+        };
         println!("{heading}: {} steps", steps.len());
         for step in steps {
             println!("  {:<24} {}", step.action(), describe(step));
@@ -92,7 +98,7 @@ impl Report {
             };
             let mut line = format!("{status:<8} {:<24} {}", step.action(), describe(step));
             if let Some(message) = &outcome.message {
-                line.push_str(&format!("  ({message})"));
+                let _ = write!(line, "  ({message})");
             }
             println!("{line}");
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::scan::{Class, Inventory, Item, Kind, Problem, VmClass};
+use super::scan::{Class, Inventory, Item, Kind, Problem, Vm, VmClass};
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "action", rename_all = "kebab-case")]
@@ -164,7 +164,11 @@ pub fn check_purge(inv: &Inventory, options: &Options) -> Result<(), Vec<Problem
             ));
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn removal(item: &Item) -> Option<Step> {
@@ -180,6 +184,69 @@ fn removal(item: &Item) -> Option<Step> {
         }),
         Kind::LoadedUnit | Kind::StateDir | Kind::Interface => None,
     }
+}
+
+/// Plans the steps of one VM whose leftovers go; `false` when it must stay (it still runs).
+fn plan_vm(vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
+    let mut stopped = Vec::new();
+    if vm.running {
+        if !options.stop {
+            plan.notes.push(Problem::warning(
+                Some(&vm.name),
+                None,
+                format!(
+                    "VM '{}' is orphaned but running ({}); its units, GC roots and state are \
+                     kept so that it can still be stopped cleanly. Fix: rerun prune with --stop",
+                    vm.name,
+                    vm.active_units.join(", ")
+                ),
+            ));
+            return false;
+        }
+        for unit in &vm.active_units {
+            plan.steps.push(Step::Stop {
+                unit: unit.clone(),
+                vm: vm.name.clone(),
+            });
+            stopped.push(unit.clone());
+        }
+        match &vm.interfaces {
+            Some(interfaces) => {
+                for interface in interfaces.iter().filter(|i| i.present != Some(false)) {
+                    plan.steps.push(Step::DeleteInterface {
+                        interface: interface.name.clone(),
+                        kind: interface.kind.to_owned(),
+                        vm: vm.name.clone(),
+                    });
+                }
+            }
+            None => plan.notes.push(Problem::error(
+                Some(&vm.name),
+                vm.state_dir.as_deref(),
+                format!(
+                    "VM '{}' is stopped, but its tap/macvtap interfaces cannot be read from \
+                     its runner (see above) and are not deleted. Fix: find them with \
+                     `ip link` and `ip link delete` them",
+                    vm.name
+                ),
+            )),
+        }
+    }
+    for unit in vm.failed_units.iter().chain(&stopped) {
+        plan.steps.push(Step::ResetFailed {
+            unit: unit.clone(),
+            vm: vm.name.clone(),
+        });
+    }
+    if purged {
+        if let Some(path) = &vm.state_dir {
+            plan.steps.push(Step::PurgeState {
+                path: path.clone(),
+                vm: vm.name.clone(),
+            });
+        }
+    }
+    true
 }
 
 /// Builds the plan. Call `check_purge` first.
@@ -201,65 +268,9 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
         if !gone {
             continue;
         }
-        let mut stopped = Vec::new();
-        if vm.running {
-            if !options.stop {
-                plan.notes.push(Problem::warning(
-                    Some(&vm.name),
-                    None,
-                    format!(
-                        "VM '{}' is orphaned but running ({}); its units, GC roots and state are \
-                         kept so that it can still be stopped cleanly. Fix: rerun prune with --stop",
-                        vm.name,
-                        vm.active_units.join(", ")
-                    ),
-                ));
-                continue;
-            }
-            for unit in &vm.active_units {
-                plan.steps.push(Step::Stop {
-                    unit: unit.clone(),
-                    vm: vm.name.clone(),
-                });
-                stopped.push(unit.clone());
-            }
-            match &vm.interfaces {
-                Some(interfaces) => {
-                    for interface in interfaces.iter().filter(|i| i.present != Some(false)) {
-                        plan.steps.push(Step::DeleteInterface {
-                            interface: interface.name.clone(),
-                            kind: interface.kind.to_owned(),
-                            vm: vm.name.clone(),
-                        });
-                    }
-                }
-                None => plan.notes.push(Problem::error(
-                    Some(&vm.name),
-                    vm.state_dir.as_deref(),
-                    format!(
-                        "VM '{}' is stopped, but its tap/macvtap interfaces cannot be read from \
-                         its runner (see above) and are not deleted. Fix: find them with \
-                         `ip link` and `ip link delete` them",
-                        vm.name
-                    ),
-                )),
-            }
+        if plan_vm(vm, purged, options, &mut plan) {
+            going.insert(&vm.name);
         }
-        for unit in vm.failed_units.iter().chain(&stopped) {
-            plan.steps.push(Step::ResetFailed {
-                unit: unit.clone(),
-                vm: vm.name.clone(),
-            });
-        }
-        if purged {
-            if let Some(path) = &vm.state_dir {
-                plan.steps.push(Step::PurgeState {
-                    path: path.clone(),
-                    vm: vm.name.clone(),
-                });
-            }
-        }
-        going.insert(&vm.name);
     }
     let remaining_users: Vec<String> = inv
         .template_users()
@@ -282,7 +293,9 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
                 format!(
                     "{} is kept: {}",
                     item.path.as_deref().unwrap_or(&item.name),
-                    item.detail.as_deref().unwrap_or("managed by the NixOS configuration")
+                    item.detail
+                        .as_deref()
+                        .unwrap_or("managed by the NixOS configuration")
                 ),
             ));
             continue;
@@ -297,7 +310,9 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
     let unit_change = plan.steps.iter().any(|s| {
         matches!(
             s,
-            Step::RemoveEnablementLink { .. } | Step::RemoveUnitFile { .. } | Step::RemoveDropIn { .. }
+            Step::RemoveEnablementLink { .. }
+                | Step::RemoveUnitFile { .. }
+                | Step::RemoveDropIn { .. }
         )
     });
     if inv.live && unit_change {
@@ -309,7 +324,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scan::{Interface, Vm};
+    use super::super::scan::Interface;
     use super::*;
 
     fn vm(name: &str, class: VmClass) -> Vm {
@@ -341,15 +356,29 @@ mod tests {
     fn live_inventory() -> Inventory {
         let mut old = vm("old", VmClass::Orphaned);
         old.running = true;
-        old.active_units = vec!["microvm@old.service".into(), "microvm-tap-interfaces@old.service".into()];
+        old.active_units = vec![
+            "microvm@old.service".into(),
+            "microvm-tap-interfaces@old.service".into(),
+        ];
         old.interfaces = Some(vec![
-            Interface { name: "vm-old0".into(), kind: "tap", present: Some(true) },
-            Interface { name: "vm-old1".into(), kind: "tap", present: Some(false) },
+            Interface {
+                name: "vm-old0".into(),
+                kind: "tap",
+                present: Some(true),
+            },
+            Interface {
+                name: "vm-old1".into(),
+                kind: "tap",
+                present: Some(false),
+            },
         ]);
         let mut gone = vm("gone", VmClass::Orphaned);
         gone.state_dir = None;
         gone.failed_units = vec!["microvm@gone.service".into()];
-        let mut inv = Inventory { live: true, ..Inventory::default() };
+        let mut inv = Inventory {
+            live: true,
+            ..Inventory::default()
+        };
         inv.vms.insert("old".into(), old);
         inv.vms.insert("gone".into(), gone);
         inv.items.push(item(
@@ -370,10 +399,19 @@ mod tests {
     #[test]
     fn running_orphan_is_kept_without_stop() {
         let inv = live_inventory();
-        let plan = build(&inv, &Options { stop: false, purge_state: &[] });
+        let plan = build(
+            &inv,
+            &Options {
+                stop: false,
+                purge_state: &[],
+            },
+        );
         assert_eq!(
             plan.steps,
-            [Step::ResetFailed { unit: "microvm@gone.service".into(), vm: "gone".into() }]
+            [Step::ResetFailed {
+                unit: "microvm@gone.service".into(),
+                vm: "gone".into()
+            }]
         );
         assert!(plan.notes[0].message.contains("--stop"));
     }
@@ -381,19 +419,50 @@ mod tests {
     #[test]
     fn stop_stops_deletes_present_taps_resets_and_reloads() {
         let inv = live_inventory();
-        let plan = build(&inv, &Options { stop: true, purge_state: &[] });
+        let plan = build(
+            &inv,
+            &Options {
+                stop: true,
+                purge_state: &[],
+            },
+        );
         let old = || "old".to_string();
         assert_eq!(
             plan.steps,
             [
-                Step::Stop { unit: "microvm@old.service".into(), vm: old() },
-                Step::Stop { unit: "microvm-tap-interfaces@old.service".into(), vm: old() },
-                Step::DeleteInterface { interface: "vm-old0".into(), kind: "tap".into(), vm: old() },
-                Step::ResetFailed { unit: "microvm@gone.service".into(), vm: "gone".into() },
-                Step::ResetFailed { unit: "microvm@old.service".into(), vm: old() },
-                Step::ResetFailed { unit: "microvm-tap-interfaces@old.service".into(), vm: old() },
-                Step::RemoveUnitFile { path: "/etc/systemd/system/microvm@.service".into(), vm: None },
-                Step::RemoveDropIn { path: "/etc/systemd/system/microvm@old.service.d".into(), vm: Some(old()) },
+                Step::Stop {
+                    unit: "microvm@old.service".into(),
+                    vm: old()
+                },
+                Step::Stop {
+                    unit: "microvm-tap-interfaces@old.service".into(),
+                    vm: old()
+                },
+                Step::DeleteInterface {
+                    interface: "vm-old0".into(),
+                    kind: "tap".into(),
+                    vm: old()
+                },
+                Step::ResetFailed {
+                    unit: "microvm@gone.service".into(),
+                    vm: "gone".into()
+                },
+                Step::ResetFailed {
+                    unit: "microvm@old.service".into(),
+                    vm: old()
+                },
+                Step::ResetFailed {
+                    unit: "microvm-tap-interfaces@old.service".into(),
+                    vm: old()
+                },
+                Step::RemoveUnitFile {
+                    path: "/etc/systemd/system/microvm@.service".into(),
+                    vm: None
+                },
+                Step::RemoveDropIn {
+                    path: "/etc/systemd/system/microvm@old.service.d".into(),
+                    vm: Some(old())
+                },
                 Step::DaemonReload,
             ]
         );
@@ -403,8 +472,19 @@ mod tests {
     fn unknown_interfaces_of_a_stopped_vm_are_an_error() {
         let mut inv = live_inventory();
         inv.vms.get_mut("old").unwrap().interfaces = None;
-        let plan = build(&inv, &Options { stop: true, purge_state: &[] });
-        assert!(!plan.steps.iter().any(|s| matches!(s, Step::DeleteInterface { .. })));
+        let plan = build(
+            &inv,
+            &Options {
+                stop: true,
+                purge_state: &[],
+            },
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::DeleteInterface { .. }))
+        );
         assert!(plan.notes.iter().any(|n| n.message.contains("ip link")));
     }
 
@@ -415,12 +495,30 @@ mod tests {
         inv.vms.insert("imp".into(), vm("imp", VmClass::Imperative));
         let check = |names: &[&str], stop: bool| {
             let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
-            check_purge(&inv, &Options { stop, purge_state: &names })
+            check_purge(
+                &inv,
+                &Options {
+                    stop,
+                    purge_state: &names,
+                },
+            )
         };
         assert!(check(&["imp"], false).is_ok());
-        assert!(check(&["web"], false).unwrap_err()[0].message.contains("declared"));
-        assert!(check(&["nope"], false).unwrap_err()[0].message.contains("no state directory"));
-        assert!(check(&["old"], false).unwrap_err()[0].message.contains("--stop"));
+        assert!(
+            check(&["web"], false).unwrap_err()[0]
+                .message
+                .contains("declared")
+        );
+        assert!(
+            check(&["nope"], false).unwrap_err()[0]
+                .message
+                .contains("no state directory")
+        );
+        assert!(
+            check(&["old"], false).unwrap_err()[0]
+                .message
+                .contains("--stop")
+        );
         assert!(check(&["old"], true).is_ok());
         assert!(check(&["gone"], true).is_err());
     }
@@ -428,7 +526,20 @@ mod tests {
     #[test]
     fn blocked_inventory_plans_nothing() {
         let mut inv = live_inventory();
-        inv.problems.push(Problem { blocking: true, ..Problem::error(None, None, "x".into()) });
-        assert!(build(&inv, &Options { stop: true, purge_state: &[] }).steps.is_empty());
+        inv.problems.push(Problem {
+            blocking: true,
+            ..Problem::error(None, None, "x".into())
+        });
+        assert!(
+            build(
+                &inv,
+                &Options {
+                    stop: true,
+                    purge_state: &[]
+                }
+            )
+            .steps
+            .is_empty()
+        );
     }
 }

@@ -6,8 +6,8 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fd::{AsFd, OwnedFd};
@@ -325,8 +325,7 @@ fn remove_contents(dir: &OwnedFd, path: &str, mount: (u64, u64)) -> Result<(), F
             remove_contents(&sub, &child, mount)?;
             rustix::fs::unlinkat(dir, raw, AtFlags::REMOVEDIR).map_err(|e| fail(&child, e))?;
         } else {
-            rustix::fs::unlinkat(dir, raw, AtFlags::empty())
-                .map_err(|e| fail(&child, e))?;
+            rustix::fs::unlinkat(dir, raw, AtFlags::empty()).map_err(|e| fail(&child, e))?;
         }
     }
     Ok(())
@@ -342,8 +341,8 @@ pub fn list_fd(dir: &OwnedFd, path: &str) -> Result<Vec<Entry>, FsError> {
         if raw == b"." || raw == b".." {
             continue;
         }
-        let name = String::from_utf8(raw.to_vec())
-            .map_err(|_| String::from_utf8_lossy(raw).into_owned());
+        let name =
+            String::from_utf8(raw.to_vec()).map_err(|_| String::from_utf8_lossy(raw).into_owned());
         let mut file_type = entry.file_type();
         if file_type == FileType::Unknown {
             let stat = rustix::fs::statat(dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)

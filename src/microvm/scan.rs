@@ -364,6 +364,17 @@ fn invalid_state(inv: &mut Inventory, name: &str, path: &str, why: String) {
     });
 }
 
+/// A state directory is imperative when `microvm -c` made it (a `flake` and no `toplevel`).
+fn classify_state(declared: bool, toplevel: bool, flake: bool) -> VmClass {
+    if declared {
+        VmClass::Declared
+    } else if flake && !toplevel {
+        VmClass::Imperative
+    } else {
+        VmClass::Orphaned
+    }
+}
+
 fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: Option<&LiveState>) {
     let dir = match root.open_dir(path) {
         Ok(dir) => dir,
@@ -380,14 +391,11 @@ fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: O
     };
     let toplevel = has("toplevel").is_some();
     let flake = has("flake").is_some();
-    let declared = inv.vms.get(name).is_some_and(|vm| vm.class == VmClass::Declared);
-    let class = if declared {
-        VmClass::Declared
-    } else if flake && !toplevel {
-        VmClass::Imperative
-    } else {
-        VmClass::Orphaned
-    };
+    let declared = inv
+        .vms
+        .get(name)
+        .is_some_and(|vm| vm.class == VmClass::Declared);
+    let class = classify_state(declared, toplevel, flake);
     let mut details = Vec::new();
     if toplevel {
         details.push("toplevel".to_owned());
@@ -444,46 +452,8 @@ fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: O
             }
         }
     }
-    let mut interfaces: Vec<Interface> = Vec::new();
-    for runner in &runners {
-        for (file, kind) in [("tap-interfaces", "tap"), ("macvtap-interfaces", "macvtap")] {
-            let list = format!("{runner}/share/microvm/{file}");
-            match root.read_text(&list) {
-                Ok(None) => {}
-                Ok(Some(text)) => {
-                    for line in text.lines() {
-                        let Some(ifname) = line.split_whitespace().next() else { continue };
-                        if !names::valid_interface(ifname) {
-                            inv.problem(Problem::warning(
-                                Some(name),
-                                Some(&list),
-                                format!("{list} lists {ifname:?}, which is not an interface name; ignored"),
-                            ));
-                            continue;
-                        }
-                        if !interfaces.iter().any(|i| i.name == ifname) {
-                            interfaces.push(Interface {
-                                name: ifname.to_owned(),
-                                kind,
-                                present: live.map(|l| l.interfaces.contains(ifname)),
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    unknown_interfaces = true;
-                    inv.problem(Problem::warning(
-                        Some(name),
-                        Some(&list),
-                        format!(
-                            "VM '{name}': cannot read {list}: {}; its interfaces will not be deleted",
-                            unreadable(root, &e)
-                        ),
-                    ));
-                }
-            }
-        }
-    }
+    let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
+    unknown_interfaces |= unreadable_list;
     let vm = inv
         .vms
         .entry(name.to_owned())
@@ -506,10 +476,67 @@ fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: O
     });
 }
 
+/// Reads the tap/macvtap interfaces the runners list; `true` when a list could not be read.
+fn read_interfaces(
+    root: &Root,
+    inv: &mut Inventory,
+    name: &str,
+    runners: &[String],
+    live: Option<&LiveState>,
+) -> (Vec<Interface>, bool) {
+    let mut unknown = false;
+    let mut interfaces: Vec<Interface> = Vec::new();
+    for runner in runners {
+        for (file, kind) in [("tap-interfaces", "tap"), ("macvtap-interfaces", "macvtap")] {
+            let list = format!("{runner}/share/microvm/{file}");
+            match root.read_text(&list) {
+                Ok(None) => {}
+                Ok(Some(text)) => {
+                    for line in text.lines() {
+                        let Some(ifname) = line.split_whitespace().next() else {
+                            continue;
+                        };
+                        if !names::valid_interface(ifname) {
+                            inv.problem(Problem::warning(
+                                Some(name),
+                                Some(&list),
+                                format!("{list} lists {ifname:?}, which is not an interface name; ignored"),
+                            ));
+                            continue;
+                        }
+                        if !interfaces.iter().any(|i| i.name == ifname) {
+                            interfaces.push(Interface {
+                                name: ifname.to_owned(),
+                                kind,
+                                present: live.map(|l| l.interfaces.contains(ifname)),
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    unknown = true;
+                    inv.problem(Problem::warning(
+                        Some(name),
+                        Some(&list),
+                        format!(
+                            "VM '{name}': cannot read {list}: {}; its interfaces will not be deleted",
+                            unreadable(root, &e)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    (interfaces, unknown)
+}
+
 /// Which VM a GC root belongs to: its target (`/var/lib/microvms/NAME/current`), else its name
 /// (`NAME`, `booted-NAME`, `old-NAME`).
 fn gcroot_vm(inv: &Inventory, entry: &str, target: &str) -> String {
-    if let Some(rest) = target.strip_prefix(STATE_ROOT).and_then(|r| r.strip_prefix('/')) {
+    if let Some(rest) = target
+        .strip_prefix(STATE_ROOT)
+        .and_then(|r| r.strip_prefix('/'))
+    {
         if let Some(vm) = rest.split('/').next().filter(|vm| !vm.is_empty()) {
             return vm.to_owned();
         }
@@ -533,7 +560,10 @@ fn scan_gcroots(root: &Root, inv: &mut Inventory) {
             return;
         }
     }
-    let entries = match root.open_dir(GCROOTS).and_then(|fd| rootfs::list_fd(&fd, GCROOTS)) {
+    let entries = match root
+        .open_dir(GCROOTS)
+        .and_then(|fd| rootfs::list_fd(&fd, GCROOTS))
+    {
         Ok(entries) => entries,
         Err(e) => {
             let why = unreadable(root, &e);
@@ -683,10 +713,20 @@ fn scan_dependency_dir(root: &Root, inv: &mut Inventory, dir: &str) {
     let managed = root.managed(&fd);
     for entry in entries {
         let Ok(name) = entry.name else { continue };
-        let Some(parsed) = names::parse_unit(&name) else { continue };
+        let Some(parsed) = names::parse_unit(&name) else {
+            continue;
+        };
         let path = join(dir, &name);
         let target = root.readlink(&path).ok();
-        unit_item(inv, Kind::EnablementLink, &name, &path, &parsed, managed, target);
+        unit_item(
+            inv,
+            Kind::EnablementLink,
+            &name,
+            &path,
+            &parsed,
+            managed,
+            target,
+        );
     }
 }
 
@@ -739,7 +779,9 @@ fn is_running(state: &UnitState) -> bool {
 
 fn scan_live_units(inv: &mut Inventory, units: &[UnitState]) {
     for unit in units {
-        let Some(parsed) = names::parse_unit(&unit.name) else { continue };
+        let Some(parsed) = names::parse_unit(&unit.name) else {
+            continue;
+        };
         let detail = Some(format!("{} {} {}", unit.load, unit.active, unit.sub));
         match parsed {
             UnitName::Shared => inv.items.push(Item {
@@ -817,7 +859,10 @@ fn finish_templates(inv: &mut Inventory) {
             item.class = Class::TemplateInUse;
             let note = format!(
                 "used by {}",
-                used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                used.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             item.detail = Some(match item.detail.take() {
                 Some(d) => format!("{d}; {note}"),
