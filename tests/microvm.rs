@@ -839,6 +839,16 @@ fn names_that_need_systemd_escaping_are_errors_and_kept() {
             ("remove-gc-root", r"/nix/var/nix/gcroots/microvm/my\x20vm"),
         ])
     );
+    // Without --json the same problems go to stderr, one line each, with the fix.
+    let text = tree.run(&["status", "--declared", ""]);
+    let stderr = text.stderr();
+    assert!(
+        stderr.lines().any(
+            |l| l.starts_with("error: VM state directory /var/lib/microvms/my vm")
+                && l.contains("Fix:")
+        ),
+        "{stderr}"
+    );
     let bad = tree.run(&["status", "--declared", "my vm"]);
     assert_eq!(bad.code, 2);
 }

@@ -133,15 +133,15 @@ pub fn check_purge(inv: &Inventory, options: &Options) -> Result<(), Vec<Problem
                  status`",
                 super::scan::STATE_ROOT
             )),
-            Some(vm) if vm.state_dir.is_none() => Some(format!(
-                "VM '{name}' has no state directory {}/{name}",
-                super::scan::STATE_ROOT
-            )),
             Some(vm) => match vm.class {
                 VmClass::Declared => Some(format!(
                     "VM '{name}' is declared in the configuration, and its state directory holds \
                      its disks. Remove it from `microvm.vms` and switch first, or drop \
                      --purge-state {name}"
+                )),
+                _ if vm.state_dir.is_none() => Some(format!(
+                    "VM '{name}' has no state directory {}/{name}",
+                    super::scan::STATE_ROOT
                 )),
                 VmClass::Invalid => Some(format!(
                     "the state directory of '{name}' cannot be handled safely (see the error \
@@ -521,6 +521,16 @@ mod tests {
         );
         assert!(check(&["old"], true).is_ok());
         assert!(check(&["gone"], true).is_err());
+        inv.vms.get_mut("web").unwrap().state_dir = None;
+        let names = ["web".to_owned()];
+        let declared = check_purge(
+            &inv,
+            &Options {
+                stop: false,
+                purge_state: &names,
+            },
+        );
+        assert!(declared.unwrap_err()[0].message.contains("declared"));
     }
 
     #[test]

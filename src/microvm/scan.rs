@@ -232,8 +232,15 @@ impl Inventory {
 fn unreadable(root: &Root, error: &FsError) -> String {
     let mut text = rootfs::why(error.errno);
     if error.errno == Errno::NOTDIR {
-        if let Ok(Some(stat)) = root.lstat(&error.path) {
-            text = format!("{text}: it is {}", type_name(rootfs::file_type(&stat)));
+        match root.lstat(&error.path) {
+            Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
+                let target = root.readlink(&error.path).unwrap_or_default();
+                text = format!("{text}: a part of its target {target} is not a directory");
+            }
+            Ok(Some(stat)) => {
+                text = format!("{text}: it is {}", type_name(rootfs::file_type(&stat)));
+            }
+            _ => text = format!("{text}: a part of the path is not a directory"),
         }
     } else if error.errno == Errno::NOENT {
         if let Ok(target) = root.readlink(&error.path) {
