@@ -383,6 +383,10 @@ fn nixos_host() -> Tree {
             "[Service]\n",
         )
         .file(
+            "/run/systemd/system.control/microvm@old.service.d/50-CPUWeight.conf",
+            "[Service]\n",
+        )
+        .file(
             "/run/systemd/system/microvm@imp.service.d/override.conf",
             "[Service]\n",
         )
@@ -489,6 +493,10 @@ fn prune_removes_exactly_the_orphans_leftovers() {
             (
                 "remove-drop-in",
                 "/etc/systemd/system.control/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system.control/microvm@old.service.d"
             ),
             (
                 "remove-drop-in",
@@ -951,11 +959,11 @@ fn symlinks_resolve_inside_the_root() {
         pairs(&[
             (
                 "remove-drop-in",
-                "/run/systemd/system/microvm@old.service.d"
+                "/etc/systemd/system/microvm@old.service.d"
             ),
             (
                 "remove-drop-in",
-                "/etc/systemd/system/microvm@old.service.d"
+                "/run/systemd/system/microvm@old.service.d"
             ),
         ])
     );

@@ -19,11 +19,13 @@ use super::systemd::{LiveState, UnitState};
 pub const STATE_ROOT: &str = "/var/lib/microvms";
 /// Where `microvm -c` and deployments register GC roots.
 pub const GCROOTS: &str = "/nix/var/nix/gcroots/microvm";
-/// The unit directories an administrator or a tool can write to (`systemctl link/enable/edit`).
-pub const UNIT_DIRS: [&str; 3] = [
+/// The unit directories an administrator or a tool can write to (`systemctl link/enable/edit`,
+/// `set-property` with and without `--runtime`), in systemd's order of precedence.
+pub const UNIT_DIRS: [&str; 4] = [
     "/etc/systemd/system.control",
-    "/run/systemd/system",
+    "/run/systemd/system.control",
     "/etc/systemd/system",
+    "/run/systemd/system",
 ];
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
