@@ -405,8 +405,22 @@ fn nixos_host() -> Tree {
 #[test]
 fn status_classifies_everything() {
     let tree = nixos_host();
+    tree.file(
+        "/nix/store/old-microvm-qemu-old/share/microvm/macvtap-interfaces",
+        "mv-old 02:00:00:00:00:01 eth0 bridge\n",
+    );
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(status.code, 0, "{}", status.stderr());
+    let old = status.json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["name"] == "old")
+        .unwrap();
+    assert_eq!(
+        old["interfaces"],
+        serde_json::json!([{"name": "vm-old0", "kind": "tap"}, {"name": "mv-old", "kind": "macvtap"}])
+    );
     assert_eq!(status.json["live"], false);
     for (path, class) in [
         ("/var/lib/microvms/web", "declared"),
@@ -444,6 +458,7 @@ fn status_classifies_everything() {
         ),
         ("vm-web0", "declared"),
         ("vm-old0", "orphaned"),
+        ("mv-old", "orphaned"),
     ] {
         assert_eq!(status.class_of(path), class, "class of {path}");
     }

@@ -1,7 +1,24 @@
 //! Host mode: find and prune what microvm.nix leaves behind (`persist-prep microvm ...`).
 //!
 //! `status` scans and classifies (read-only); `prune` turns the same scan into a plan, prints it
-//! and, unless `--dry-run`, carries it out. See `args::USAGE` and the README for the rules.
+//! and, unless `--dry-run`, carries it out, so the dry run shows exactly what a real run does.
+//!
+//! The rules, and why:
+//! - A VM is *declared* (named by `--manifest`/`--declared`), *imperative* (its state directory
+//!   has `flake` and no `toplevel`, as `microvm -c` leaves it) or *orphaned* (anything else that
+//!   names it). Names are used verbatim: microvm.nix's templates use `%i`, so a name that systemd
+//!   would have to escape cannot be a working VM; it is an error and left alone.
+//! - Orphans lose their enablement links, instance unit files and drop-ins in the writable unit
+//!   directories, and their GC roots (symlinks). Shared templates go only when no declared,
+//!   imperative or unclassifiable VM is left. Anything under `/nix/store` or on a read-only mount
+//!   is reported as managed by the NixOS configuration and never touched.
+//! - State directories hold disks: only `--purge-state NAME` deletes one, and any bad name there
+//!   (declared, missing, unclassifiable, running without `--stop`) aborts before any change.
+//! - systemd and `ip` are used only when `--root` is this system's `/` and systemd runs: failed
+//!   orphan units are reset; running orphans are stopped (and their listed taps deleted) only with
+//!   `--stop`, and otherwise kept whole; one `daemon-reload` follows unit file changes.
+//! - A directory that cannot be read (a FIFO or file where a directory belongs, a link loop) makes
+//!   the inventory incomplete, and then `prune` changes nothing at all.
 
 mod args;
 mod execute;
