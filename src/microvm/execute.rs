@@ -45,7 +45,7 @@ pub fn execute(root: &Root, live: bool, steps: &[Step]) -> Vec<Outcome> {
         }
         match run_step(root, live, step) {
             Ok(note) => {
-                log::info!("{} {}: done", step.action(), step.target());
+                log::debug!("{} {}: done", step.action(), step.target());
                 outcomes.push(outcome(Status::Done, note));
             }
             Err(message) => {
@@ -78,8 +78,15 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
     };
     match step {
         Step::Stop { unit, .. } => systemd::run("systemctl", &["stop", "--", unit]).map(|()| None),
+        // A unit that stopped cleanly is unloaded at once, and then there is nothing to reset.
         Step::ResetFailed { unit, .. } => {
-            systemd::run("systemctl", &["reset-failed", "--", unit]).map(|()| None)
+            match systemd::run("systemctl", &["reset-failed", "--", unit]) {
+                Ok(()) => Ok(None),
+                Err(message) if message.contains("not loaded") => {
+                    Ok(Some("not loaded any more".into()))
+                }
+                Err(message) => Err(message),
+            }
         }
         Step::DeleteInterface { interface, .. } => {
             if !std::path::Path::new("/sys/class/net")
