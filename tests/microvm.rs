@@ -398,7 +398,13 @@ fn nixos_host() -> Tree {
             "/run/systemd/system/microvm-virtiofsd@.service",
             "[Service]\n",
         )
-        .file("/run/systemd/system/unrelated.service", "[Service]\n");
+        .file("/run/systemd/system/unrelated.service", "[Service]\n")
+        // A drop-in directory linked from the store: the link goes, the store stays.
+        .file("/nix/store/cccc-dropin/10-old.conf", "[Service]\n")
+        .link(
+            "/run/systemd/system/microvm-virtiofsd@old.service.d",
+            "/nix/store/cccc-dropin",
+        );
     tree
 }
 
@@ -519,6 +525,10 @@ fn prune_removes_exactly_the_orphans_leftovers() {
             ),
             (
                 "remove-drop-in",
+                "/run/systemd/system/microvm-virtiofsd@old.service.d"
+            ),
+            (
+                "remove-drop-in",
                 "/run/systemd/system/microvm@old.service.d"
             ),
             ("remove-gc-root", "/nix/var/nix/gcroots/microvm/booted-old"),
@@ -536,6 +546,7 @@ fn prune_removes_exactly_the_orphans_leftovers() {
         "/run/systemd/system/microvm@web.service.d/override.conf",
         "/run/systemd/system/microvm-virtiofsd@.service",
         "/nix/store/aaaa-system-units/microvm@.service",
+        "/nix/store/cccc-dropin/10-old.conf",
     ] {
         assert!(
             tree.path(kept).exists() || tree.path(kept).is_symlink(),

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeSet;
 
+use rustix::fs::FileType;
 use rustix::io::Errno;
 use serde::Serialize;
 
 use super::plan::Step;
-use super::rootfs::Root;
+use super::rootfs::{self, Root};
 use super::systemd;
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +102,12 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
         Step::RemoveEnablementLink { path, .. }
         | Step::RemoveUnitFile { path, .. }
         | Step::RemoveGcRoot { path, .. } => removed(root.unlink(path)),
-        Step::RemoveDropIn { path, .. } | Step::PurgeState { path, .. } => {
-            removed(root.remove_tree(path))
-        }
+        Step::RemoveDropIn { path, .. } => match root.lstat(path) {
+            Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
+                removed(root.unlink(path))
+            }
+            _ => removed(root.remove_tree(path)),
+        },
+        Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
     }
 }

@@ -681,6 +681,15 @@ fn scan_unit_dir(root: &Root, inv: &mut Inventory, dir: &str) {
             }
         };
         let path = join(dir, &name);
+        let link = entry.file_type == FileType::Symlink;
+        // A drop-in directory may also be a symlink to one; then only the link is removed.
+        if let Some(unit) = name.strip_suffix(".d").filter(|_| link) {
+            if let Some(parsed) = names::parse_unit(unit) {
+                let target = root.readlink(&path).ok();
+                unit_item(inv, Kind::DropIn, unit, &path, &parsed, managed, target);
+            }
+            continue;
+        }
         if entry.file_type == FileType::Directory {
             if let Some(unit) = name.strip_suffix(".d") {
                 if let Some(parsed) = names::parse_unit(unit) {
@@ -699,9 +708,7 @@ fn scan_unit_dir(root: &Root, inv: &mut Inventory, dir: &str) {
                 UnitName::Shared => Kind::Template,
                 UnitName::Instance { .. } => Kind::UnitFile,
             };
-            let target = (entry.file_type == FileType::Symlink)
-                .then(|| root.readlink(&path).ok())
-                .flatten();
+            let target = link.then(|| root.readlink(&path).ok()).flatten();
             unit_item(inv, kind, &name, &path, &parsed, managed, target);
         }
     }
