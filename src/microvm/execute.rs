@@ -78,17 +78,10 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
         Err(e) => Err(format!("cannot remove {e}")),
     };
     match step {
-        Step::Stop { unit, .. } => systemd::run("systemctl", &["stop", "--", unit]).map(|()| None),
-        // A unit that stopped cleanly is unloaded at once, and then there is nothing to reset.
-        Step::ResetFailed { unit, .. } => {
-            match systemd::run("systemctl", &["reset-failed", "--", unit]) {
-                Ok(()) => Ok(None),
-                Err(message) if message.contains("not loaded") => {
-                    Ok(Some("not loaded any more".into()))
-                }
-                Err(message) => Err(message),
-            }
-        }
+        // Stopping the VM stops its PartOf helpers too, and a unit that stopped cleanly is
+        // unloaded at once: "not loaded" then means there is nothing left to stop or reset.
+        Step::Stop { unit, .. } => tolerate_unloaded(&["stop", "--", unit]),
+        Step::ResetFailed { unit, .. } => tolerate_unloaded(&["reset-failed", "--", unit]),
         Step::DeleteInterface { interface, .. } => {
             if !std::path::Path::new("/sys/class/net")
                 .join(interface)
@@ -109,5 +102,13 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
             _ => removed(root.remove_tree(path)),
         },
         Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
+    }
+}
+
+fn tolerate_unloaded(args: &[&str]) -> Result<Option<String>, String> {
+    match systemd::run("systemctl", args) {
+        Ok(()) => Ok(None),
+        Err(message) if message.contains("not loaded") => Ok(Some("not loaded any more".into())),
+        Err(message) => Err(message),
     }
 }
