@@ -821,6 +821,14 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
         run.code, 2,
         "purging a state dir that cannot be handled must abort"
     );
+    // Declared, the same link is only worth a warning: nothing of a declared VM is touched.
+    let declared = tree.run(&["status", "--json", "--declared", "lost"]);
+    assert_eq!(declared.code, 0, "{:?}", declared.problems());
+    assert_eq!(declared.class_of("/var/lib/microvms/lost"), "declared");
+    assert_eq!(
+        declared.class_of("/nix/var/nix/gcroots/microvm/lost"),
+        "declared"
+    );
 }
 
 #[test]

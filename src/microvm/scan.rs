@@ -348,8 +348,35 @@ fn state_root_message(why: &str) -> String {
 }
 
 /// A state directory entry that cannot be a microvm.nix VM: reported, kept, and it keeps the
-/// templates (it might be a VM someone still uses).
+/// templates (it might be a VM someone still uses). A declared VM stays declared: nothing of it
+/// is ever removed, so its odd state directory only deserves a warning.
 fn invalid_state(inv: &mut Inventory, name: &str, path: &str, why: String) {
+    if let Some(vm) = inv
+        .vms
+        .get_mut(name)
+        .filter(|vm| vm.class == VmClass::Declared)
+    {
+        vm.state_dir = Some(path.to_owned());
+        vm.interfaces = None;
+        inv.problems.push(Problem::warning(
+            Some(name),
+            Some(path),
+            format!(
+                "state directory {path} of the declared VM '{name}' is unusual: {why}. Its \
+                 interfaces cannot be read; nothing of a declared VM is changed anyway"
+            ),
+        ));
+        inv.items.push(Item {
+            kind: Kind::StateDir,
+            class: Class::Declared,
+            name: name.to_owned(),
+            path: Some(path.to_owned()),
+            vm: Some(name.to_owned()),
+            detail: Some(why),
+            shared: false,
+        });
+        return;
+    }
     inv.problem(Problem::error(
         Some(name),
         Some(path),
