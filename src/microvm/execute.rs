@@ -1,0 +1,114 @@
+//! Carries out a plan, step by step, and records what happened to each step.
+
+use std::collections::BTreeSet;
+
+use rustix::fs::FileType;
+use rustix::io::Errno;
+use serde::Serialize;
+
+use super::plan::Step;
+use super::rootfs::{self, Root};
+use super::systemd;
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Done,
+    Failed,
+    Skipped,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Outcome {
+    /// Index into the plan.
+    pub step: usize,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Runs the steps in order. A VM whose stop failed keeps everything else: deleting the units of
+/// a VM that still runs would leave it unstoppable.
+pub fn execute(root: &Root, live: bool, steps: &[Step]) -> Vec<Outcome> {
+    let mut stop_failed: BTreeSet<String> = BTreeSet::new();
+    let mut outcomes = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let outcome = |status, message| Outcome {
+            step: index,
+            status,
+            message,
+        };
+        if let Some(vm) = step.vm().filter(|vm| stop_failed.contains(*vm)) {
+            let message = format!("skipped: stopping VM '{vm}' failed");
+            log::warn!("{} {}: {message}", step.action(), step.target());
+            outcomes.push(outcome(Status::Skipped, Some(message)));
+            continue;
+        }
+        match run_step(root, live, step) {
+            Ok(note) => {
+                log::debug!("{} {}: done", step.action(), step.target());
+                outcomes.push(outcome(Status::Done, note));
+            }
+            Err(message) => {
+                log::error!("{} {} failed: {message}", step.action(), step.target());
+                if let Step::Stop { vm, .. } = step {
+                    stop_failed.insert(vm.clone());
+                }
+                outcomes.push(outcome(Status::Failed, Some(message)));
+            }
+        }
+    }
+    outcomes
+}
+
+fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, String> {
+    let needs_host = matches!(
+        step,
+        Step::Stop { .. }
+            | Step::ResetFailed { .. }
+            | Step::DeleteInterface { .. }
+            | Step::DaemonReload
+    );
+    if needs_host && !live {
+        return Err("refused: --root is not the running system".into());
+    }
+    let removed = |result: Result<(), super::rootfs::FsError>| match result {
+        Ok(()) => Ok(None),
+        Err(e) if e.errno == Errno::NOENT => Ok(Some("already gone".to_owned())),
+        Err(e) => Err(format!("cannot remove {e}")),
+    };
+    match step {
+        // Stopping the VM stops its PartOf helpers too, and a unit that stopped cleanly is
+        // unloaded at once: "not loaded" then means there is nothing left to stop or reset.
+        Step::Stop { unit, .. } => tolerate_unloaded(&["stop", "--", unit]),
+        Step::ResetFailed { unit, .. } => tolerate_unloaded(&["reset-failed", "--", unit]),
+        Step::DeleteInterface { interface, .. } => {
+            if !std::path::Path::new("/sys/class/net")
+                .join(interface)
+                .exists()
+            {
+                return Ok(Some("already gone".into()));
+            }
+            systemd::run("ip", &["link", "delete", "dev", interface]).map(|()| None)
+        }
+        Step::DaemonReload => systemd::run("systemctl", &["daemon-reload"]).map(|()| None),
+        Step::RemoveEnablementLink { path, .. }
+        | Step::RemoveUnitFile { path, .. }
+        | Step::RemoveGcRoot { path, .. } => removed(root.unlink(path)),
+        Step::RemoveDropIn { path, .. } => match root.lstat(path) {
+            Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
+                removed(root.unlink(path))
+            }
+            _ => removed(root.remove_tree(path)),
+        },
+        Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
+    }
+}
+
+fn tolerate_unloaded(args: &[&str]) -> Result<Option<String>, String> {
+    match systemd::run("systemctl", args) {
+        Ok(()) => Ok(None),
+        Err(message) if message.contains("not loaded") => Ok(Some("not loaded any more".into())),
+        Err(message) => Err(message),
+    }
+}

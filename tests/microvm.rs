@@ -1,0 +1,1110 @@
+//! Integration tests of `persist-prep microvm status|prune` on fake host trees under `--root`.
+//!
+//! Each test builds a host tree in a fresh temporary directory, runs the real binary, and compares
+//! a listing of the whole tree before and after: exactly the planned paths may disappear, nothing
+//! else may change. Logging output is not asserted; the JSON document carries every problem.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_persist-prep");
+
+fn require_all() -> bool {
+    std::env::var_os("PERSIST_PREP_REQUIRE_ALL").is_some_and(|v| v == "1")
+}
+
+/// Skips (or fails under `PERSIST_PREP_REQUIRE_ALL=1`) when a prerequisite is missing.
+fn skip(why: &str) {
+    assert!(
+        !require_all(),
+        "prerequisite missing and PERSIST_PREP_REQUIRE_ALL=1: {why}"
+    );
+    eprintln!("SKIP: {why}");
+}
+
+/// A fake host tree; removed on drop.
+struct Tree {
+    root: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let base = std::env::temp_dir().join(format!(
+            "persist-prep-microvm-test-{}-{}-{name}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&base);
+        let root = base.join("root");
+        fs::create_dir_all(&root).unwrap();
+        Tree { root }
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn dir(&self, path: &str) -> &Self {
+        fs::create_dir_all(self.path(path)).unwrap();
+        self
+    }
+
+    fn file(&self, path: &str, text: &str) -> &Self {
+        let full = self.path(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, text).unwrap();
+        self
+    }
+
+    fn link(&self, path: &str, target: &str) -> &Self {
+        let full = self.path(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        symlink(target, full).unwrap();
+        self
+    }
+
+    fn fifo(&self, path: &str) -> &Self {
+        let full = self.path(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        let status = Command::new("mkfifo").arg(&full).status().unwrap();
+        assert!(status.success());
+        self
+    }
+
+    /// A runner in the fake store, listing its interfaces like microvm.nix's runner does.
+    fn runner(&self, name: &str, taps: &[&str], macvtaps: &[&str]) -> String {
+        let store = format!("/nix/store/{name}-microvm-qemu-{name}");
+        self.file(&format!("{store}/bin/microvm-run"), "#!/bin/sh\n");
+        if !taps.is_empty() {
+            let text = taps.iter().fold(String::new(), |text, t| text + t + "\n");
+            self.file(&format!("{store}/share/microvm/tap-interfaces"), &text);
+        }
+        if !macvtaps.is_empty() {
+            let text = macvtaps.iter().fold(String::new(), |text, t| {
+                text + t + " 02:00:00:00:00:01 eth0 bridge\n"
+            });
+            self.file(&format!("{store}/share/microvm/macvtap-interfaces"), &text);
+        }
+        store
+    }
+
+    /// A declaratively installed VM (what `install-microvm-NAME.service` leaves).
+    fn declarative_vm(&self, name: &str, taps: &[&str]) -> &Self {
+        let runner = self.runner(name, taps, &[]);
+        let state = format!("/var/lib/microvms/{name}");
+        self.link(&format!("{state}/current"), &runner)
+            .link(
+                &format!("{state}/toplevel"),
+                &format!("/nix/store/{name}-nixos-system"),
+            )
+            .file(&format!("{state}/{name}.img"), "disk")
+    }
+
+    /// An imperative VM (what `microvm -c NAME` leaves), with its GC roots.
+    fn imperative_vm(&self, name: &str) -> &Self {
+        let runner = self.runner(name, &[], &[]);
+        let state = format!("/var/lib/microvms/{name}");
+        self.link(&format!("{state}/current"), &runner)
+            .file(&format!("{state}/flake"), "git+file:///etc/nixos")
+            .link(
+                &format!("/nix/var/nix/gcroots/microvm/{name}"),
+                &format!("{state}/current"),
+            )
+            .link(
+                &format!("/nix/var/nix/gcroots/microvm/booted-{name}"),
+                &format!("{state}/booted"),
+            )
+    }
+
+    /// Every path in the tree with its type and (for links) target, never following links.
+    fn snapshot(&self) -> BTreeSet<String> {
+        fn walk(dir: &Path, rel: &str, out: &mut BTreeSet<String>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = format!("{rel}/{name}");
+                let meta = fs::symlink_metadata(entry.path()).unwrap();
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(entry.path()).unwrap();
+                    out.insert(format!("{path} -> {}", target.display()));
+                } else if meta.is_dir() {
+                    out.insert(format!("{path}/"));
+                    walk(&entry.path(), &path, out);
+                } else {
+                    out.insert(format!("{path} ({} bytes)", meta.len()));
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(self.root.parent().unwrap(), "", &mut out);
+        out
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_with_root(&self.root, args)
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let base = self.root.parent().unwrap();
+        // Make everything removable again (tests may leave read-only modes behind).
+        let _ = Command::new("chmod")
+            .args(["-R", "u+rwX"])
+            .arg(base)
+            .status();
+        let _ = fs::remove_dir_all(base);
+    }
+}
+
+struct Run {
+    code: i32,
+    json: Value,
+    output: Output,
+}
+
+fn run_with_root(root: &Path, args: &[&str]) -> Run {
+    let mut command = Command::new(BIN);
+    command.arg("microvm").args(args).arg("--root").arg(root);
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = if args.contains(&"--json") {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    } else {
+        Value::Null
+    };
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        json,
+        output,
+    }
+}
+
+impl Run {
+    fn plan(&self) -> Vec<Value> {
+        self.json["plan"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn plan_paths(&self) -> BTreeSet<String> {
+        self.plan()
+            .iter()
+            .filter_map(|s| s["path"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn class_of(&self, path_or_name: &str) -> String {
+        let items = self.json["items"].as_array().unwrap();
+        let item = items
+            .iter()
+            .find(|i| {
+                i["path"] == path_or_name || (i["path"].is_null() && i["name"] == path_or_name)
+            })
+            .unwrap_or_else(|| panic!("no item {path_or_name} in {items:#?}"));
+        item["class"].as_str().unwrap().to_owned()
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.json["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(self.json["notes"].as_array().into_iter().flatten())
+            .map(|p| p["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+/// Paths (relative to the tree, as the snapshot spells them) that vanished between two snapshots;
+/// asserts that nothing appeared.
+fn vanished(before: &BTreeSet<String>, after: &BTreeSet<String>) -> BTreeSet<String> {
+    let appeared: Vec<_> = after.difference(before).collect();
+    assert!(
+        appeared.is_empty(),
+        "prune created or changed: {appeared:?}"
+    );
+    before.difference(after).cloned().collect()
+}
+
+/// The snapshot lines at or below a root-relative path.
+fn lines_under(snapshot: &BTreeSet<String>, path: &str) -> BTreeSet<String> {
+    let exact = format!("/root{path}");
+    snapshot
+        .iter()
+        .filter(|line| {
+            line.strip_prefix(&exact)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', ' ']))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Runs `prune --dry-run`, checks it changed nothing, runs `prune`, and checks that the plans are
+/// equal and that exactly the planned paths (and what was inside them) disappeared.
+fn prune_as_planned(tree: &Tree, args: &[&str]) -> (Run, BTreeSet<String>) {
+    let before = tree.snapshot();
+    let mut dry_args = vec!["prune", "--json", "--dry-run"];
+    dry_args.extend_from_slice(args);
+    let dry = tree.run(&dry_args);
+    assert_eq!(tree.snapshot(), before, "--dry-run changed the tree");
+    let mut real_args = vec!["prune", "--json"];
+    real_args.extend_from_slice(args);
+    let real = tree.run(&real_args);
+    assert_eq!(
+        dry.plan(),
+        real.plan(),
+        "--dry-run printed another plan than prune carried out"
+    );
+    assert_eq!(
+        dry.code, real.code,
+        "dry run and prune disagree on the exit code"
+    );
+    let after = tree.snapshot();
+    let gone = vanished(&before, &after);
+    let expected: BTreeSet<String> = real
+        .plan_paths()
+        .iter()
+        .flat_map(|p| lines_under(&before, p))
+        .collect();
+    assert_eq!(gone, expected, "removed set differs from the plan");
+    for result in real.json["results"].as_array().unwrap() {
+        assert_eq!(result["status"], "done", "step failed: {result}");
+    }
+    (real, gone)
+}
+
+fn planned(run: &Run) -> Vec<(String, String)> {
+    run.plan()
+        .iter()
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_owned(),
+                s["path"]
+                    .as_str()
+                    .or(s["unit"].as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+const SYSTEM_UNITS: &str = "/nix/store/aaaa-system-units";
+
+/// A NixOS host: its unit tree is generated into the store (read-only for us), declares `web`,
+/// runs an imperative `imp`, and has the leftovers of a removed VM `old` in writable places.
+fn nixos_host() -> Tree {
+    let tree = Tree::new("nixos");
+    tree.file(&format!("{SYSTEM_UNITS}/microvm@.service"), "[Service]\n")
+        .file(
+            &format!("{SYSTEM_UNITS}/microvm-tap-interfaces@.service"),
+            "[Service]\n",
+        )
+        .file(
+            &format!("{SYSTEM_UNITS}/install-microvm-web.service"),
+            "[Service]\n",
+        )
+        .file(
+            &format!("{SYSTEM_UNITS}/microvm@web.service.d/overrides.conf"),
+            "[Unit]\n",
+        )
+        .file(&format!("{SYSTEM_UNITS}/microvms.target"), "[Unit]\n")
+        .link(
+            &format!("{SYSTEM_UNITS}/microvms.target.wants/microvm@web.service"),
+            "../microvm@.service",
+        )
+        .file(&format!("{SYSTEM_UNITS}/sshd.service"), "[Service]\n")
+        .link("/etc/static", "/nix/store/bbbb-etc/etc")
+        .link("/nix/store/bbbb-etc/etc/systemd/system", SYSTEM_UNITS)
+        .link("/etc/systemd/system", "/etc/static/systemd/system");
+    tree.declarative_vm("web", &["vm-web0"])
+        .imperative_vm("imp");
+    // Leftovers of `old`, removed from microvm.vms: state, GC roots, runtime units and links.
+    tree.declarative_vm("old", &["vm-old0"])
+        .link(
+            "/var/lib/microvms/old/booted",
+            "/nix/store/old-microvm-qemu-old",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/booted-old",
+            "/var/lib/microvms/old/booted",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/stale",
+            "/var/lib/microvms/stale/current",
+        )
+        .link(
+            "/run/systemd/system/microvm@old.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\nCPUQuota=50%\n",
+        )
+        .file(
+            "/run/systemd/system/microvm-tap-interfaces@old.service.d/x.conf",
+            "[Unit]\n",
+        )
+        .file(
+            "/run/systemd/system/install-microvm-old.service",
+            "[Service]\n",
+        )
+        .link(
+            "/run/systemd/system/microvms.target.wants/microvm@old.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .link(
+            "/run/systemd/system/microvms.target.wants/microvm@imp.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .file(
+            "/etc/systemd/system.control/microvm@old.service.d/50-MemoryMax.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system.control/microvm@old.service.d/50-CPUWeight.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@imp.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@web.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm-virtiofsd@.service",
+            "[Service]\n",
+        )
+        .file("/run/systemd/system/unrelated.service", "[Service]\n")
+        // A drop-in directory linked from the store: the link goes, the store stays.
+        .file("/nix/store/cccc-dropin/10-old.conf", "[Service]\n")
+        .link(
+            "/run/systemd/system/microvm-virtiofsd@old.service.d",
+            "/nix/store/cccc-dropin",
+        );
+    tree
+}
+
+#[test]
+fn status_classifies_everything() {
+    let tree = nixos_host();
+    tree.file(
+        "/nix/store/old-microvm-qemu-old/share/microvm/macvtap-interfaces",
+        "mv-old 02:00:00:00:00:01 eth0 bridge\n",
+    );
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    let old = status.json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["name"] == "old")
+        .unwrap();
+    assert_eq!(
+        old["interfaces"],
+        serde_json::json!([{"name": "vm-old0", "kind": "tap"}, {"name": "mv-old", "kind": "macvtap"}])
+    );
+    assert_eq!(status.json["live"], false);
+    for (path, class) in [
+        ("/var/lib/microvms/web", "declared"),
+        ("/var/lib/microvms/imp", "imperative"),
+        ("/var/lib/microvms/old", "orphaned"),
+        ("/nix/var/nix/gcroots/microvm/imp", "imperative"),
+        ("/nix/var/nix/gcroots/microvm/booted-imp", "imperative"),
+        ("/nix/var/nix/gcroots/microvm/old", "orphaned"),
+        ("/nix/var/nix/gcroots/microvm/booted-old", "orphaned"),
+        ("/nix/var/nix/gcroots/microvm/stale", "orphaned"),
+        ("/etc/systemd/system/microvm@.service", "store-managed"),
+        (
+            "/etc/systemd/system/install-microvm-web.service",
+            "store-managed",
+        ),
+        ("/etc/systemd/system/microvm@web.service.d", "store-managed"),
+        (
+            "/etc/systemd/system/microvms.target.wants/microvm@web.service",
+            "store-managed",
+        ),
+        ("/run/systemd/system/microvm@old.service", "orphaned"),
+        ("/run/systemd/system/microvm@old.service.d", "orphaned"),
+        (
+            "/run/systemd/system/microvms.target.wants/microvm@imp.service",
+            "imperative",
+        ),
+        ("/run/systemd/system/microvm@web.service.d", "declared"),
+        (
+            "/run/systemd/system/microvm-virtiofsd@.service",
+            "template-in-use",
+        ),
+        (
+            "/etc/systemd/system.control/microvm@old.service.d",
+            "orphaned",
+        ),
+        ("vm-web0", "declared"),
+        ("vm-old0", "orphaned"),
+        ("mv-old", "orphaned"),
+    ] {
+        assert_eq!(status.class_of(path), class, "class of {path}");
+    }
+    let items = status.json["items"].as_array().unwrap();
+    assert!(
+        !items.iter().any(|i| i["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("sshd") || p.contains("unrelated"))),
+        "unrelated units listed"
+    );
+    let store_item = items
+        .iter()
+        .find(|i| i["path"] == "/etc/systemd/system/microvm@.service")
+        .unwrap();
+    assert!(
+        store_item["detail"].as_str().unwrap().contains("imports"),
+        "fix missing: {store_item}"
+    );
+    // The text form lists the same things.
+    let text = tree.run(&["status", "--declared", "web"]);
+    let stdout = String::from_utf8_lossy(&text.output.stdout);
+    assert!(
+        stdout.contains("orphaned") && stdout.contains("/run/systemd/system/microvm@old.service.d")
+    );
+}
+
+#[test]
+fn prune_removes_exactly_the_orphans_leftovers() {
+    let tree = nixos_host();
+    let (run, _) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            (
+                "remove-enablement-link",
+                "/run/systemd/system/microvms.target.wants/microvm@old.service"
+            ),
+            (
+                "remove-unit-file",
+                "/run/systemd/system/install-microvm-old.service"
+            ),
+            (
+                "remove-unit-file",
+                "/run/systemd/system/microvm@old.service"
+            ),
+            (
+                "remove-drop-in",
+                "/etc/systemd/system.control/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system.control/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm-tap-interfaces@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm-virtiofsd@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/booted-old"),
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/old"),
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/stale"),
+        ])
+    );
+    // Kept: the orphan's state (its disks), everything of web and imp, the store, templates.
+    for kept in [
+        "/var/lib/microvms/old/old.img",
+        "/var/lib/microvms/web/web.img",
+        "/var/lib/microvms/imp/flake",
+        "/nix/var/nix/gcroots/microvm/imp",
+        "/run/systemd/system/microvm@imp.service.d/override.conf",
+        "/run/systemd/system/microvm@web.service.d/override.conf",
+        "/run/systemd/system/microvm-virtiofsd@.service",
+        "/nix/store/aaaa-system-units/microvm@.service",
+        "/nix/store/cccc-dropin/10-old.conf",
+    ] {
+        assert!(
+            tree.path(kept).exists() || tree.path(kept).is_symlink(),
+            "{kept} was removed"
+        );
+    }
+    // A second run finds nothing more to do.
+    let again = tree.run(&["prune", "--json", "--declared", "web"]);
+    assert_eq!(again.plan(), Vec::<Value>::new());
+}
+
+#[test]
+fn templates_go_only_when_no_vm_is_left() {
+    let tree = Tree::new("templates");
+    tree.file("/etc/systemd/system/microvm@.service", "[Service]\n")
+        .file(
+            "/etc/systemd/system/microvm-set-booted@.service",
+            "[Service]\n",
+        )
+        .file(
+            "/etc/systemd/system/microvm@.service.d/10-local.conf",
+            "[Service]\n",
+        )
+        .file("/etc/systemd/system/microvms.target", "[Unit]\n")
+        .link(
+            "/etc/systemd/system/multi-user.target.wants/microvms.target",
+            "/etc/systemd/system/microvms.target",
+        )
+        .link(
+            "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
+            "/etc/systemd/system/microvm@.service",
+        )
+        .imperative_vm("imp");
+    // The imperative VM still uses them.
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert!(gone.is_empty(), "removed {gone:?}");
+    assert_eq!(run.code, 0);
+    // Purging the imperative VM's state makes it an orphan: then everything goes.
+    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "imp"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            (
+                "remove-enablement-link",
+                "/etc/systemd/system/microvms.target.wants/microvm@imp.service"
+            ),
+            (
+                "remove-enablement-link",
+                "/etc/systemd/system/multi-user.target.wants/microvms.target"
+            ),
+            (
+                "remove-unit-file",
+                "/etc/systemd/system/microvm-set-booted@.service"
+            ),
+            ("remove-unit-file", "/etc/systemd/system/microvm@.service"),
+            ("remove-unit-file", "/etc/systemd/system/microvms.target"),
+            ("remove-drop-in", "/etc/systemd/system/microvm@.service.d"),
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/booted-imp"),
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/imp"),
+            ("purge-state", "/var/lib/microvms/imp"),
+        ])
+    );
+}
+
+#[test]
+fn store_managed_templates_are_reported_and_never_touched() {
+    let tree = nixos_host();
+    // No VM at all is declared or imperative any more: templates would go if they were writable.
+    fs::remove_dir_all(tree.path("/var/lib/microvms/imp")).unwrap();
+    fs::remove_dir_all(tree.path("/var/lib/microvms/web")).unwrap();
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    let paths = run.plan_paths();
+    assert!(
+        paths.contains("/run/systemd/system/microvm-virtiofsd@.service"),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/etc/systemd/system/")),
+        "{paths:?}"
+    );
+    let notes = run.problems().join("\n");
+    assert!(
+        notes.contains("/etc/systemd/system/microvm@.service is kept"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("managed by the NixOS configuration"),
+        "{notes}"
+    );
+    assert!(
+        tree.path(&format!("{SYSTEM_UNITS}/microvm@.service"))
+            .exists()
+    );
+}
+
+/// Unmounts on drop, also when an assertion fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn read_only_unit_directories_are_never_touched() {
+    let tree = Tree::new("readonly");
+    tree.file("/ro/microvm@old.service.d/override.conf", "[Service]\n")
+        .dir("/etc/systemd/system.control")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        );
+    let target = tree.path("/etc/systemd/system.control");
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .arg(tree.path("/ro"))
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skip("cannot bind-mount (needs root and mount rights)");
+        return;
+    }
+    let _guard = Unmount(target.clone());
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "cannot remount read-only");
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(
+        planned(&run),
+        pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/old")])
+    );
+    assert!(
+        run.problems().join("\n").contains("read-only"),
+        "{:?}",
+        run.problems()
+    );
+}
+
+#[test]
+fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
+    let tree = nixos_host();
+    tree.file("/precious/data", "keep me")
+        .link("/var/lib/microvms/old/shared", "/precious")
+        .link(
+            "/var/lib/microvms/old/dangling",
+            "/nix/store/gone-garbage-collected",
+        )
+        .file("/var/lib/microvms/old/nested/deeper/disk.img", "disk")
+        .fifo("/var/lib/microvms/old/nested/control.fifo");
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web", "--purge-state", "old"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains("/root/var/lib/microvms/old/"), "{gone:?}");
+    assert!(
+        tree.path("/precious/data").exists(),
+        "followed a link out of the state dir"
+    );
+    assert!(
+        tree.path("/nix/store/old-microvm-qemu-old/bin/microvm-run")
+            .exists(),
+        "store touched"
+    );
+    assert!(tree.path("/var/lib/microvms/web/web.img").exists());
+}
+
+#[test]
+fn purging_a_declared_vm_aborts_everything() {
+    let tree = nixos_host();
+    let before = tree.snapshot();
+    for args in [
+        &[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+            "--purge-state",
+            "web",
+        ][..],
+        &[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "nosuchvm",
+        ][..],
+    ] {
+        let run = tree.run(args);
+        assert_eq!(run.code, 2, "{}", run.stderr());
+        assert_eq!(run.json["aborted"], true);
+        assert_eq!(run.plan(), Vec::<Value>::new());
+        assert!(
+            run.problems().join("\n").contains("Nothing was changed"),
+            "{:?}",
+            run.problems()
+        );
+        assert_eq!(tree.snapshot(), before, "something was changed");
+    }
+    let run = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "web",
+        "--purge-state",
+        "web",
+    ]);
+    assert!(
+        run.problems().join("\n").contains("declared"),
+        "{:?}",
+        run.problems()
+    );
+}
+
+#[test]
+fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
+    let tree = Tree::new("broken");
+    // The runner was garbage-collected after the VM was removed from the configuration.
+    tree.link("/var/lib/microvms/old/current", "/nix/store/gone-runner")
+        .link("/var/lib/microvms/old/toplevel", "/nix/store/gone-system")
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        // A state "directory" that is itself a broken link: nothing of it may be touched.
+        .link("/var/lib/microvms/lost", "/mnt/elsewhere/lost")
+        .link(
+            "/nix/var/nix/gcroots/microvm/lost",
+            "/var/lib/microvms/lost/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@lost.service.d/override.conf",
+            "[Service]\n",
+        );
+    let status = tree.run(&["status", "--json", "--declared", ""]);
+    assert_eq!(status.code, 1, "a state dir that is a symlink is an error");
+    let problems = status.problems().join("\n");
+    assert!(
+        problems.contains(
+            "/var/lib/microvms/old/current is a broken symbolic link to /nix/store/gone-runner"
+        ),
+        "{problems}"
+    );
+    assert!(problems.contains("/var/lib/microvms/lost cannot be handled: it is a symbolic link to /mnt/elsewhere/lost, which does not exist"), "{problems}");
+    assert_eq!(status.class_of("/var/lib/microvms/lost"), "invalid");
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@lost.service.d"),
+        "invalid"
+    );
+    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/old"),
+            ("purge-state", "/var/lib/microvms/old"),
+        ])
+    );
+    assert!(
+        tree.path("/run/systemd/system/microvm@lost.service.d/override.conf")
+            .exists()
+    );
+    let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", "lost"]);
+    assert_eq!(
+        run.code, 2,
+        "purging a state dir that cannot be handled must abort"
+    );
+    // Declared, the same link is only worth a warning: nothing of a declared VM is touched.
+    let declared = tree.run(&["status", "--json", "--declared", "lost"]);
+    assert_eq!(declared.code, 0, "{:?}", declared.problems());
+    assert_eq!(declared.class_of("/var/lib/microvms/lost"), "declared");
+    assert_eq!(
+        declared.class_of("/nix/var/nix/gcroots/microvm/lost"),
+        "declared"
+    );
+}
+
+#[test]
+fn names_that_need_systemd_escaping_are_errors_and_kept() {
+    let tree = Tree::new("escaping");
+    tree.file("/var/lib/microvms/my vm/toplevel", "")
+        .file("/var/lib/microvms/ünï/toplevel", "")
+        .file(
+            "/run/systemd/system/microvm@my vm.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file("/run/systemd/system/microvm@.service", "[Service]\n")
+        .link(
+            r"/nix/var/nix/gcroots/microvm/my\x20vm",
+            r"/var/lib/microvms/my\x20vm/current",
+        );
+    let status = tree.run(&["status", "--json", "--declared", ""]);
+    assert_eq!(status.code, 1);
+    let problems = status.problems().join("\n");
+    assert!(problems.contains(r"microvm@my\x20vm.service"), "{problems}");
+    assert!(problems.contains("/var/lib/microvms/ünï"), "{problems}");
+    assert_eq!(status.class_of("/var/lib/microvms/my vm"), "invalid");
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@my vm.service.d"),
+        "invalid"
+    );
+    // `my\x20vm` is a well-formed (escaped) instance with no state: an orphan GC root.
+    assert_eq!(
+        status.class_of(r"/nix/var/nix/gcroots/microvm/my\x20vm"),
+        "orphaned"
+    );
+    // The unusable names might be VMs someone uses: the template stays, the clear orphan goes.
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@.service"),
+        "template-in-use"
+    );
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
+            ("remove-gc-root", r"/nix/var/nix/gcroots/microvm/my\x20vm"),
+        ])
+    );
+    // Without --json the same problems go to stderr, one line each, with the fix.
+    let text = tree.run(&["status", "--declared", ""]);
+    let stderr = text.stderr();
+    assert!(
+        stderr.lines().any(
+            |l| l.starts_with("error: VM state directory /var/lib/microvms/my vm")
+                && l.contains("Fix:")
+        ),
+        "{stderr}"
+    );
+    let bad = tree.run(&["status", "--declared", "my vm"]);
+    assert_eq!(bad.code, 2);
+}
+
+/// Makes a directory unreadable the ways that work against root: a FIFO or a regular file where a
+/// directory must be, or a symlink loop (permission bits do not stop root).
+fn make_unreadable(case: &str, tree: &Tree) {
+    match case {
+        "state-fifo" => {
+            tree.fifo("/var/lib/microvms");
+        }
+        "unit-dir-file" => {
+            tree.file("/run/systemd/system", "not a directory");
+        }
+        "unit-dir-loop" => {
+            tree.link("/etc/systemd/system.control", "/etc/systemd/system.control");
+        }
+        "wants-dir-loop" => {
+            tree.dir("/run/systemd/system/loop.target.wants");
+            fs::remove_dir(tree.path("/run/systemd/system/loop.target.wants")).unwrap();
+            tree.link("/run/systemd/system/loop.target.wants", "loop.target.wants");
+        }
+        "gcroots-fifo" => {
+            fs::remove_dir_all(tree.path("/nix/var/nix/gcroots/microvm")).unwrap();
+            tree.fifo("/nix/var/nix/gcroots/microvm");
+        }
+        other => panic!("unknown case {other}"),
+    }
+}
+
+#[test]
+fn unreadable_directories_block_prune_entirely() {
+    for (case, why) in [
+        ("state-fifo", "it is a FIFO"),
+        ("unit-dir-file", "it is a regular file"),
+        ("unit-dir-loop", "symbolic link loop"),
+        ("gcroots-fifo", "it is a FIFO"),
+    ] {
+        let tree = Tree::new(case);
+        tree.link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        .file(
+            "/etc/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        );
+        make_unreadable(case, &tree);
+        let before = tree.snapshot();
+        let run = tree.run(&["prune", "--json", "--declared", ""]);
+        let problems = run.problems().join("\n");
+        assert_eq!(run.code, 1, "{case}: {problems}");
+        assert_eq!(run.plan(), Vec::<Value>::new(), "{case}");
+        assert_eq!(tree.snapshot(), before, "{case}: something was removed");
+        assert!(
+            problems.contains("prune changes nothing"),
+            "{case}: {problems}"
+        );
+        assert!(problems.contains(why), "{case}: {problems}");
+        let status = tree.run(&["status", "--json", "--declared", ""]);
+        assert_eq!(status.code, 1, "{case}: status must report the error");
+    }
+    // A symlink loop named *.wants is not a directory, so it is not descended into at all.
+    let tree = Tree::new("wants-dir-loop");
+    tree.file(
+        "/etc/systemd/system/microvm@old.service.d/override.conf",
+        "[Service]\n",
+    );
+    make_unreadable("wants-dir-loop", &tree);
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{:?}", run.problems());
+}
+
+#[test]
+fn symlinks_resolve_inside_the_root() {
+    let tree = Tree::new("confined");
+    // Outside the root: something that looks like leftovers. It must never be touched.
+    let outside = tree.root.parent().unwrap().join("outside");
+    fs::create_dir_all(outside.join("microvm@old.service.d")).unwrap();
+    fs::write(outside.join("microvm@old.service.d/x.conf"), "x").unwrap();
+    let outside_text = outside.display().to_string();
+    // Both links point at the outside directory; inside the root they resolve to its namesake.
+    tree.link(
+        "/run/systemd/system",
+        &format!("../../../../../../../..{outside_text}"),
+    )
+    .link("/etc/systemd/system", &outside_text)
+    .file(
+        &format!("{outside_text}/microvm@old.service.d/y.conf"),
+        "inside",
+    );
+    let before = tree.snapshot();
+    let dry = tree.run(&["prune", "--json", "--dry-run", "--declared", ""]);
+    assert_eq!(tree.snapshot(), before);
+    let run = tree.run(&["prune", "--json", "--declared", ""]);
+    assert_eq!(run.code, 0, "{:?}", run.problems());
+    assert_eq!(dry.plan(), run.plan());
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            (
+                "remove-drop-in",
+                "/etc/systemd/system/microvm@old.service.d"
+            ),
+            (
+                "remove-drop-in",
+                "/run/systemd/system/microvm@old.service.d"
+            ),
+        ])
+    );
+    assert_eq!(run.json["results"][1]["message"], "already gone");
+    assert!(
+        outside.join("microvm@old.service.d/x.conf").exists(),
+        "escaped the root"
+    );
+    let gone = vanished(&before, &tree.snapshot());
+    let inside = format!("/root{outside_text}/microvm@old.service.d");
+    assert_eq!(
+        gone,
+        BTreeSet::from([format!("{inside}/"), format!("{inside}/y.conf (6 bytes)")])
+    );
+}
+
+#[test]
+fn systemctl_enablement_links_are_pruned() {
+    if Command::new("systemctl").arg("--version").output().is_err() {
+        skip("systemctl is not installed");
+        return;
+    }
+    let tree = Tree::new("systemctl");
+    let template = "[Unit]\nDescription=MicroVM '%i'\n[Service]\nExecStart=/bin/true\n\
+                    [Install]\nWantedBy=microvms.target\n";
+    tree.file("/etc/systemd/system/microvm@.service", template)
+        .file(
+            "/etc/systemd/system/microvms.target",
+            "[Unit]\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .imperative_vm("imp")
+        .declarative_vm("old", &[]);
+    let systemctl = |args: &[&str]| {
+        let output = Command::new("systemctl")
+            .arg(format!("--root={}", tree.root.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
+    };
+    let (ok, _) = systemctl(&[
+        "enable",
+        "microvm@old.service",
+        "microvm@imp.service",
+        "microvms.target",
+    ]);
+    assert!(ok, "systemctl --root enable failed");
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@old.service"]).1,
+        "enabled"
+    );
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(
+        planned(&run),
+        pairs(&[(
+            "remove-enablement-link",
+            "/etc/systemd/system/microvms.target.wants/microvm@old.service"
+        )])
+    );
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@old.service"]).1,
+        "disabled"
+    );
+    assert_eq!(
+        systemctl(&["is-enabled", "microvm@imp.service"]).1,
+        "enabled"
+    );
+    assert_eq!(systemctl(&["is-enabled", "microvms.target"]).1, "enabled");
+}
+
+#[test]
+fn command_line_and_manifest_errors() {
+    let tree = Tree::new("cli");
+    assert_eq!(
+        tree.run(&["status"]).code,
+        2,
+        "must refuse to guess the declared VMs"
+    );
+    assert_eq!(tree.run(&["prune", "--declared", "a", "--bogus"]).code, 2);
+    let manifest = tree.root.parent().unwrap().join("host.json");
+    fs::write(
+        &manifest,
+        r#"{"version":1,"vms":[{"name":"web","autostart":true}],"x":1}"#,
+    )
+    .unwrap();
+    let manifest = manifest.display().to_string();
+    assert_eq!(tree.run(&["status", "--manifest", &manifest]).code, 3);
+    fs::write(
+        &manifest,
+        r#"{"version":1,"vms":[{"name":"web","autostart":true},{"name":"db","autostart":false}]}"#,
+    )
+    .unwrap();
+    tree.declarative_vm("web", &[]).declarative_vm("db", &[]);
+    let run = tree.run(&["status", "--json", "--manifest", &manifest]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(run.class_of("/var/lib/microvms/db"), "declared");
+    let vms = run.json["vms"].as_array().unwrap();
+    assert!(
+        vms.iter()
+            .any(|v| v["name"] == "web" && v["autostart"] == true)
+    );
+    let missing = run_with_root(
+        Path::new("/nonexistent/persist-prep-root"),
+        &["status", "--declared", ""],
+    );
+    assert_eq!(missing.code, 2);
+}
