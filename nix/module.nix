@@ -252,6 +252,14 @@ in
           };
         };
 
+        # Stopping the boot needs more than OnFailure: initrd-cleanup would isolate
+        # initrd-switch-root.target and leave the emergency shell. Requiring persist-prep there
+        # makes switch-root wait (the same as initrd/stop-boot/ for dracut).
+        services.initrd-cleanup = mkIf (cfg.failureAction == "emergency") {
+          requires = [ "persist-prep.service" ];
+          after = [ "persist-prep.service" ];
+        };
+
         # Deferred owners: the users exist in /sysroot/etc/passwd once NixOS's activation ran.
         services.persist-prep-finish = {
           description = "Give deferred persistent directories their owners (persist-prep)";

@@ -543,6 +543,29 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     .unwrap();
     assert_eq!(stop["OnFailure"], "emergency.target");
     assert_eq!(stop["OnFailureJobMode"], "replace-irreversibly");
+    // OnFailure alone does not stop the boot (the boot tests showed switch-root goes on):
+    // initrd-cleanup must require persist-prep, as initrd/stop-boot/ does for dracut.
+    let cleanup = eval_case(
+        &lib,
+        &imp,
+        &dir,
+        &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
+        "initrdServices.initrd-cleanup",
+    )
+    .unwrap();
+    assert_eq!(
+        cleanup["requires"],
+        serde_json::json!(["persist-prep.service"])
+    );
+    assert_eq!(
+        cleanup["after"],
+        serde_json::json!(["persist-prep.service"])
+    );
+    let default = eval_case(&lib, &imp, &dir, &serde_json::json!({}), "initrdServices").unwrap();
+    assert!(
+        default.get("initrd-cleanup").is_none(),
+        "continue must leave initrd-cleanup alone"
+    );
 
     let scripted = eval_case(
         &lib,

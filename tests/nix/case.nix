@@ -21,7 +21,10 @@ in
   # Only persist-prep's own assertions; impermanence adds its own for the same mistakes.
   problems = builtins.filter (m: lib.hasPrefix "persist-prep:" m) (map (a: a.message) failed);
   assertions = map (a: a.message) failed;
-  initrdServices = { inherit (c.boot.initrd.systemd.services) persist-prep persist-prep-finish; };
+  initrdServices = { inherit (c.boot.initrd.systemd.services) persist-prep persist-prep-finish; }
+    // lib.optionalAttrs (c.boot.initrd.systemd.services ? initrd-cleanup) {
+      inherit (c.boot.initrd.systemd.services) initrd-cleanup;
+    };
   inherit (c.boot.initrd.systemd) contents extraBin;
   services = c.systemd.services;
   etc = c.environment.etc;
