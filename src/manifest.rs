@@ -5,7 +5,6 @@
 //! derived structs because serde stops at the first error and cannot name the entry.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -18,13 +17,13 @@ use crate::mode;
 pub const VERSION: u64 = 1;
 
 /// A validated manifest.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Manifest {
     pub storages: Vec<Storage>,
 }
 
 /// One persistent storage and what must exist under it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Storage {
     /// Absolute storage path on the real root, normalised (`/nix/persist`).
     pub path: String,
@@ -50,7 +49,7 @@ impl Kind {
 }
 
 /// One declared directory or file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub kind: Kind,
     /// Absolute path as seen on the running system, normalised.
@@ -62,7 +61,7 @@ pub struct Entry {
     /// The NixOS option this entry came from, if the manifest says.
     pub origin: Option<String>,
     /// Where in the manifest it stands, e.g. `storages[0].directories[3]`.
-    pub location: String,
+    pub location: Location,
 }
 
 impl Entry {
@@ -82,6 +81,24 @@ impl std::fmt::Display for Described<'_> {
             Some(origin) => write!(f, "{} {} (from {origin})", e.kind.as_str(), e.path),
             None => write!(f, "{} {} ({})", e.kind.as_str(), e.path, e.location),
         }
+    }
+}
+
+/// An entry's place in the manifest, formatted only for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub storage: usize,
+    pub kind: Kind,
+    pub index: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = match self.kind {
+            Kind::Directory => "directories",
+            Kind::File => "files",
+        };
+        write!(f, "storages[{}].{list}[{}]", self.storage, self.index)
     }
 }
 
@@ -145,19 +162,229 @@ pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
 
 /// Parses and validates manifest text.
 pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        vec![format!(
-            "the manifest is not valid JSON: {e}; fix: regenerate it (the NixOS module writes it with builtins.toJSON)"
-        )]
-    })?;
+    // Manifests written by the module are well formed: read those straight into typed values,
+    // which is several times faster than a JSON tree. Anything odd takes the slow path, which
+    // walks the tree to report every problem at once.
     let mut v = Validator::default();
-    let mut manifest = v.manifest(&value);
+    let fast = serde_json::from_str::<fast::Raw<'_>>(text)
+        .ok()
+        .and_then(fast::convert);
+    let mut manifest = if let Some(manifest) = fast {
+        manifest
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            vec![format!(
+                "the manifest is not valid JSON: {e}; fix: regenerate it (the NixOS module writes it with builtins.toJSON)"
+            )]
+        })?;
+        v.manifest(&value)
+    };
     v.cross_check(&manifest);
     if v.errors.is_empty() {
         dedup(&mut manifest);
         Ok(manifest)
     } else {
         Err(v.errors)
+    }
+}
+
+/// The typed fast path: exactly the version-1 schema, with borrowed strings. It only accepts or
+/// declines; the tree walker explains what is wrong.
+mod fast {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+
+    use super::{
+        Attrs, Entry, Kind, Location, Manifest, Owner, Storage, VERSION, contains, normalise,
+        valid_name,
+    };
+    use crate::mode;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Raw<'a> {
+        version: u64,
+        #[serde(borrow)]
+        storages: Vec<RawStorage<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct RawStorage<'a> {
+        #[serde(borrow)]
+        path: Cow<'a, str>,
+        #[serde(borrow)]
+        mount_point: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        directories: Vec<RawEntry<'a>>,
+        #[serde(borrow, default)]
+        files: Vec<RawFile<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawEntry<'a> {
+        #[serde(borrow)]
+        path: Cow<'a, str>,
+        #[serde(borrow)]
+        user: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        group: Option<Cow<'a, str>>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        #[serde(borrow)]
+        mode: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        parent: Option<RawAttrs<'a>>,
+        #[serde(borrow)]
+        origin: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawFile<'a> {
+        #[serde(borrow)]
+        path: Cow<'a, str>,
+        #[serde(borrow)]
+        parent: Option<RawAttrs<'a>>,
+        #[serde(borrow)]
+        origin: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawAttrs<'a> {
+        #[serde(borrow)]
+        user: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        group: Option<Cow<'a, str>>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        #[serde(borrow)]
+        mode: Option<Cow<'a, str>>,
+    }
+
+    fn owner(name: Option<&Cow<'_, str>>, id: Option<u32>, default_root: bool) -> Option<Owner> {
+        if id == Some(u32::MAX) {
+            return None;
+        }
+        let name = match name {
+            Some(name) if valid_name(name) => name.to_string(),
+            Some(_) => return None,
+            None => match id {
+                Some(id) => id.to_string(),
+                None if default_root => return Some(Owner::root()),
+                None => return None,
+            },
+        };
+        let id = id.or_else(|| (name == "root").then_some(0));
+        Some(Owner { name, id })
+    }
+
+    fn attrs(raw: &RawAttrs<'_>, default_root: bool) -> Option<Attrs> {
+        let mode = match &raw.mode {
+            Some(text) => mode::parse(text).ok()?,
+            None if default_root => 0o755,
+            None => return None,
+        };
+        Some(Attrs {
+            user: owner(raw.user.as_ref(), raw.uid, default_root)?,
+            group: owner(raw.group.as_ref(), raw.gid, default_root)?,
+            mode,
+        })
+    }
+
+    fn entry_path(path: &str) -> Option<String> {
+        normalise(path).ok().filter(|p| p != "/")
+    }
+
+    /// A manifest, or `None` if anything at all is wrong.
+    pub fn convert(raw: Raw<'_>) -> Option<Manifest> {
+        if raw.version != VERSION {
+            return None;
+        }
+        let mut storages = Vec::with_capacity(raw.storages.len());
+        for (i, s) in raw.storages.into_iter().enumerate() {
+            let path = entry_path(&s.path)?;
+            let mount_point = match &s.mount_point {
+                Some(mp) => Some(normalise(mp).ok().filter(|mp| contains(mp, &path))?),
+                None => None,
+            };
+            let mut entries = Vec::with_capacity(s.directories.len() + s.files.len());
+            for (j, d) in s.directories.iter().enumerate() {
+                entries.push(Entry {
+                    kind: Kind::Directory,
+                    path: entry_path(&d.path)?,
+                    attrs: Some(attrs(
+                        &RawAttrs {
+                            user: d.user.clone(),
+                            group: d.group.clone(),
+                            uid: d.uid,
+                            gid: d.gid,
+                            mode: d.mode.clone(),
+                        },
+                        false,
+                    )?),
+                    parent: match &d.parent {
+                        Some(p) => attrs(p, true)?,
+                        None => Attrs::root_0755(),
+                    },
+                    origin: d.origin.as_ref().map(ToString::to_string),
+                    location: Location {
+                        storage: i,
+                        kind: Kind::Directory,
+                        index: j,
+                    },
+                });
+            }
+            for (j, f) in s.files.iter().enumerate() {
+                entries.push(Entry {
+                    kind: Kind::File,
+                    path: entry_path(&f.path)?,
+                    attrs: None,
+                    parent: match &f.parent {
+                        Some(p) => attrs(p, true)?,
+                        None => Attrs::root_0755(),
+                    },
+                    origin: f.origin.as_ref().map(ToString::to_string),
+                    location: Location {
+                        storage: i,
+                        kind: Kind::File,
+                        index: j,
+                    },
+                });
+            }
+            super::sort_entries(&mut entries);
+            storages.push(Storage {
+                path,
+                mount_point,
+                entries,
+            });
+        }
+        Some(Manifest { storages })
+    }
+}
+
+/// Where an entry stands, for messages: `storages[0].directories[3] "/var/lib/x" (from opt)`.
+#[derive(Clone, Copy)]
+struct Here<'a> {
+    location: Location,
+    path: Option<&'a str>,
+    origin: Option<&'a str>,
+    suffix: &'a str,
+}
+
+impl std::fmt::Display for Here<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.location)?;
+        if let Some(path) = self.path {
+            write!(f, " {path:?}")?;
+        }
+        if let Some(origin) = self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        f.write_str(self.suffix)
     }
 }
 
@@ -194,6 +421,12 @@ fn normalise(path: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
+/// Ancestors first: sorting by a key with `/` as the lowest byte orders by component, so that
+/// `/a/b` comes before `/a-b`; the sort is stable among equal paths.
+fn sort_entries(entries: &mut [Entry]) {
+    entries.sort_by_cached_key(|e| e.path.replace('/', "\0"));
+}
+
 /// True when `ancestor` is `path` or one of its ancestors (both normalised).
 pub fn contains(ancestor: &str, path: &str) -> bool {
     ancestor == "/"
@@ -211,11 +444,20 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Validator {
-    fn error(&mut self, location: &str, what: &str, message: impl std::fmt::Display) {
+    fn error(
+        &mut self,
+        location: impl std::fmt::Display + Copy,
+        what: &str,
+        message: impl std::fmt::Display,
+    ) {
         self.errors.push(format!("{location}{what}: {message}"));
     }
 
-    fn object<'a>(&mut self, value: &'a Value, location: &str) -> Option<&'a Map<String, Value>> {
+    fn object<'a>(
+        &mut self,
+        value: &'a Value,
+        location: impl std::fmt::Display + Copy,
+    ) -> Option<&'a Map<String, Value>> {
         let object = value.as_object();
         if object.is_none() {
             self.error(
@@ -227,7 +469,12 @@ impl Validator {
         object
     }
 
-    fn known_keys(&mut self, object: &Map<String, Value>, location: &str, allowed: &[&str]) {
+    fn known_keys(
+        &mut self,
+        object: &Map<String, Value>,
+        location: impl std::fmt::Display + Copy,
+        allowed: &[&str],
+    ) {
         for key in object.keys() {
             if !allowed.contains(&key.as_str()) {
                 self.error(
@@ -246,7 +493,7 @@ impl Validator {
         &mut self,
         object: &'a Map<String, Value>,
         key: &str,
-        location: &str,
+        location: impl std::fmt::Display + Copy,
     ) -> Option<&'a str> {
         match object.get(key) {
             None => None,
@@ -282,7 +529,7 @@ impl Validator {
         match top.get("storages") {
             Some(Value::Array(storages)) => {
                 for (i, storage) in storages.iter().enumerate() {
-                    if let Some(storage) = self.storage(storage, &format!("storages[{i}]")) {
+                    if let Some(storage) = self.storage(storage, i) {
                         manifest.storages.push(storage);
                     }
                 }
@@ -301,7 +548,9 @@ impl Validator {
         manifest
     }
 
-    fn storage(&mut self, value: &Value, location: &str) -> Option<Storage> {
+    fn storage(&mut self, value: &Value, index: usize) -> Option<Storage> {
+        let location = format!("storages[{index}]");
+        let location = location.as_str();
         let object = self.object(value, location)?;
         self.known_keys(
             object,
@@ -348,15 +597,25 @@ impl Validator {
             Some(p) => format!("{location} ({p})"),
             None => location.to_owned(),
         };
-        let mut entries = Vec::new();
+        // Sized up front: growing a vector of large entries copies it each time.
+        let count = ["directories", "files"]
+            .iter()
+            .filter_map(|k| object.get(*k).and_then(Value::as_array).map(Vec::len))
+            .sum();
+        let mut entries = Vec::with_capacity(count);
         for (key, kind) in [("directories", Kind::Directory), ("files", Kind::File)] {
             match object.get(key) {
                 None => {}
                 Some(Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
-                        if let Some(entry) =
-                            self.entry(item, kind, &format!("{location}.{key}[{i}]"))
-                        {
+                        if let Some(entry) = self.entry(
+                            item,
+                            Location {
+                                storage: index,
+                                kind,
+                                index: i,
+                            },
+                        ) {
                             entries.push(entry);
                         }
                     }
@@ -370,7 +629,7 @@ impl Validator {
         }
         let path = path?;
         // Ancestors first; a stable sort keeps the manifest's order among equals.
-        entries.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+        sort_entries(&mut entries);
         Some(Storage {
             path,
             mount_point,
@@ -378,56 +637,59 @@ impl Validator {
         })
     }
 
-    fn entry(&mut self, value: &Value, kind: Kind, location: &str) -> Option<Entry> {
+    fn entry(&mut self, value: &Value, location: Location) -> Option<Entry> {
+        let kind = location.kind;
         let object = self.object(value, location)?;
         let raw_path = self.string(object, "path", location);
         let origin = self.string(object, "origin", location).map(str::to_owned);
-        // Name the entry in every message, with its origin when there is one.
-        let mut here = location.to_owned();
-        if let Some(p) = raw_path {
-            let _ = write!(here, " {p:?}");
-        }
-        if let Some(o) = &origin {
-            let _ = write!(here, " (from {o})");
-        }
+        // Names the entry in every message, with its origin; formatted only for a message.
+        let here = Here {
+            location,
+            path: raw_path,
+            origin: origin.as_deref(),
+            suffix: "",
+        };
         match kind {
             Kind::Directory => self.known_keys(
                 object,
-                &here,
+                here,
                 &[
                     "path", "user", "group", "uid", "gid", "mode", "parent", "origin",
                 ],
             ),
-            Kind::File => self.known_keys(object, &here, &["path", "parent", "origin"]),
+            Kind::File => self.known_keys(object, here, &["path", "parent", "origin"]),
         }
         let path = match raw_path.map(normalise) {
             Some(Ok(p)) if p == "/" => {
-                self.error(&here, ".path", "an entry cannot be / itself");
+                self.error(here, ".path", "an entry cannot be / itself");
                 None
             }
             Some(Ok(p)) => Some(p),
             Some(Err(why)) => {
-                self.error(&here, ".path", why);
+                self.error(here, ".path", why);
                 None
             }
             None => {
                 if !object.contains_key("path") {
-                    self.error(&here, ".path", "missing");
+                    self.error(here, ".path", "missing");
                 }
                 None
             }
         };
         let attrs = match kind {
-            Kind::Directory => self.attrs(object, &here, false),
+            Kind::Directory => self.attrs(object, here, false),
             Kind::File => None,
         };
         let parent = match object.get("parent") {
             None => Some(Attrs::root_0755()),
             Some(value) => {
-                let parent_here = format!("{here}.parent");
-                self.object(value, &parent_here).and_then(|p| {
-                    self.known_keys(p, &parent_here, &["user", "group", "uid", "gid", "mode"]);
-                    self.attrs(p, &parent_here, true)
+                let parent_here = Here {
+                    suffix: ".parent",
+                    ..here
+                };
+                self.object(value, parent_here).and_then(|p| {
+                    self.known_keys(p, parent_here, &["user", "group", "uid", "gid", "mode"]);
+                    self.attrs(p, parent_here, true)
                 })
             }
         };
@@ -440,12 +702,17 @@ impl Validator {
             attrs,
             parent: parent?,
             origin,
-            location: location.to_owned(),
+            location,
         })
     }
 
     /// Owner and mode; `defaults` fills missing fields with root root 0755 (for `parent`).
-    fn attrs(&mut self, object: &Map<String, Value>, here: &str, defaults: bool) -> Option<Attrs> {
+    fn attrs(
+        &mut self,
+        object: &Map<String, Value>,
+        here: impl std::fmt::Display + Copy,
+        defaults: bool,
+    ) -> Option<Attrs> {
         let user = self.owner(object, "user", "uid", here, defaults);
         let group = self.owner(object, "group", "gid", here, defaults);
         let mode = match self.string(object, "mode", here) {
@@ -478,7 +745,7 @@ impl Validator {
         object: &Map<String, Value>,
         name_key: &str,
         id_key: &str,
-        here: &str,
+        here: impl std::fmt::Display + Copy,
         defaults: bool,
     ) -> Option<Owner> {
         let id = match object.get(id_key) {
@@ -549,7 +816,7 @@ impl Validator {
                 for other in &manifest.storages {
                     if contains(&entry.path, &other.path) || contains(&other.path, &entry.path) {
                         self.error(
-                            &entry.location,
+                            entry.location,
                             "",
                             format!(
                                 "{} overlaps the storage {}: a bind mount there would hide or loop into persistent data; fix: remove the entry or move the storage",
@@ -579,7 +846,7 @@ impl Validator {
                                 )
                             };
                             self.error(
-                                &entry.location,
+                                entry.location,
                                 "",
                                 format!(
                                     "{} is declared twice {why} (first at {}); fix: keep one declaration",
@@ -920,6 +1187,18 @@ mod tests {
                 }
             }
 
+            /// The typed fast path accepts only what the tree walker accepts, and reads it the same.
+            #[test]
+            fn fast_path_agrees_with_the_tree_walker(value in json()) {
+                let text = value.to_string();
+                if let Some(fast) = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert) {
+                    let mut v = Validator::default();
+                    let slow = v.manifest(&value);
+                    prop_assert!(v.errors.is_empty(), "fast path accepted {text}, the walker said {:?}", v.errors);
+                    prop_assert_eq!(fast, slow);
+                }
+            }
+
             /// Bytes that are not even JSON are rejected, never a panic.
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
@@ -936,7 +1215,13 @@ mod tests {
                 }
                 let dirs: Vec<Value> = seen.into_values().collect();
                 let doc = serde_json::json!({"version": 1, "storages": [{"path": "/persist", "mountPoint": "/", "directories": dirs}]});
-                let m = parse(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                let text = doc.to_string();
+                let m = parse(&text).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                // Well-formed manifests take the fast path, and it reads them as the walker does.
+                let fast = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert);
+                let mut v = Validator::default();
+                let slow = v.manifest(&doc);
+                prop_assert_eq!(fast.as_ref(), Some(&slow));
                 let entries = &m.storages[0].entries;
                 prop_assert_eq!(entries.len(), dirs.len());
                 for pair in entries.windows(2) {

@@ -1075,7 +1075,7 @@ fn document(
                 "path": e.entry.path,
                 "kind": e.entry.kind.as_str(),
                 "origin": e.entry.origin,
-                "location": e.entry.location,
+                "location": e.entry.location.to_string(),
                 "state": entry_state(run, &e.state),
                 "declared": e.entry.attrs.as_ref().map(attrs_json),
                 "actual": e.actual.map(|m| json!({"uid": m.uid, "gid": m.gid, "mode": mode::display(m.mode)})),
