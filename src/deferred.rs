@@ -9,6 +9,7 @@
 //! we left it); anything else has changed hands and is left alone.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -109,7 +110,15 @@ pub fn save(state_dir: &Path, record: &Record) -> Result<(), String> {
         .map_err(|e| fail("create the directory for", &e))?;
     let tmp = state_dir.join(format!(".{FILE}.tmp"));
     let data = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, data).map_err(|e| fail("write", &e))?;
+    // Only root reads it; apply runs with umask 0, so the mode is given here.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &data))
+        .map_err(|e| fail("write", &e))?;
     std::fs::rename(&tmp, &file).map_err(|e| fail("write", &e))
 }
 

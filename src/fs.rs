@@ -71,15 +71,23 @@ pub fn open_child_path(dir: impl AsFd, name: &str) -> Result<OwnedFd, Errno> {
     )
 }
 
-/// Creates one child directory, private to root until [`set_owner_mode`] gives its real attributes.
-pub fn make_child(dir: impl AsFd, name: &str) -> Result<(), Errno> {
-    mkdirat(dir, name, Mode::from_raw_mode(0o700))
+/// Creates one child directory with `mode` (the caller sets the umask to 0).
+pub fn make_child(dir: impl AsFd, name: &str, mode: u32) -> Result<(), Errno> {
+    mkdirat(dir, name, Mode::from_raw_mode(mode))
 }
 
 /// Gives a directory we just created its owner, then its mode (chown clears set-id bits).
 pub fn set_owner_mode(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), Errno> {
-    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-    fchmod(&fd, Mode::from_raw_mode(mode))
+    set_owner(&fd, uid, gid)?;
+    set_mode(&fd, mode)
+}
+
+pub fn set_owner(fd: impl AsFd, uid: u32, gid: u32) -> Result<(), Errno> {
+    fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+}
+
+pub fn set_mode(fd: impl AsFd, mode: u32) -> Result<(), Errno> {
+    fchmod(fd, Mode::from_raw_mode(mode))
 }
 
 /// Owner, mode and identity of an open file.

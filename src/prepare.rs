@@ -72,6 +72,14 @@ struct Made {
     deferred: bool,
 }
 
+/// A directory about to be made: its attributes, resolved ids, and the mode mkdir gets.
+struct NewDir {
+    attrs: Attrs,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mkdir_mode: u32,
+}
+
 /// Why an entry could not be completed.
 enum Problem {
     Symlink {
@@ -186,6 +194,7 @@ struct Walker<'a> {
     storage_chain: Vec<(String, OwnedFd)>,
     root_chain: Vec<(String, OwnedFd)>,
     euid: u32,
+    egid: u32,
 }
 
 fn run(options: &Options, run: Intent) -> Exit {
@@ -220,7 +229,12 @@ fn run(options: &Options, run: Intent) -> Exit {
         storage_chain: Vec::new(),
         root_chain: Vec::new(),
         euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
     };
+    if run == Intent::Apply {
+        // Modes are given exactly; mkdir must not have bits masked off behind our back.
+        rustix::process::umask(rustix::fs::Mode::empty());
+    }
     let results: Vec<StorageResult> = manifest
         .storages
         .iter()
@@ -425,7 +439,7 @@ impl Walker<'_> {
             match fs::open_in_root(self.root, &prefix) {
                 Ok(fd) => parent = fd,
                 Err(Errno::NOENT) => {
-                    match fs::make_child(&parent, name) {
+                    match fs::make_child(&parent, name, 0o700) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(errno) => {
                             return Err(Problem::Errno {
@@ -701,10 +715,12 @@ impl Walker<'_> {
             created_last = false;
             // In `Apply`, try mkdir first: on a fresh volume it succeeds, and EEXIST is as
             // cheap as a failed lookup would have been.
-            let fresh = self.run == Intent::Apply
-                && match fs::make_child(parent, name) {
-                    Ok(()) => true,
-                    Err(Errno::EXIST) => false,
+            let mut fresh = None;
+            if self.run == Intent::Apply {
+                let new = self.new_dir(attrs_of(&prefix));
+                match fs::make_child(parent, name, new.mkdir_mode) {
+                    Ok(()) => fresh = Some(new),
+                    Err(Errno::EXIST) => {}
                     Err(errno) => {
                         return Err(Problem::Errno {
                             action: "create",
@@ -712,10 +728,11 @@ impl Walker<'_> {
                             errno,
                         });
                     }
-                };
-            let fd = if fresh {
+                }
+            }
+            let fd = if let Some(new) = fresh {
                 created_last = true;
-                self.give_attributes(parent, name, side, &prefix, entry, &attrs_of(&prefix), made)?
+                self.give_attributes(parent, name, side, &prefix, entry, new, made)?
             } else {
                 match fs::open_child_path(parent, name) {
                     Ok(fd) => fd,
@@ -746,9 +763,29 @@ impl Walker<'_> {
         }
     }
 
-    /// Finishes a directory just made (private, root-owned): open it without following links,
-    /// check it is the one we made, then chown and chmod through the handle, so that no path
-    /// is walked twice.
+    /// Decides how to make a directory. One that ends up owned by us is made with its final
+    /// mode at once; any other is made private (0700) and gets its owner, then its mode, only
+    /// through the handle, so that it is never open to others before it has its owner.
+    fn new_dir(&mut self, attrs: Attrs) -> NewDir {
+        let uid = self.resolver.resolve(&attrs.user, Db::User);
+        let gid = self.resolver.resolve(&attrs.group, Db::Group);
+        let ours = uid == Some(self.euid) && gid == Some(self.egid);
+        let mkdir_mode = if ours && attrs.mode & 0o7000 == 0 {
+            attrs.mode
+        } else {
+            0o700
+        };
+        NewDir {
+            attrs,
+            uid,
+            gid,
+            mkdir_mode,
+        }
+    }
+
+    /// Finishes a directory just made: open it without following links, check it is the one
+    /// we made, then chown and chmod through the handle where still needed, so that no path is
+    /// walked twice.
     #[allow(clippy::too_many_arguments)]
     fn give_attributes(
         &mut self,
@@ -757,7 +794,7 @@ impl Walker<'_> {
         side: Side<'_>,
         prefix: &str,
         entry: &Entry,
-        attrs: &Attrs,
+        new: NewDir,
         made: &mut Vec<Made>,
     ) -> Result<OwnedFd, Problem> {
         let fd = fs::open_child(parent, name).map_err(|errno| {
@@ -769,19 +806,26 @@ impl Walker<'_> {
             path: shown.clone(),
             errno,
         })?;
-        if meta.uid != self.euid || meta.mode != 0o700 {
+        // A set-group-id parent passes on its group and that bit; anything else means someone
+        // replaced the directory between our mkdir and open.
+        if meta.uid != self.euid || meta.mode & 0o777 != new.mkdir_mode {
             return Err(Problem::Replaced { path: shown });
         }
-        let uid = self.resolver.resolve(&attrs.user, Db::User);
-        let gid = self.resolver.resolve(&attrs.group, Db::Group);
-        fs::set_owner_mode(&fd, uid.unwrap_or(0), gid.unwrap_or(0), attrs.mode).map_err(
-            |errno| Problem::Errno {
-                action: "set owner and mode of",
-                path: shown.clone(),
-                errno,
-            },
-        )?;
-        let deferred = uid.is_none() || gid.is_none();
+        let (uid, gid) = (new.uid.unwrap_or(0), new.gid.unwrap_or(0));
+        let set = |errno| Problem::Errno {
+            action: "set owner and mode of",
+            path: shown.clone(),
+            errno,
+        };
+        let chowned = (meta.uid, meta.gid) != (uid, gid);
+        if chowned {
+            fs::set_owner(&fd, uid, gid).map_err(set)?;
+        }
+        // chown may clear set-id bits, so after one the mode is set whenever it has any.
+        if meta.mode != new.attrs.mode || (chowned && new.attrs.mode & 0o6000 != 0) {
+            fs::set_mode(&fd, new.attrs.mode).map_err(set)?;
+        }
+        let deferred = new.uid.is_none() || new.gid.is_none();
         if deferred {
             self.new_pending.push(Pending {
                 storage: match side {
@@ -790,18 +834,18 @@ impl Walker<'_> {
                 },
                 path: prefix.to_owned(),
                 entry: entry.describe().to_string(),
-                user: attrs.user.name.clone(),
-                group: attrs.group.name.clone(),
-                uid,
-                gid,
-                mode: attrs.mode,
+                user: new.attrs.user.name.clone(),
+                group: new.attrs.group.name.clone(),
+                uid: new.uid,
+                gid: new.gid,
+                mode: new.attrs.mode,
                 dev: meta.dev,
                 ino: meta.ino,
             });
         }
         made.push(Made {
             path: shown,
-            attrs: attrs.clone(),
+            attrs: new.attrs,
             deferred,
         });
         Ok(fd)

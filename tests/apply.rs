@@ -704,3 +704,48 @@ fn a_storage_path_that_is_a_file_fails_that_storage_only() {
     assert_eq!(stat(s.root().join("other/b")), (0o700, 0, 0));
     assert_eq!(run.json()["storages"][0]["state"], "error");
 }
+
+#[test]
+fn modes_are_exact_whatever_the_umask_and_a_setgid_parent() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("exact");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+          {"path":"/shared/root-owned","user":"root","group":"root","mode":"0755"},
+          {"path":"/shared/team","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0770"},
+          {"path":"/open/sticky","user":"root","group":"root","mode":"1777"}]}]}"#,
+    );
+    // A set-group-id parent passes its group and the bit to new directories: they must not stick.
+    for side in [s.root().join("persist/shared"), s.root().join("shared")] {
+        std::fs::create_dir_all(&side).unwrap();
+        std::os::unix::fs::chown(&side, Some(0), Some(100)).unwrap();
+        std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$@\"")
+        .arg("sh")
+        .arg(common::BIN)
+        .args(["apply", "--manifest"])
+        .arg(s.dir.join("manifest.json"))
+        .arg("--root")
+        .arg(s.root())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for side in [s.root().join("persist"), s.root()] {
+        assert_eq!(stat(side.join("shared/root-owned")), (0o755, 0, 0));
+        assert_eq!(stat(side.join("shared/team")), (0o770, 65534, 65534));
+        assert_eq!(stat(side.join("open/sticky")), (0o1777, 0, 0));
+        assert_eq!(stat(side.join("open")), (0o755, 0, 0));
+    }
+}
