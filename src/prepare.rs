@@ -72,6 +72,13 @@ struct Made {
     deferred: bool,
 }
 
+/// One directory a walk opened: its path below the walk's base, and whether this run made it.
+struct Link {
+    prefix: String,
+    fd: OwnedFd,
+    created: bool,
+}
+
 /// A directory about to be made: its attributes, resolved ids, and the mode mkdir gets.
 struct NewDir {
     attrs: Attrs,
@@ -191,8 +198,8 @@ struct Walker<'a> {
     new_pending: Vec<Pending>,
     /// Directories a read-only run has already planned, so that a plan lists each once.
     planned: HashSet<String>,
-    storage_chain: Vec<(String, OwnedFd)>,
-    root_chain: Vec<(String, OwnedFd)>,
+    storage_chain: Vec<Link>,
+    root_chain: Vec<Link>,
     euid: u32,
     egid: u32,
 }
@@ -286,8 +293,10 @@ fn command_name(run: Intent) -> &'static str {
 
 impl Walker<'_> {
     fn storage<'m>(&mut self, storage: &'m Storage) -> StorageResult<'m> {
-        // Links of the previous storage's chain are relative to another directory.
+        // Links of the previous storage's chain are relative to another directory, and the
+        // root side's only hold within one storage's sorted entries.
         self.storage_chain.clear();
+        self.root_chain.clear();
         let shown = format!("{}{}", self.root_display, storage.path);
         let mut result = StorageResult {
             storage,
@@ -537,7 +546,7 @@ impl Walker<'_> {
         let mut source_attrs = None;
         if let (Kind::Directory, Some(false)) = (entry.kind, source) {
             {
-                let fd = &self.storage_chain.last().expect("a walked directory").1;
+                let fd = &self.storage_chain.last().expect("a walked directory").fd;
                 match fs::meta(fd) {
                     Ok(meta) => {
                         result.actual = Some(meta);
@@ -673,7 +682,7 @@ impl Walker<'_> {
 
     /// The directories opened on one side for the previous entry. Entries come sorted, so the
     /// next one usually shares most of them and only the rest of its path is resolved.
-    fn chain(&mut self, side: Side<'_>) -> &mut Vec<(String, OwnedFd)> {
+    fn chain(&mut self, side: Side<'_>) -> &mut Vec<Link> {
         match side {
             Side::Storage(_) => &mut self.storage_chain,
             Side::Root => &mut self.root_chain,
@@ -683,7 +692,7 @@ impl Walker<'_> {
     #[allow(clippy::too_many_arguments)]
     fn walk_chain(
         &mut self,
-        chain: &mut Vec<(String, OwnedFd)>,
+        chain: &mut Vec<Link>,
         base: BorrowedFd<'_>,
         side: Side<'_>,
         dirs: &str,
@@ -693,25 +702,36 @@ impl Walker<'_> {
     ) -> Result<Option<bool>, Problem> {
         let shared = chain
             .iter()
-            .take_while(|(prefix, _)| manifest::contains(prefix, dirs))
+            .take_while(|link| manifest::contains(&link.prefix, dirs))
             .count();
         chain.truncate(shared);
-        let mut prefix = chain.last().map_or(String::new(), |(p, _)| p.clone());
+        let mut prefix = chain
+            .last()
+            .map_or(String::new(), |link| link.prefix.clone());
         if prefix == dirs || dirs == "/" {
             return Ok(Some(false));
         }
         let rest = &dirs[prefix.len()..];
         // The common case on every boot after the first: everything is there, one syscall.
-        let from = chain.last().map_or(base, |(_, fd)| fd.as_fd());
-        if let Ok(fd) = fs::open_beneath(from, rest) {
-            chain.push((dirs.to_owned(), fd));
-            return Ok(Some(false));
+        // Below a directory this run made, nothing but what the chain holds can exist yet
+        // (entries sharing a prefix come together), so the lookup would only fail.
+        let from = chain.last().map_or(base, |link| link.fd.as_fd());
+        let fresh_parent = chain.last().is_some_and(|link| link.created);
+        if !(fresh_parent && self.run == Intent::Apply) {
+            if let Ok(fd) = fs::open_beneath(from, rest) {
+                chain.push(Link {
+                    prefix: dirs.to_owned(),
+                    fd,
+                    created: false,
+                });
+                return Ok(Some(false));
+            }
         }
         let mut created_last = false;
         for name in rest.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
             prefix.push_str(name);
-            let parent = chain.last().map_or(base, |(_, fd)| fd.as_fd());
+            let parent = chain.last().map_or(base, |link| link.fd.as_fd());
             created_last = false;
             // In `Apply`, try mkdir first: on a fresh volume it succeeds, and EEXIST is as
             // cheap as a failed lookup would have been.
@@ -745,7 +765,11 @@ impl Walker<'_> {
                     },
                 }
             };
-            chain.push((prefix.clone(), fd));
+            chain.push(Link {
+                prefix: prefix.clone(),
+                fd,
+                created: created_last,
+            });
         }
         Ok(Some(created_last))
     }
