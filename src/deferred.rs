@@ -137,6 +137,9 @@ pub fn merge(record: &mut Record, new: Vec<Pending>) {
 enum Outcome {
     Done(u32, u32),
     StillPending(String),
+    /// Nothing left to do: it is gone, or a bind mount now covers it (a root-side mount point).
+    Moot(String),
+    /// Changed hands since it was made; left alone, and worth a warning.
     Dropped(String),
     Failed(String),
 }
@@ -181,6 +184,10 @@ pub fn finish(options: &Options) -> Exit {
                 log::warn!("{place} for {}: {why}", p.entry);
                 keep.push(p.clone());
                 ("pending", why.clone())
+            }
+            Outcome::Moot(why) => {
+                log::info!("{place} for {}: {why}", p.entry);
+                ("nothing-to-do", why.clone())
             }
             Outcome::Dropped(why) => {
                 log::warn!("{place} for {}: {why}", p.entry);
@@ -256,7 +263,7 @@ fn finish_one(
     let fd = match open_recorded(root, p) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => {
-            return Outcome::Dropped("it no longer exists; nothing to do".into());
+            return Outcome::Moot("it no longer exists; nothing to do".into());
         }
         Err(errno) => {
             return Outcome::Failed(format!(
@@ -274,11 +281,9 @@ fn finish_one(
     };
     if (meta.dev, meta.ino) != (p.dev, p.ino) {
         if fs::is_mount_point(&fd).unwrap_or(false) {
-            log::debug!(
-                "{} is covered by a mount now; the directory beneath no longer matters",
-                p.path
+            return Outcome::Moot(
+                "it is covered by its bind mount now, which shows the source; nothing to do".into(),
             );
-            return Outcome::Dropped("it is covered by a mount now; nothing to do".into());
         }
         return Outcome::Dropped(
             "it is no longer the directory persist-prep created (another one stands there now), so it is left alone".into(),

@@ -749,3 +749,36 @@ fn modes_are_exact_whatever_the_umask_and_a_setgid_parent() {
         assert_eq!(stat(side.join("open")), (0o755, 0, 0));
     }
 }
+
+#[test]
+fn finish_has_nothing_to_do_for_a_mount_point_its_bind_mount_covers() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("covered");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/svc","user":"svc","group":"svc","mode":"0750"}]}]}"#,
+    );
+    s.run(&["apply"]).assert_code(0);
+    let r = s.root();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::write(r.join("etc/passwd"), "svc:x:4001:4001::/:/bin/false\n").unwrap();
+    std::fs::write(r.join("etc/group"), "svc:x:4001:\n").unwrap();
+    // As in the initrd: the bind mount is up when finish runs.
+    let run = s.in_namespace(
+        r#"mount --bind "$ROOT/persist/var/lib/svc" "$ROOT/var/lib/svc"
+           "$BIN" finish --root "$ROOT" --state-dir "$STATE" --json"#,
+    );
+    run.assert_code(0);
+    let states: Vec<String> = run.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["done", "nothing-to-do"], "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    assert_eq!(stat(r.join("persist/var/lib/svc")), (0o750, 4001, 4001));
+    assert!(!exists(s.state().join("deferred.json")));
+}

@@ -24,7 +24,7 @@ expect_stats=(
 expect_disk=(
     "persist /var/lib/late type=directory mode=750 uid=1500 gid=1500"
     # The mount point on the root is covered by the bind mount when finish runs; persist-prep
-    # leaves it root-owned (logged as "covered by a mount now"). Only the source is visible.
+    # leaves it root-owned (logged as "covered by its bind mount now"). Only the source is visible.
     "root /var/lib/late type=directory mode=750 uid=0 gid=0"
 )
 expect_console=('persist-prep\[[0-9]+\]: gave /sysroot/persist/var/lib/late its owner late:late \(1500:1500\)')
