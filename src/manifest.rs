@@ -557,23 +557,8 @@ impl Validator {
             location,
             &["path", "mountPoint", "directories", "files"],
         );
-        let path = match self.string(object, "path", location).map(normalise) {
-            Some(Ok(p)) if p == "/" => {
-                self.error(location, ".path", "a storage cannot be / itself");
-                None
-            }
-            Some(Ok(p)) => Some(p),
-            Some(Err(why)) => {
-                self.error(location, ".path", why);
-                None
-            }
-            None => {
-                if !object.contains_key("path") {
-                    self.error(location, ".path", "missing");
-                }
-                None
-            }
-        };
+        let raw_path = self.string(object, "path", location);
+        let path = self.path(object, raw_path, location, "a storage");
         let mount_point = match self.string(object, "mountPoint", location).map(normalise) {
             Some(Ok(mp)) => {
                 if let Some(path) = &path {
@@ -659,23 +644,7 @@ impl Validator {
             ),
             Kind::File => self.known_keys(object, here, &["path", "parent", "origin"]),
         }
-        let path = match raw_path.map(normalise) {
-            Some(Ok(p)) if p == "/" => {
-                self.error(here, ".path", "an entry cannot be / itself");
-                None
-            }
-            Some(Ok(p)) => Some(p),
-            Some(Err(why)) => {
-                self.error(here, ".path", why);
-                None
-            }
-            None => {
-                if !object.contains_key("path") {
-                    self.error(here, ".path", "missing");
-                }
-                None
-            }
-        };
+        let path = self.path(object, raw_path, here, "an entry");
         let attrs = match kind {
             Kind::Directory => self.attrs(object, here, false),
             Kind::File => None,
@@ -704,6 +673,33 @@ impl Validator {
             origin,
             location,
         })
+    }
+
+    /// A normalised absolute path other than `/`, or the reason it is not one.
+    fn path(
+        &mut self,
+        object: &Map<String, Value>,
+        raw: Option<&str>,
+        here: impl std::fmt::Display + Copy,
+        what: &str,
+    ) -> Option<String> {
+        match raw.map(normalise) {
+            Some(Ok(p)) if p == "/" => {
+                self.error(here, ".path", format!("{what} cannot be / itself"));
+                None
+            }
+            Some(Ok(p)) => Some(p),
+            Some(Err(why)) => {
+                self.error(here, ".path", why);
+                None
+            }
+            None => {
+                if !object.contains_key("path") {
+                    self.error(here, ".path", "missing");
+                }
+                None
+            }
+        }
     }
 
     /// Owner and mode; `defaults` fills missing fields with root root 0755 (for `parent`).

@@ -491,6 +491,17 @@ fn a_full_file_system_fails_with_enospc_and_the_fix() {
     );
 }
 
+/// Every directory a `--json` document says was (or would be) made, in order.
+fn action_paths(doc: &serde_json::Value) -> Vec<String> {
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["actions"].as_array().unwrap().iter())
+        .map(|a| a["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
 fn dry_run_creates_nothing_and_lists_the_plan() {
     if !require_root() {
@@ -505,32 +516,9 @@ fn dry_run_creates_nothing_and_lists_the_plan() {
     let doc = run.json();
     assert_eq!(doc["dryRun"], true);
     assert_eq!(doc["summary"]["wouldCreate"], 4);
-    let planned: Vec<String> = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| {
-            e["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["path"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let planned = action_paths(&doc);
     // The plan is what apply then does.
-    let applied = s.run(&["apply", "--json"]).json();
-    let done: Vec<String> = applied["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| {
-            e["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["path"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let done = action_paths(&s.run(&["apply", "--json"]).json());
     assert_eq!(planned, done);
 }
 
