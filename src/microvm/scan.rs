@@ -680,16 +680,8 @@ fn scan_unit_dir(root: &Root, inv: &mut Inventory, dir: &str) {
             return;
         }
     }
-    let (fd, entries) = match root
-        .open_dir(dir)
-        .and_then(|fd| rootfs::list_fd(&fd, dir).map(|entries| (fd, entries)))
-    {
-        Ok(found) => found,
-        Err(e) => {
-            let why = unreadable(root, &e);
-            inv.problem(Problem::blocking(dir, unit_dir_message(dir, &why)));
-            return;
-        }
+    let Some((fd, entries)) = list_unit_dir(root, inv, dir) else {
+        return;
     };
     let managed = root.managed(&fd);
     for entry in entries {
@@ -741,17 +733,28 @@ fn scan_unit_dir(root: &Root, inv: &mut Inventory, dir: &str) {
     }
 }
 
-fn scan_dependency_dir(root: &Root, inv: &mut Inventory, dir: &str) {
-    let (fd, entries) = match root
+/// Opens and lists a unit directory; one that cannot be read makes the inventory incomplete.
+fn list_unit_dir(
+    root: &Root,
+    inv: &mut Inventory,
+    dir: &str,
+) -> Option<(std::os::fd::OwnedFd, Vec<rootfs::Entry>)> {
+    match root
         .open_dir(dir)
         .and_then(|fd| rootfs::list_fd(&fd, dir).map(|entries| (fd, entries)))
     {
-        Ok(found) => found,
+        Ok(found) => Some(found),
         Err(e) => {
             let why = unreadable(root, &e);
             inv.problem(Problem::blocking(dir, unit_dir_message(dir, &why)));
-            return;
+            None
         }
+    }
+}
+
+fn scan_dependency_dir(root: &Root, inv: &mut Inventory, dir: &str) {
+    let Some((fd, entries)) = list_unit_dir(root, inv, dir) else {
+        return;
     };
     let managed = root.managed(&fd);
     for entry in entries {
