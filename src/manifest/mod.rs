@@ -1,0 +1,602 @@
+//! The manifest: the contract between the NixOS module, which writes it at build time, and us.
+//!
+//! The whole file is validated before anything is touched, and every problem is reported at
+//! once, so that one rebuild fixes them all. Well-formed manifests take a typed fast path
+//! (`fast`); anything it declines goes to the tree walker (`walker`), which explains it.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::Options;
+use crate::exit::Exit;
+use crate::mode;
+
+mod fast;
+mod walker;
+
+use walker::Validator;
+
+/// The only manifest version this binary understands.
+pub const VERSION: u64 = 1;
+
+/// A validated manifest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub storages: Vec<Storage>,
+}
+
+/// One persistent storage and what must exist under it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Storage {
+    /// Absolute storage path on the real root, normalised (`/nix/persist`).
+    pub path: String,
+    /// The mount that must be mounted before anything under the storage is created.
+    pub mount_point: Option<String>,
+    /// Directory and file entries, sorted so that every ancestor comes before its descendants.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Directory => "directory",
+            Kind::File => "file",
+        }
+    }
+}
+
+/// One declared directory or file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Absolute path as seen on the running system, normalised.
+    pub path: String,
+    /// The directory's own attributes; `None` for files, which are never created.
+    pub attrs: Option<Attrs>,
+    /// Attributes of missing ancestors.
+    pub parent: Attrs,
+    /// The NixOS option this entry came from, if the manifest says.
+    pub origin: Option<String>,
+    /// Where in the manifest it stands, e.g. `storages[0].directories[3]`.
+    pub location: Location,
+}
+
+impl Entry {
+    /// How messages name the entry: its path and where it came from. Formatted only when a
+    /// message is actually written.
+    pub fn describe(&self) -> Described<'_> {
+        Described(self)
+    }
+}
+
+pub struct Described<'a>(&'a Entry);
+
+impl std::fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        match &e.origin {
+            Some(origin) => write!(f, "{} {} (from {origin})", e.kind.as_str(), e.path),
+            None => write!(f, "{} {} ({})", e.kind.as_str(), e.path, e.location),
+        }
+    }
+}
+
+/// An entry's place in the manifest, formatted only for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub storage: usize,
+    pub kind: Kind,
+    pub index: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = match self.kind {
+            Kind::Directory => "directories",
+            Kind::File => "files",
+        };
+        write!(f, "storages[{}].{list}[{}]", self.storage, self.index)
+    }
+}
+
+/// Owner and mode of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attrs {
+    pub user: Owner,
+    pub group: Owner,
+    pub mode: u32,
+}
+
+impl Attrs {
+    pub fn root_0755() -> Self {
+        Attrs {
+            user: Owner::root(),
+            group: Owner::root(),
+            mode: 0o755,
+        }
+    }
+}
+
+impl std::fmt::Display for Attrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} {}",
+            self.user.name,
+            self.group.name,
+            mode::display(self.mode)
+        )
+    }
+}
+
+/// A user or group: its name, and the numeric id when the manifest gives one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub id: Option<u32>,
+}
+
+impl Owner {
+    pub fn root() -> Self {
+        Owner {
+            name: "root".into(),
+            id: Some(0),
+        }
+    }
+}
+
+/// Reads and validates a manifest file; the error lists every problem, one per line.
+pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![format!(
+            "cannot read manifest {}: {}; fix: check the path given with --manifest (default /etc/persist-prep/manifest.json) and that the initrd contains it",
+            path.display(),
+            crate::report::io_error_words(&e)
+        )]
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates manifest text.
+pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
+    // Manifests written by the module are well formed: read those straight into typed values,
+    // which is several times faster than a JSON tree. Anything odd takes the slow path, which
+    // walks the tree to report every problem at once.
+    let mut v = Validator::default();
+    let fast = serde_json::from_str::<fast::Raw<'_>>(text)
+        .ok()
+        .and_then(fast::convert);
+    let mut manifest = if let Some(manifest) = fast {
+        manifest
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            vec![format!(
+                "the manifest is not valid JSON: {e}; fix: regenerate it (the NixOS module writes it with builtins.toJSON)"
+            )]
+        })?;
+        v.manifest(&value)
+    };
+    v.cross_check(&manifest);
+    if v.errors.is_empty() {
+        dedup(&mut manifest);
+        Ok(manifest)
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// A path split into its components, or why it is not acceptable.
+fn normalise(path: &str) -> Result<String, &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
+    if !path.starts_with('/') {
+        return Err("the path is relative; it must be absolute (start with /)");
+    }
+    if path.contains('\0') {
+        return Err("the path contains a NUL byte");
+    }
+    let mut out = String::with_capacity(path.len());
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        if component == ".." {
+            return Err("the path has a `..` component, which could lead outside the storage");
+        }
+        if component == "." {
+            return Err("the path has a `.` component; write it without");
+        }
+        out.push('/');
+        out.push_str(component);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Ancestors first: sorting by a key with `/` as the lowest byte orders by component, so that
+/// `/a/b` comes before `/a-b`; the sort is stable among equal paths.
+fn sort_entries(entries: &mut [Entry]) {
+    entries.sort_by_cached_key(|e| e.path.replace('/', "\0"));
+}
+
+/// True when `ancestor` is `path` or one of its ancestors (both normalised).
+pub fn contains(ancestor: &str, path: &str) -> bool {
+    ancestor == "/"
+        || path == ancestor
+        || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
+}
+
+/// A user or group name as NixOS accepts it: no separators, no white space.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name
+            .chars()
+            .any(|c| c == ':' || c == '/' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// Drops identical duplicate entries, which the validator accepted.
+fn dedup(manifest: &mut Manifest) {
+    for storage in &mut manifest.storages {
+        storage
+            .entries
+            .dedup_by(|b, a| a.path == b.path && a.kind == b.kind);
+    }
+}
+
+/// `persist-prep validate`: read and validate only.
+pub fn validate_command(options: &Options) -> Exit {
+    match load(&options.manifest) {
+        Ok(manifest) => {
+            let entries: usize = manifest.storages.iter().map(|s| s.entries.len()).sum();
+            if options.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "storages": manifest.storages.len(), "entries": entries, "errors": []})
+                );
+            }
+            log::info!(
+                "manifest {} is valid: {} storages, {entries} entries",
+                options.manifest.display(),
+                manifest.storages.len()
+            );
+            Exit::Ok
+        }
+        Err(errors) => {
+            report_invalid(options, &errors);
+            if options.json {
+                println!("{}", serde_json::json!({"valid": false, "errors": errors}));
+            }
+            Exit::InvalidManifest
+        }
+    }
+}
+
+/// Logs every validation error and the verdict.
+pub fn report_invalid(options: &Options, errors: &[String]) {
+    for error in errors {
+        log::error!("invalid manifest {}: {error}", options.manifest.display());
+    }
+    log::error!(
+        "manifest {} has {} problem(s); nothing was touched",
+        options.manifest.display(),
+        errors.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Manifest {
+        parse(text).unwrap_or_else(|e| panic!("expected valid, got {e:#?}"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).expect_err("expected invalid")
+    }
+
+    fn one_dir(dir: &str) -> String {
+        format!(r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{dir}]}}]}}"#)
+    }
+
+    #[test]
+    fn example_is_valid() {
+        let m = ok(include_str!("../../examples/manifest.json"));
+        assert_eq!(m.storages.len(), 1);
+        assert_eq!(m.storages[0].mount_point.as_deref(), Some("/nix"));
+        let colord = m.storages[0]
+            .entries
+            .iter()
+            .find(|e| e.path == "/var/lib/colord")
+            .unwrap();
+        let attrs = colord.attrs.as_ref().unwrap();
+        assert_eq!(attrs.mode, 0o750);
+        assert_eq!(attrs.user.id, Some(997));
+        assert_eq!(colord.parent, Attrs::root_0755());
+    }
+
+    #[test]
+    fn entries_are_sorted_ancestors_first() {
+        let m = ok(&one_dir(
+            r#"{"path":"/a/b/c","user":"root","group":"root","mode":"0700"},
+               {"path":"/a","user":"root","group":"root","mode":"0711"},
+               {"path":"/a-b","user":"root","group":"root","mode":"0711"},
+               {"path":"/a/b","user":"root","group":"root","mode":"0750"}"#,
+        ));
+        let paths: Vec<_> = m.storages[0]
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/a", "/a/b", "/a/b/c", "/a-b"]);
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let m = ok(&one_dir(
+            r#"{"path":"//var//log/","user":"root","group":"root","mode":"0755"}"#,
+        ));
+        assert_eq!(m.storages[0].entries[0].path, "/var/log");
+    }
+
+    #[test]
+    fn rejects_bad_version() {
+        let e = errors(r#"{"version":2,"storages":[]}"#);
+        assert!(e[0].contains("version 2 is not supported"), "{e:?}");
+        assert!(!errors(r#"{"storages":[]}"#).is_empty());
+        assert!(!errors(r#"{"version":"1","storages":[]}"#).is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for (path, why) in [
+            ("var/log", "relative"),
+            ("/var/../etc", ".."),
+            ("", "empty"),
+            ("/", "cannot be /"),
+            ("/var/./log", "`.`"),
+        ] {
+            let e = errors(&one_dir(&format!(
+                r#"{{"path":"{path}","user":"root","group":"root","mode":"0755"}}"#
+            )));
+            assert!(e.iter().any(|m| m.contains(why)), "{path}: {e:?}");
+            assert!(e[0].starts_with("storages[0].directories[0]"), "{e:?}");
+        }
+        let e = errors(r#"{"version":1,"storages":[{"path":"persist"}]}"#);
+        assert!(e[0].contains("storages[0].path"), "{e:?}");
+    }
+
+    #[test]
+    fn rejects_bad_modes_and_owners() {
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","mode":"0999","origin":"opt.a"},
+               {"path":"/b","user":"ro ot","group":"root","mode":"0755"},
+               {"path":"/c","user":"root","group":"root","mode":"u=rwz"},
+               {"path":"/d","user":"root","group":"root","uid":-1,"mode":"0755"},
+               {"path":"/e","user":"root","group":"root"}"#,
+        ));
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(e[0].contains("\"/a\" (from opt.a).mode"), "{e:?}");
+        assert!(e[1].contains(".user"), "{e:?}");
+        assert!(e[2].contains(".mode"), "{e:?}");
+        assert!(e[3].contains(".uid"), "{e:?}");
+        assert!(e[4].contains(".mode: missing"), "{e:?}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = errors(
+            r#"{"version":1,"bogus":true,"storages":[
+                {"path":"rel","directories":[{"path":"x","user":"root","group":"root","mode":"0755"}]},
+                {"path":"/p","mountPoint":"/q","files":[{"path":"/f","mode":"0755"}]}]}"#,
+        );
+        assert!(e.len() >= 5, "{e:#?}");
+    }
+
+    #[test]
+    fn duplicates() {
+        // Identical duplicates are fine (impermanence merges modules); conflicting ones are not.
+        ok(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","mode":"0755"},
+               {"path":"/a","user":"root","group":"root","mode":"u=rwx,go=rx"}"#,
+        ));
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","mode":"0755"},
+               {"path":"/a","user":"root","group":"root","mode":"0700"}"#,
+        ));
+        assert!(
+            e[0].contains("declared twice with different attributes"),
+            "{e:?}"
+        );
+        ok(r#"{"version":1,"storages":[
+              {"path":"/p1","directories":[{"path":"/home/a","user":"a","group":"users","mode":"0700"}]},
+              {"path":"/p2","directories":[{"path":"/home/a","user":"a","group":"users","mode":"0700"}]}]}"#);
+        let e = errors(
+            r#"{"version":1,"storages":[
+              {"path":"/p1","directories":[{"path":"/a","user":"root","group":"root","mode":"0755"}]},
+              {"path":"/p2","directories":[{"path":"/a","user":"root","group":"root","mode":"0700"}]}]}"#,
+        );
+        assert!(e[0].contains("in two storages"), "{e:?}");
+        let e = errors(
+            r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/a"}],
+               "directories":[{"path":"/a","user":"root","group":"root","mode":"0755"}]}]}"#,
+        );
+        assert!(e[0].contains("declared twice"), "{e:?}");
+        let e = errors(r#"{"version":1,"storages":[{"path":"/p"},{"path":"/p/"}]}"#);
+        assert!(e[0].contains("declared twice"), "{e:?}");
+    }
+
+    #[test]
+    fn mount_point_must_contain_storage() {
+        ok(r#"{"version":1,"storages":[{"path":"/nix/persist","mountPoint":"/nix"}]}"#);
+        ok(r#"{"version":1,"storages":[{"path":"/nix/persist","mountPoint":"/nix/persist"}]}"#);
+        ok(r#"{"version":1,"storages":[{"path":"/nix/persist","mountPoint":"/"}]}"#);
+        let e = errors(r#"{"version":1,"storages":[{"path":"/nix/persist","mountPoint":"/ni"}]}"#);
+        assert!(e[0].contains("neither the storage path"), "{e:?}");
+    }
+
+    #[test]
+    fn entries_must_not_overlap_storages() {
+        let e = errors(
+            r#"{"version":1,"storages":[{"path":"/nix/persist","directories":[
+                {"path":"/nix","user":"root","group":"root","mode":"0755"},
+                {"path":"/nix/persist/x","user":"root","group":"root","mode":"0755"}]}]}"#,
+        );
+        assert_eq!(e.len(), 2, "{e:#?}");
+    }
+
+    #[test]
+    fn parent_defaults_field_by_field() {
+        let m = ok(&one_dir(
+            r#"{"path":"/a","user":"u","group":"g","mode":"0700","parent":{"mode":"0711"}}"#,
+        ));
+        let parent = &m.storages[0].entries[0].parent;
+        assert_eq!(parent.mode, 0o711);
+        assert_eq!(parent.user, Owner::root());
+        assert_eq!(
+            m.storages[0].entries[0].attrs.as_ref().unwrap().user.id,
+            None
+        );
+    }
+
+    #[test]
+    fn files_take_no_attributes() {
+        let e = errors(
+            r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","user":"root"}]}]}"#,
+        );
+        assert!(e[0].contains("unknown key \"user\""), "{e:?}");
+    }
+
+    #[test]
+    fn not_json() {
+        let e = errors("{ nope");
+        assert!(e[0].contains("not valid JSON"), "{e:?}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// JSON values shaped like manifests, with the odd wrong type or value mixed in.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                prop::sample::select(vec![
+                    "/",
+                    "/var/lib/x",
+                    "relative",
+                    "",
+                    "/a/../b",
+                    "0755",
+                    "u=rwx,g=rx,o=",
+                    "root",
+                    "a:b",
+                    "/nix",
+                    "0999",
+                ])
+                .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop::sample::select(vec![
+                    "version",
+                    "storages",
+                    "path",
+                    "mountPoint",
+                    "directories",
+                    "files",
+                    "user",
+                    "group",
+                    "uid",
+                    "gid",
+                    "mode",
+                    "parent",
+                    "origin",
+                    "bogus",
+                ]);
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )),
+                ]
+            })
+        }
+
+        fn directory() -> impl Strategy<Value = Value> {
+            (
+                prop::collection::vec(prop::sample::select(vec!["var", "lib", "a", "b", "home", "x y", "ü"]), 1..4),
+                prop::sample::select(vec!["0700", "0755", "2750", "u=rwx,g=rx,o=", "a=rx"]),
+                prop::option::of(0u32..70000),
+            )
+                .prop_map(|(parts, mode, uid)| {
+                    serde_json::json!({"path": format!("/{}", parts.join("/")), "user": "u", "group": "g", "uid": uid, "mode": mode})
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            /// No input makes validation panic; it either accepts or explains.
+            #[test]
+            fn arbitrary_json_never_panics(value in json()) {
+                let text = value.to_string();
+                match parse(&text) {
+                    Ok(m) => prop_assert!(m.storages.iter().all(|s| s.path.starts_with('/'))),
+                    Err(errors) => prop_assert!(!errors.is_empty()),
+                }
+            }
+
+            /// The typed fast path accepts only what the tree walker accepts, and reads it the same.
+            #[test]
+            fn fast_path_agrees_with_the_tree_walker(value in json()) {
+                let text = value.to_string();
+                if let Some(fast) = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert) {
+                    let mut v = Validator::default();
+                    let slow = v.manifest(&value);
+                    prop_assert!(v.errors.is_empty(), "fast path accepted {text}, the walker said {:?}", v.errors);
+                    prop_assert_eq!(fast, slow);
+                }
+            }
+
+            /// Bytes that are not even JSON are rejected, never a panic.
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
+                let _ = parse(&text);
+            }
+
+            /// Well-formed manifests are accepted, every path normalised and sorted parents first.
+            #[test]
+            fn generated_manifests_validate(dirs in prop::collection::vec(directory(), 0..12)) {
+                // Drop conflicting duplicates: the validator rightly rejects those.
+                let mut seen = std::collections::BTreeMap::new();
+                for d in dirs {
+                    seen.entry(d["path"].as_str().unwrap().to_owned()).or_insert(d);
+                }
+                let dirs: Vec<Value> = seen.into_values().collect();
+                let doc = serde_json::json!({"version": 1, "storages": [{"path": "/persist", "mountPoint": "/", "directories": dirs}]});
+                let text = doc.to_string();
+                let m = parse(&text).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                // Well-formed manifests take the fast path, and it reads them as the walker does.
+                let fast = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert);
+                let mut v = Validator::default();
+                let slow = v.manifest(&doc);
+                prop_assert_eq!(fast.as_ref(), Some(&slow));
+                let entries = &m.storages[0].entries;
+                prop_assert_eq!(entries.len(), dirs.len());
+                for pair in entries.windows(2) {
+                    prop_assert!(!contains(&pair[1].path, &pair[0].path) || pair[0].path == pair[1].path);
+                }
+            }
+        }
+    }
+}
