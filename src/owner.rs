@@ -84,7 +84,7 @@ fn load(root: BorrowedFd<'_>, storages: &[String], db: Db) -> HashMap<String, u3
         parse_colon_file(&String::from_utf8_lossy(&data), &mut table);
     }
     if let Ok(data) = fs::read_in_root(root, map_file) {
-        parse_id_map(&data, &mut table);
+        parse_id_map(&data, &mut table, &format!("/{map_file} on the root"));
     }
     for storage in storages {
         // The map inside a storage is read with the same no-symlink rule as everything below it.
@@ -96,7 +96,7 @@ fn load(root: BorrowedFd<'_>, storages: &[String], db: Db) -> HashMap<String, u3
             continue;
         };
         if let Ok(data) = read_child(nixos.as_fd(), name) {
-            parse_id_map(&data, &mut table);
+            parse_id_map(&data, &mut table, &format!("{storage}/{map_file}"));
         }
     }
     log::debug!(
@@ -139,9 +139,11 @@ fn parse_colon_file(text: &str, table: &mut HashMap<String, u32>) {
 }
 
 /// NixOS's `{"name": id, ...}` maps; a malformed map is ignored rather than trusted.
-fn parse_id_map(data: &[u8], table: &mut HashMap<String, u32>) {
+fn parse_id_map(data: &[u8], table: &mut HashMap<String, u32>, source: &str) {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(data) else {
-        log::warn!("ignoring a NixOS id map that is not a JSON object of name -> id");
+        log::warn!(
+            "ignoring the NixOS id map {source}: it is not a JSON object of name -> id, so names are not looked up there. Fix: restore it from a backup, or remove it and let NixOS activation write it anew"
+        );
         return;
     };
     for (name, id) in map {
@@ -171,11 +173,11 @@ mod tests {
     #[test]
     fn id_maps() {
         let mut t = HashMap::from([("alice".to_owned(), 1000)]);
-        parse_id_map(br#"{"alice": 7, "colord": 997, "neg": -1}"#, &mut t);
+        parse_id_map(br#"{"alice": 7, "colord": 997, "neg": -1}"#, &mut t, "test");
         assert_eq!(t.get("alice"), Some(&1000));
         assert_eq!(t.get("colord"), Some(&997));
         assert_eq!(t.get("neg"), None);
-        parse_id_map(b"[1,2]", &mut t);
+        parse_id_map(b"[1,2]", &mut t, "test");
         assert_eq!(t.len(), 2);
     }
 }
