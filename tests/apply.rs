@@ -41,6 +41,24 @@ fn fresh_creation_gives_declared_owner_and_mode_on_both_sides() {
         "{}",
         run.stderr
     );
+    // One line per entry: its source and mount point with their attributes, parents counted.
+    let root = r.display();
+    let line = format!(
+        "directory /var/lib/app (from environment.persistence.\"/persist\".directories): created {root}/persist/var/lib/app and {root}/var/lib/app (appuser:appgroup 0750), with 4 missing parents"
+    );
+    assert!(
+        run.stderr.lines().any(|l| l == line),
+        "{line}\nnot in\n{}",
+        run.stderr
+    );
+    let file_line = format!(
+        "file /etc/ssh/ssh_host_ed25519_key (storages[0].files[0]): created the parent directories {root}/persist/etc (root:root 0751), {root}/persist/etc/ssh (root:root 0751), {root}/etc (root:root 0751), {root}/etc/ssh (root:root 0751)"
+    );
+    assert!(
+        run.stderr.lines().any(|l| l == file_line),
+        "{file_line}\nnot in\n{}",
+        run.stderr
+    );
 }
 
 #[test]

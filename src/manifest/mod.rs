@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use crate::Options;
 use crate::exit::Exit;
-use crate::mode;
 
 mod fast;
 mod walker;
@@ -128,10 +127,8 @@ impl std::fmt::Display for Attrs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}:{} {}",
-            self.user.name,
-            self.group.name,
-            mode::display(self.mode)
+            "{}:{} {:04o}",
+            self.user.name, self.group.name, self.mode
         )
     }
 }

@@ -72,6 +72,8 @@ struct Made {
     path: String,
     attrs: Attrs,
     deferred: bool,
+    /// The entry's own directory (source or mount point), not one of its parents.
+    own: bool,
 }
 
 /// One directory a walk opened: its path below the walk's base, and whether this run made it.
@@ -760,7 +762,14 @@ impl Walker<'_> {
                     Ok(fd) => fd,
                     Err(errno) => match fs::diagnose(parent, name, errno) {
                         Obstacle::Missing if self.run != Intent::Apply => {
-                            self.plan_from(side, &prefix, dirs, attrs_of, made);
+                            self.plan_from(
+                                side,
+                                &prefix,
+                                dirs,
+                                entry.kind == Kind::Directory,
+                                attrs_of,
+                                made,
+                            );
                             return Ok(None);
                         }
                         obstacle => return Err(self.obstacle(obstacle, side, &prefix, errno)),
@@ -873,6 +882,7 @@ impl Walker<'_> {
             path: shown,
             attrs: new.attrs,
             deferred,
+            own: entry.kind == Kind::Directory && prefix == entry.path,
         });
         Ok(fd)
     }
@@ -883,6 +893,7 @@ impl Walker<'_> {
         side: Side<'_>,
         prefix: &str,
         dirs: &str,
+        entry_is_dir: bool,
         attrs_of: &dyn Fn(&str) -> Attrs,
         made: &mut Vec<Made>,
     ) {
@@ -894,6 +905,7 @@ impl Walker<'_> {
                     path: shown,
                     attrs: attrs_of(&path),
                     deferred: false,
+                    own: path == dirs && entry_is_dir,
                 });
             }
             if path == dirs {
@@ -932,7 +944,14 @@ impl Walker<'_> {
                 .unwrap_or_else(|| entry.parent.clone())
         };
         let first = dirs.split('/').find(|c| !c.is_empty()).unwrap_or_default();
-        self.plan_from(side, &format!("/{first}"), dirs, &attrs_of, made);
+        self.plan_from(
+            side,
+            &format!("/{first}"),
+            dirs,
+            entry.kind == Kind::Directory,
+            &attrs_of,
+            made,
+        );
     }
 
     fn log_entries(&self, results: &[EntryResult<'_>]) {

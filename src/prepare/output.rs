@@ -11,7 +11,33 @@ use crate::manifest::Attrs;
 use crate::mode;
 use crate::report;
 
-pub(super) fn made_list(made: &[Made]) -> String {
+/// What was (or would be) made for an entry, in one short phrase: its own directories with
+/// their attributes, and how many missing parents came with them. The full list is in the
+/// `--json` document and at debug level.
+pub(super) fn made_summary(made: &[Made]) -> String {
+    let own: Vec<&Made> = made.iter().filter(|m| m.own).collect();
+    let Some(first) = own.first() else {
+        // A file entry: only its parent directories are ever made, and they are few.
+        return format!("the parent directories {}", made_list(made));
+    };
+    let mut out = String::new();
+    for (i, m) in own.iter().enumerate() {
+        out.push_str(if i == 0 { "" } else { " and " });
+        out.push_str(&m.path);
+    }
+    let _ = write!(out, " ({})", first.attrs);
+    match made.len() - own.len() {
+        0 => {}
+        1 => out.push_str(", with 1 missing parent"),
+        n => {
+            let _ = write!(out, ", with {n} missing parents");
+        }
+    }
+    out
+}
+
+/// Every directory made, with its attributes.
+fn made_list(made: &[Made]) -> String {
     let mut out = String::new();
     for (i, m) in made.iter().enumerate() {
         if i > 0 {
@@ -26,7 +52,10 @@ pub(super) fn log_entry(run: Intent, r: &EntryResult<'_>, root: &str) {
     let what = r.entry.describe();
     match &r.state {
         State::Present => log::debug!("{what}: present"),
-        State::Created => log::info!("{what}: created {}", made_list(&r.made)),
+        State::Created => {
+            log::info!("{what}: created {}", made_summary(&r.made));
+            log::debug!("{what}: made {}", made_list(&r.made));
+        }
         State::Missing if run == Intent::DryRun => {
             log::info!("{what}: would create {}", made_list(&r.made));
         }
@@ -43,7 +72,7 @@ pub(super) fn log_entry(run: Intent, r: &EntryResult<'_>, root: &str) {
                 .collect();
             log::warn!(
                 "{what}: created {}; owner {} cannot be resolved yet (not in {root}/etc/passwd, etc/group or the NixOS id maps), so it is root-owned for now and recorded; `persist-prep finish` gives it its owner once the user exists (persist-prep-finish.service runs it after NixOS activation)",
-                made_list(&r.made),
+                made_summary(&r.made),
                 names.first().map_or("?", String::as_str)
             );
         }
