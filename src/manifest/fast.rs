@@ -32,6 +32,8 @@ struct RawStorage<'a> {
     files: Vec<RawFile<'a>>,
 }
 
+/// A directory entry. Its owner and mode fields repeat `RawAttrs` because serde cannot flatten
+/// a struct into one that denies unknown fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry<'a> {
