@@ -23,6 +23,15 @@ let
 
   stateDir = "/run/persist-prep";
 
+  # The three persist-prep units run once, stay active, and speak on the console and in the journal.
+  oneshotOnConsole = execStart: {
+    Type = "oneshot";
+    RemainAfterExit = true;
+    ExecStart = execStart;
+    StandardOutput = "journal+console";
+    StandardError = "journal+console";
+  };
+
   ownerOptions = {
     user = mkOption { type = types.str; default = "root"; description = "Owner name."; };
     group = mkOption { type = types.str; default = "root"; description = "Group name."; };
@@ -243,13 +252,7 @@ in
             OnFailureJobMode = "replace-irreversibly";
           };
           environment.PERSIST_PREP_LOG = cfg.logLevel;
-          serviceConfig = {
-            Type = "oneshot";
-            RemainAfterExit = true;
-            ExecStart = "/bin/persist-prep apply --root /sysroot --manifest /etc/persist-prep/manifest.json";
-            StandardOutput = "journal+console";
-            StandardError = "journal+console";
-          };
+          serviceConfig = oneshotOnConsole "/bin/persist-prep apply --root /sysroot --manifest /etc/persist-prep/manifest.json";
         };
 
         # Stopping the boot needs more than OnFailure: initrd-cleanup would isolate
@@ -271,13 +274,7 @@ in
             ConditionPathExists = [ "/etc/initrd-release" "${stateDir}/deferred.json" ];
           };
           environment.PERSIST_PREP_LOG = cfg.logLevel;
-          serviceConfig = {
-            Type = "oneshot";
-            RemainAfterExit = true;
-            ExecStart = "/bin/persist-prep finish --root /sysroot";
-            StandardOutput = "journal+console";
-            StandardError = "journal+console";
-          };
+          serviceConfig = oneshotOnConsole "/bin/persist-prep finish --root /sysroot";
         };
       };
 
@@ -294,13 +291,7 @@ in
           ConditionPathExists = [ "!/etc/initrd-release" "${stateDir}/deferred.json" ];
         };
         environment.PERSIST_PREP_LOG = cfg.logLevel;
-        serviceConfig = {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          ExecStart = "${cfg.package}/bin/persist-prep finish --root /";
-          StandardOutput = "journal+console";
-          StandardError = "journal+console";
-        };
+        serviceConfig = oneshotOnConsole "${cfg.package}/bin/persist-prep finish --root /";
       };
     })
 
