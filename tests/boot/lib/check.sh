@@ -20,29 +20,22 @@ has_fields() {
 # field "k=v ..." KEY : the value of KEY.
 field() { tr ' ' '\n' <<< "$1" | sed -n "s/^$2=//p" | head -n 1; }
 
-check_units() { # check_units MARKERS_FILE SPEC...   SPEC: "unit.service key=value ..."
-    local mk=$1 spec unit want line
-    shift
+# check_reports KIND KEY MARKERS_FILE SPEC...   SPEC: "NAME key=value ...", matched against the
+# first "KIND KEY=NAME ..." marker line.
+check_reports() {
+    local kind=$1 key=$2 mk=$3 spec name want line
+    shift 3
     for spec in "$@"; do
-        unit=${spec%% *} want=${spec#* }
-        line=$(grep -m1 "^unit name=$unit " "$mk")
-        if [[ -z $line ]]; then record FAIL unit "$unit" "no report"
-        elif has_fields "$line" "$want"; then record ok unit "$unit $want"
-        else record FAIL unit "$unit $want" "got ${line#unit name="$unit" }"; fi
+        name=${spec%% *} want=${spec#* }
+        line=$(grep -m1 "^$kind $key=$name " "$mk")
+        if [[ -z $line ]]; then record FAIL "$kind" "$name" "no report"
+        elif has_fields "$line" "$want"; then record ok "$kind" "$name $want"
+        else record FAIL "$kind" "$name $want" "got ${line#"$kind" "$key"="$name" }"; fi
     done
 }
 
-check_stats() { # SPEC: "/path key=value ..." as seen inside the initrd
-    local mk=$1 spec path want line
-    shift
-    for spec in "$@"; do
-        path=${spec%% *} want=${spec#* }
-        line=$(grep -m1 "^stat path=$path " "$mk")
-        if [[ -z $line ]]; then record FAIL stat "$path" "no report"
-        elif has_fields "$line" "$want"; then record ok stat "$path $want"
-        else record FAIL stat "$path $want" "got ${line#stat path="$path" }"; fi
-    done
-}
+check_units() { check_reports unit name "$@"; }  # SPEC: "unit.service key=value ..."
+check_stats() { check_reports stat path "$@"; }  # SPEC: "/path key=value ..." as seen inside the initrd
 
 check_order() { # SPEC: "a.service done < b.mount starting" (journal monotonic times)
     local mk=$1 spec a ea b eb ta tb
