@@ -3,18 +3,30 @@
 //! In the initrd of a fresh impermanent system the users do not exist yet: `/sysroot/etc/passwd`
 //! is written later by NixOS activation. Failing the boot would be wrong, and guessing an id would
 //! be worse. So `apply` creates such a directory root-owned with its declared mode (no one else
-//! can use it meanwhile) and records it here. The record lives in `/run`, which survives
-//! switch-root. `finish` runs once the users exist and gives each recorded directory its owner,
-//! but only if it is still the very directory we created (same device and inode, still owned as
-//! we left it); anything else has changed hands and is left alone.
+//! can use it meanwhile), and:
+//! - marks the directory itself with the extended attribute `trusted.persist-prep.owner`, set
+//!   before the directory appears under its name. Only a process with `CAP_SYS_ADMIN` can set a
+//!   `trusted.` attribute, so no user can forge it, and a directory made anew by someone else
+//!   cannot carry it. `finish` touches only a directory that carries the mark.
+//! - marks the storage directory (or the root) with `trusted.persist-prep.pending` before that,
+//!   so that a later boot, after one cut short before `finish`, looks for marked directories on
+//!   that side and finishes them: at once when the name resolves in the initrd, else through
+//!   the record.
+//! - records it in `/run/persist-prep/deferred.json`, which survives switch-root, so that
+//!   `finish` knows where to look. On a file system without extended attributes the record is
+//!   all there is: it then also holds the device, inode and birth time, and `finish` requires
+//!   all three, and the owner it left, to be unchanged.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, renameat, unlinkat};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::Options;
+use crate::escape;
 use crate::exit::Exit;
 use crate::fs;
 use crate::manifest::Owner;
@@ -23,6 +35,35 @@ use crate::owner::{Db, Resolver};
 use crate::report;
 
 const FILE: &str = "deferred.json";
+
+/// The mark on a directory made with a deferred owner: what it is declared to be.
+pub const OWNER_MARK: &str = "trusted.persist-prep.owner";
+/// The mark on a storage directory (or the root) that holds marked directories.
+pub const PENDING_MARK: &str = "trusted.persist-prep.pending";
+
+/// What the owner mark holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mark {
+    pub user: String,
+    pub group: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+impl Mark {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The owner mark of an open directory, if it carries a valid one.
+pub fn read_mark(fd: impl AsFd) -> Option<Mark> {
+    let fd = fs::reopen(fd).ok()?;
+    let data = fs::get_mark(&fd, OWNER_MARK).ok()??;
+    serde_json::from_slice(&data).ok()
+}
 
 /// One directory waiting for its owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +83,31 @@ pub struct Pending {
     pub mode: u32,
     pub dev: u64,
     pub ino: u64,
+    /// Birth time in nanoseconds, where the file system records it.
+    #[serde(default)]
+    pub birth: Option<u128>,
+    /// The directory carries the owner mark, which `finish` then requires.
+    #[serde(default)]
+    pub marked: bool,
 }
 
 impl Pending {
+    /// True when an open directory is the one recorded, not a later one on a reused inode.
+    pub fn same_directory(&self, meta: fs::Meta, birth: Option<u128>) -> bool {
+        (meta.dev, meta.ino) == (self.dev, self.ino)
+            && (self.birth.is_none() || birth == self.birth)
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.mode,
+        }
+    }
+
     /// Where it is, as a person would find it under the root.
     pub fn display(&self, root: &str) -> String {
         format!(
@@ -66,60 +129,90 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-/// Reads the record; a missing file is an empty record.
+/// Reads the record; a missing file is an empty record. Neither the state directory nor the
+/// record may be a symlink, and the record must be a regular file (a FIFO would hang the boot).
 pub fn load(state_dir: &Path) -> Result<Record, String> {
     let file = path(state_dir);
-    match std::fs::read(&file) {
-        Ok(data) => serde_json::from_slice(&data).map_err(|e| {
-            format!(
-                "cannot read the deferred-owner record {}: {e}; fix: remove it and run `persist-prep apply` again",
-                file.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record {
-            version: 1,
-            pending: Vec::new(),
-        }),
-        Err(e) => Err(format!(
-            "cannot read the deferred-owner record {}: {}",
-            file.display(),
-            report::io_error_words(&e)
-        )),
+    let fail = |why: String| {
+        format!(
+            "cannot read the deferred-owner record {}: {why}; fix: remove it and run `persist-prep apply` again",
+            escape::bytes(file.as_os_str().as_bytes())
+        )
+    };
+    let dir = match open_state_dir(state_dir) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT) => return Ok(empty()),
+        Err(errno) => return Err(fail(report::errno_words(errno))),
+    };
+    let fd = match openat(
+        &dir,
+        FILE,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(empty()),
+        Err(errno) => return Err(fail(report::errno_words(errno))),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| fail(report::errno_words(e)))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(fail("it is not a regular file".into()));
+    }
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
+        .map_err(|e| fail(report::io_error_words(&e)))?;
+    serde_json::from_slice(&data).map_err(|e| fail(e.to_string()))
+}
+
+fn empty() -> Record {
+    Record {
+        version: 1,
+        pending: Vec::new(),
     }
 }
 
-/// Writes the record atomically, or removes it when nothing is pending.
+/// Opens the state directory without following a symlink at its last component.
+fn open_state_dir(state_dir: &Path) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(
+        state_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Writes the record atomically, or removes it when nothing is pending. The new file is made
+/// exclusively under a temporary name, so that a planted link cannot redirect the write.
 pub fn save(state_dir: &Path, record: &Record) -> Result<(), String> {
-    let file = path(state_dir);
-    let fail = |what: &str, e: &std::io::Error| {
+    let fail = |what: &str, errno: Errno| {
         format!(
-            "cannot {what} the deferred-owner record {}: {}; fix: make {} writable (it is normally on the /run tmpfs)",
-            file.display(),
-            report::io_error_words(e),
-            state_dir.display()
+            "cannot {what} the deferred-owner record {}: {}; fix: make {} a writable directory (it is normally on the /run tmpfs)",
+            escape::bytes(path(state_dir).as_os_str().as_bytes()),
+            report::errno_words(errno),
+            escape::bytes(state_dir.as_os_str().as_bytes())
         )
     };
     if record.pending.is_empty() {
-        return match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail("remove", &e)),
-            _ => Ok(()),
+        return match open_state_dir(state_dir)
+            .and_then(|dir| unlinkat(&dir, FILE, AtFlags::empty()))
+        {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(errno) => Err(fail("remove", errno)),
         };
     }
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(state_dir)
-        .map_err(|e| fail("create the directory for", &e))?;
-    let tmp = state_dir.join(format!(".{FILE}.tmp"));
-    let data = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    // Only root reads it; apply runs with umask 0, so the mode is given here.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, &data))
-        .map_err(|e| fail("write", &e))?;
-    std::fs::rename(&tmp, &file).map_err(|e| fail("write", &e))
+    match rustix::fs::mkdir(state_dir, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(errno) => return Err(fail("create the directory for", errno)),
+    }
+    let dir = open_state_dir(state_dir).map_err(|e| fail("open the directory for", e))?;
+    let tmp = format!(".{FILE}.tmp");
+    let _ = unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+    let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = openat(&dir, tmp.as_str(), flags, Mode::from_raw_mode(0o600))
+        .map_err(|e| fail("write", e))?;
+    std::io::Write::write_all(&mut std::fs::File::from(fd), &data)
+        .map_err(|e| fail("write", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    renameat(&dir, tmp.as_str(), &dir, FILE).map_err(|e| fail("write", e))
 }
 
 /// Adds newly deferred directories, replacing older records of the same directory.
@@ -147,6 +240,13 @@ enum Outcome {
 /// `persist-prep finish`: give recorded directories their owners now that names resolve.
 pub fn finish(options: &Options) -> Exit {
     let start = std::time::Instant::now();
+    let root_display = crate::prepare::root_display(&options.root);
+    let Some(root) = crate::prepare::open_root(&options.root, "finish", options.json) else {
+        return Exit::Failed;
+    };
+    let Some(_lock) = crate::prepare::lock_root(root.as_fd(), &root_display, true) else {
+        return Exit::Failed;
+    };
     let mut record = match load(&options.state_dir) {
         Ok(record) => record,
         Err(message) => {
@@ -154,10 +254,7 @@ pub fn finish(options: &Options) -> Exit {
             return Exit::Failed;
         }
     };
-    let root_display = crate::prepare::root_display(&options.root);
-    let Some(root) = crate::prepare::open_root(&options.root) else {
-        return Exit::Failed;
-    };
+    let sides: Vec<Option<String>> = record.pending.iter().map(|p| p.storage.clone()).collect();
     let mut resolver = Resolver::new(root.as_fd());
     for storage in record.pending.iter().filter_map(|p| p.storage.as_deref()) {
         resolver.add_storage(storage);
@@ -206,6 +303,7 @@ pub fn finish(options: &Options) -> Exit {
         }));
     }
     record.pending = keep;
+    settle_sides(root.as_fd(), &sides, &record);
     let mut exit = if pending + failed > 0 {
         Exit::Failed
     } else {
@@ -279,14 +377,19 @@ fn finish_one(
             return Outcome::Failed(format!("cannot stat it: {}", report::errno_words(errno)));
         }
     };
-    if (meta.dev, meta.ino) != (p.dev, p.ino) {
-        if fs::is_mount_point(&fd).unwrap_or(false) {
-            return Outcome::Moot(
-                "it is covered by its bind mount now, which shows the source; nothing to do".into(),
-            );
-        }
+    if p.storage.is_none() && fs::is_mount_point(&fd).unwrap_or(false) {
+        return Outcome::Moot(
+            "it is covered by its bind mount now, which shows the source; nothing to do".into(),
+        );
+    }
+    let ours = if p.marked {
+        read_mark(&fd).as_ref() == Some(&p.mark())
+    } else {
+        p.same_directory(meta, fs::birth(&fd))
+    };
+    if !ours {
         return Outcome::Dropped(
-            "it is no longer the directory persist-prep created (another one stands there now), so it is left alone".into(),
+            "it is not the directory persist-prep created (it lacks persist-prep's mark, or another one stands there now), so it is left alone".into(),
         );
     }
     if meta.uid != p.uid.unwrap_or(0) || meta.gid != p.gid.unwrap_or(0) {
@@ -295,13 +398,44 @@ fn finish_one(
             meta.uid, meta.gid
         ));
     }
-    match fs::set_owner_mode(&fd, uid, gid, p.mode) {
+    match give_owner(&fd, uid, gid, p.mode) {
         Ok(()) => Outcome::Done(uid, gid),
         Err(errno) => Outcome::Failed(format!(
             "cannot give it its owner: {}; fix: {}",
             report::errno_words(errno),
             report::errno_fix(errno)
         )),
+    }
+}
+
+/// Gives a directory its deferred owner, then its mode (chown clears set-id bits), then drops
+/// the mark. A cut in between leaves a mark on a finished directory, which is harmless.
+pub fn give_owner(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), rustix::io::Errno> {
+    fs::set_owner_mode(&fd, uid, gid, mode)?;
+    fs::clear_mark(&fd, OWNER_MARK)
+}
+
+/// Drops the pending mark of every side that has nothing pending any more.
+pub fn settle_sides(root: std::os::fd::BorrowedFd<'_>, done: &[Option<String>], record: &Record) {
+    let mut seen: Vec<&Option<String>> = Vec::new();
+    for side in done {
+        if seen.contains(&side) || record.pending.iter().any(|p| &p.storage == side) {
+            continue;
+        }
+        seen.push(side);
+        let base = match side {
+            Some(storage) => fs::open_in_root(root, storage),
+            None => fs::open_in_root(root, "/"),
+        };
+        if let Ok(fd) = base.and_then(fs::reopen) {
+            if let Err(errno) = fs::clear_mark(&fd, PENDING_MARK) {
+                log::warn!(
+                    "cannot remove the pending mark of {}: {}; the next boot looks for deferred owners there once more",
+                    escape::text(side.as_deref().unwrap_or("/")),
+                    report::errno_words(errno)
+                );
+            }
+        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags, fchmod, fchown, fstat,
-    mkdirat, openat2, readlinkat, statx,
+    AtFlags, FlockOperation, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags,
+    XattrFlags, chmodat, chownat, fchmod, fchown, fgetxattr, flock, fremovexattr, fsetxattr, fstat,
+    mkdirat, openat2, readlinkat, renameat_with, statx, unlinkat,
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
@@ -53,6 +54,11 @@ pub fn read_in_root(root: impl AsFd, path: &str) -> Result<Vec<u8>, Errno> {
 /// Opens a directory below `dir` in one call, refusing every symlink on the way.
 pub fn open_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
     openat2(dir, relative(path), DIR_PATH, Mode::empty(), STRICT)
+}
+
+/// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.
+pub fn open_dir_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
+    openat2(dir, relative(path), DIR_READ, Mode::empty(), STRICT)
 }
 
 /// Opens one child directory, refusing a symlink; the handle can be chowned and chmodded.
@@ -113,6 +119,33 @@ pub fn meta(fd: impl AsFd) -> Result<Meta, Errno> {
     })
 }
 
+/// When a directory was born, in nanoseconds, if the file system records it. Together with the
+/// device and inode it tells a directory from a later one that reused the inode number.
+pub fn birth(fd: impl AsFd) -> Option<u128> {
+    let stx = statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
+    if !StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::BTIME) {
+        return None;
+    }
+    let secs = u128::try_from(stx.stx_btime.tv_sec).ok()?;
+    Some(secs * 1_000_000_000 + u128::from(stx.stx_btime.tv_nsec))
+}
+
+/// The mount an open file is on and its device, as `statx` reports them; the mount id is
+/// `None` on kernels before 5.8.
+pub fn mount_of(fd: impl AsFd) -> Result<(Option<u64>, u64), Errno> {
+    let stx = statx(
+        &fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?;
+    let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    let id = StatxFlags::from_bits_retain(stx.stx_mask)
+        .contains(StatxFlags::MNT_ID)
+        .then_some(stx.stx_mnt_id);
+    Ok((id, dev))
+}
+
 /// What stands at a name that could not be opened as a directory.
 pub enum Obstacle {
     Missing,
@@ -127,7 +160,7 @@ pub fn diagnose(dir: impl AsFd, name: &str, errno: Errno) -> Obstacle {
     match errno {
         Errno::NOENT => Obstacle::Missing,
         Errno::LOOP | Errno::NOTDIR | Errno::XDEV => match readlinkat(&dir, name, Vec::new()) {
-            Ok(target) => Obstacle::Symlink(target.to_string_lossy().into_owned()),
+            Ok(target) => Obstacle::Symlink(crate::escape::bytes(target.as_bytes())),
             Err(_) if errno == Errno::NOTDIR => Obstacle::NotADirectory,
             Err(_) => Obstacle::Other,
         },
@@ -157,6 +190,114 @@ pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
             let (here, up) = (fstat(&fd)?, fstat(&parent)?);
             Ok(here.st_dev != up.st_dev || here.st_ino == up.st_ino)
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reopens a path handle for reading, which extended attributes and `flock` need.
+pub fn reopen(fd: impl AsFd) -> Result<OwnedFd, Errno> {
+    openat2(fd, ".", DIR_READ, Mode::empty(), STRICT)
+}
+
+/// Reads a small extended attribute; `None` when it is not set or the file system has none.
+pub fn get_mark(fd: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 256];
+    match fgetxattr(fd, name, &mut buf[..]) {
+        Ok(len) => {
+            buf.truncate(len);
+            Ok(Some(buf))
+        }
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets an extended attribute; `Ok(false)` when the file system keeps none.
+pub fn set_mark(fd: impl AsFd, name: &str, value: &[u8]) -> Result<bool, Errno> {
+    match fsetxattr(fd, name, value, XattrFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes an extended attribute; one already gone is fine.
+pub fn clear_mark(fd: impl AsFd, name: &str) -> Result<(), Errno> {
+    match fremovexattr(fd, name) {
+        Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// True when new directories below `fd` take neither its group (set-group-id) nor a default
+/// ACL, so that `mkdir` gives exactly the mode and owner asked for.
+pub fn creates_plainly(fd: impl AsFd) -> Result<bool, Errno> {
+    let st = fstat(&fd)?;
+    if st.st_mode & 0o2000 != 0 {
+        return Ok(false);
+    }
+    let mut buf = [0u8; 4];
+    match fgetxattr(&fd, "system.posix_acl_default", &mut buf[..]) {
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(true),
+        Ok(_) | Err(Errno::RANGE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives a child its owner and mode by name, never following a link. Only for names in a
+/// directory nobody else can write to, where the name cannot be swapped under us.
+pub fn set_child_owner_mode(
+    dir: impl AsFd,
+    name: &str,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), Errno> {
+    chownat(
+        &dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    chmodat(&dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+}
+
+/// Moves a finished directory into place; never replaces anything that stands there.
+/// Where the file system refuses `RENAME_NOREPLACE`, it checks that the name is free and renames
+/// plainly: a rename never replaces a non-empty directory or a file by a directory, so the worst
+/// a racing creator can lose is an empty directory made in that instant.
+pub fn place(dir: impl AsFd, tmp: &str, name: &str) -> Result<(), Errno> {
+    match renameat_with(&dir, tmp, &dir, name, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            match statx(&dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE) {
+                Err(Errno::NOENT) => rustix::fs::renameat(&dir, tmp, &dir, name),
+                Ok(_) => Err(Errno::EXIST),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Removes an empty directory; a full one is refused by the kernel, so no data can go.
+pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.
+/// `Ok(None)` when `wait` is false and another run holds it.
+pub fn lock(root: impl AsFd, exclusive: bool, wait: bool) -> Result<Option<OwnedFd>, Errno> {
+    let fd = reopen(root)?;
+    let op = match (exclusive, wait) {
+        (true, true) => FlockOperation::LockExclusive,
+        (true, false) => FlockOperation::NonBlockingLockExclusive,
+        (false, true) => FlockOperation::LockShared,
+        (false, false) => FlockOperation::NonBlockingLockShared,
+    };
+    match flock(&fd, op) {
+        Ok(()) => Ok(Some(fd)),
+        Err(Errno::WOULDBLOCK) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -4,7 +4,6 @@
 //! `main` only parses arguments and maps outcomes to exit codes; the work lives in the modules.
 
 mod deferred;
-#[allow(dead_code)] // used by the messages as they move over to it
 mod escape;
 mod exit;
 mod fs;

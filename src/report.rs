@@ -170,6 +170,11 @@ impl std::fmt::Display for Elapsed {
 
 /// Writes a JSON document to stdout on one line.
 pub fn print_json(value: &serde_json::Value) {
+    print_serialized(value);
+}
+
+/// Writes any serialisable document to stdout on one line.
+pub fn print_serialized(value: &impl serde::Serialize) {
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer(&mut out, value);
     let _ = writeln!(out);

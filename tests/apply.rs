@@ -248,7 +248,7 @@ fn finish_leaves_a_replaced_directory_alone() {
     let run = s.run(&["finish"]);
     assert!(
         run.stderr
-            .contains("no longer the directory persist-prep created"),
+            .contains("not the directory persist-prep created"),
         "{}",
         run.stderr
     );

@@ -1,31 +1,106 @@
-//! How `apply` and `check` present what they found: one line per entry in the log, the
-//! summary line, the `check` table, and the `--json` document.
+//! How `apply`, `--dry-run` and `check` present a plan and what became of it: one line per
+//! entry in the log, the summary line, the `check` table, and the `--json` document.
+//!
+//! Bytes from the manifest or the tree are escaped in the log and the table (see `escape`);
+//! the JSON document carries them exactly.
 
 use std::fmt::Write as _;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::{EntryResult, Intent, Made, Problem, State, StorageResult, command_name};
-use crate::Options;
+use super::Intent;
+use super::plan::{
+    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Plan, Problem, Skip, StoragePlan,
+    StorageState,
+};
+use crate::escape;
+use crate::fs::Meta;
 use crate::manifest::Attrs;
 use crate::mode;
 use crate::report;
 
-/// What was (or would be) made for an entry, in one short phrase: its own directories with
-/// their attributes, and how many missing parents came with them. The full list is in the
-/// `--json` document and at debug level.
-pub(super) fn made_summary(made: &[Made]) -> String {
-    let own: Vec<&Made> = made.iter().filter(|m| m.own).collect();
+fn entry_state_name(run: Intent, state: &EntryState) -> EntryStateName {
+    match state {
+        EntryState::Present if run == Intent::Check => EntryStateName::Ok,
+        EntryState::Present => EntryStateName::Present,
+        EntryState::Missing if run == Intent::DryRun => EntryStateName::WouldCreate,
+        EntryState::Missing => EntryStateName::Missing,
+        EntryState::Created => EntryStateName::Created,
+        EntryState::Drift { .. } => EntryStateName::Drift,
+        EntryState::Deferred => EntryStateName::Deferred,
+        EntryState::Finished => EntryStateName::Finished,
+        EntryState::Unresolvable(_) => EntryStateName::OwnerUnresolvable,
+        EntryState::Failed(problem) => problem.state(),
+        EntryState::Skipped(Skip::StorageNotMounted) => EntryStateName::StorageNotMounted,
+        EntryState::Skipped(Skip::StorageError) => EntryStateName::StorageError,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageStateName {
+    Ok,
+    Missing,
+    WouldCreate,
+    Created,
+    NotMounted,
+    Error,
+}
+
+fn storage_state_name(run: Intent, state: &StorageState) -> StorageStateName {
+    match state {
+        StorageState::Ok => StorageStateName::Ok,
+        StorageState::Missing if run == Intent::DryRun => StorageStateName::WouldCreate,
+        StorageState::Missing => StorageStateName::Missing,
+        StorageState::Created => StorageStateName::Created,
+        StorageState::NotMounted(_) => StorageStateName::NotMounted,
+        StorageState::Failed(_) => StorageStateName::Error,
+    }
+}
+
+/// The one-line message about a storage that is not ok, or `None`.
+pub fn storage_message(s: &StoragePlan<'_>, root: &str) -> Option<String> {
+    let path = escape::text(&s.storage.path);
+    match &s.state {
+        StorageState::Ok | StorageState::Created => None,
+        StorageState::Missing => Some(format!("storage directory {root}{path} does not exist")),
+        StorageState::NotMounted(why) => {
+            let mount_point = s.storage.mount_point.as_deref().unwrap_or("/");
+            Some(format!(
+                "storage {path}: {}, so the persistent volume is not mounted; nothing was created for its {} entries, since it would land on the ephemeral root and vanish at reboot. Fix: {}",
+                why.explain(root),
+                s.storage.entries.len(),
+                why.fix(mount_point)
+            ))
+        }
+        StorageState::Failed(problem) => {
+            let (what, fix) = problem.explain();
+            Some(format!(
+                "storage {path}: {what}; nothing was created for its entries. Fix: {fix}"
+            ))
+        }
+    }
+}
+
+/// What was (or would be) made for an entry, in one short phrase.
+fn made_summary(actions: &[Action], storage: &str, root: &str) -> String {
+    let made: Vec<&Action> = actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Mkdir)
+        .collect();
+    let own: Vec<&&Action> = made.iter().filter(|a| a.dir.own).collect();
     let Some(first) = own.first() else {
-        // A file entry: only its parent directories are ever made, and they are few.
-        return format!("the parent directories {}", made_list(made));
+        return format!(
+            "the parent directories {}",
+            action_list(actions, storage, root)
+        );
     };
     let mut out = String::new();
-    for (i, m) in own.iter().enumerate() {
+    for (i, a) in own.iter().enumerate() {
         out.push_str(if i == 0 { "" } else { " and " });
-        out.push_str(&m.path);
+        out.push_str(&escape::text(&shown(a, storage, root)));
     }
-    let _ = write!(out, " ({})", first.attrs);
+    let _ = write!(out, " ({})", attrs_text(&first.dir.attrs));
     match made.len() - own.len() {
         0 => {}
         1 => out.push_str(", with 1 missing parent"),
@@ -36,57 +111,82 @@ pub(super) fn made_summary(made: &[Made]) -> String {
     out
 }
 
-/// Every directory made, with its attributes.
-fn made_list(made: &[Made]) -> String {
+fn attrs_text(attrs: &Attrs) -> String {
+    format!(
+        "{}:{} {}",
+        escape::text(&attrs.user.name),
+        escape::text(&attrs.group.name),
+        mode::display(attrs.mode)
+    )
+}
+
+fn shown(action: &Action, storage: &str, root: &str) -> String {
+    match action.dir.side {
+        super::plan::Side::Storage => format!("{root}{storage}{}", action.dir.path),
+        super::plan::Side::Root => format!("{root}{}", action.dir.path),
+    }
+}
+
+fn action_list(actions: &[Action], storage: &str, root: &str) -> String {
     let mut out = String::new();
-    for (i, m) in made.iter().enumerate() {
+    for (i, a) in actions.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{} ({})", m.path, m.attrs);
+        let verb = if a.kind == ActionKind::GiveOwner {
+            "owner for "
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "{verb}{} ({})",
+            escape::text(&shown(a, storage, root)),
+            attrs_text(&a.dir.attrs)
+        );
     }
     out
 }
 
-pub(super) fn log_entry(run: Intent, r: &EntryResult<'_>, root: &str) {
-    let what = r.entry.describe();
-    match &r.state {
-        State::Present => log::debug!("{what}: present"),
-        State::Created => {
-            log::info!("{what}: created {}", made_summary(&r.made));
-            log::debug!("{what}: made {}", made_list(&r.made));
+/// Logs one entry the way its state deserves.
+pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
+    let what = e.entry.describe();
+    match &e.state {
+        EntryState::Present => log::debug!("{what}: present"),
+        EntryState::Created | EntryState::Finished => {
+            log::info!(
+                "{what}: created {}",
+                made_summary(&e.actions, storage, root)
+            );
+            log::debug!("{what}: made {}", action_list(&e.actions, storage, root));
         }
-        State::Missing if run == Intent::DryRun => {
-            log::info!("{what}: would create {}", made_list(&r.made));
-        }
-        State::Missing => log::debug!("{what}: missing {}", made_list(&r.made)),
-        State::Deferred if r.made.is_empty() => log::warn!(
-            "{what}: still waits for its owner (recorded in the deferred-owner list); fix: run `persist-prep finish` once the users exist"
-        ),
-        State::Deferred => {
-            let names: Vec<String> = r
-                .made
-                .iter()
-                .filter(|m| m.deferred)
-                .map(|m| format!("{}:{}", m.attrs.user.name, m.attrs.group.name))
-                .collect();
-            log::warn!(
-                "{what}: created {}; owner {} cannot be resolved yet (not in {root}/etc/passwd, etc/group or the NixOS id maps), so it is root-owned for now and recorded; `persist-prep finish` gives it its owner once the user exists (persist-prep-finish.service runs it after NixOS activation)",
-                made_summary(&r.made),
-                names.first().map_or("?", String::as_str)
+        EntryState::Missing if run == Intent::DryRun => {
+            log::info!(
+                "{what}: would create {}",
+                action_list(&e.actions, storage, root)
             );
         }
-        State::Drift { declared, actual } if run != Intent::Check => log::warn!(
-            "{what}: {}{}{} exists as {actual} but is declared {declared}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
-            root,
-            r.storage,
-            r.entry.path
+        EntryState::Missing => {
+            log::debug!("{what}: missing {}", action_list(&e.actions, storage, root));
+        }
+        EntryState::Deferred if run == Intent::DryRun && !e.actions.is_empty() => {
+            log::info!(
+                "{what}: would give {}",
+                action_list(&e.actions, storage, root)
+            );
+        }
+        EntryState::Deferred if run == Intent::Check => {}
+        EntryState::Deferred => log_deferred(e, storage, root),
+        EntryState::Drift { declared, actual } if run != Intent::Check => log::warn!(
+            "{what}: {root}{}{} exists as {actual} but is declared {declared}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
+            escape::text(storage),
+            escape::text(&e.entry.path)
         ),
-        State::Drift { .. } => {}
-        State::Unresolvable(names) => {
+        EntryState::Drift { .. } => {}
+        EntryState::Unresolvable(names) => {
             log::debug!("{what}: {names} cannot be resolved; owner not checked");
         }
-        State::Failed(problem) => {
+        EntryState::Failed(problem) => {
             let (why, fix) = problem.explain();
             if run == Intent::Check {
                 log::debug!("{what}: {why}");
@@ -94,42 +194,73 @@ pub(super) fn log_entry(run: Intent, r: &EntryResult<'_>, root: &str) {
                 log::error!("{what}: {why}. Fix: {fix}");
             }
         }
-        State::Skipped(why) => log::debug!("{what}: skipped ({why})"),
+        EntryState::Skipped(why) => log::debug!("{what}: skipped ({why:?})"),
     }
 }
 
-#[derive(Default)]
-pub(super) struct Counts {
-    pub(super) created: usize,
-    pub(super) present: usize,
-    pub(super) missing: usize,
-    pub(super) drift: usize,
-    pub(super) deferred: usize,
-    pub(super) unresolvable: usize,
-    pub(super) failed: usize,
-    pub(super) skipped: usize,
-    pub(super) not_ok: usize,
+fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
+    let what = e.entry.describe();
+    let made: Vec<&Action> = e.actions.iter().filter(|a| a.dir.deferred()).collect();
+    let Some(first) = made.first() else {
+        log::warn!(
+            "{what}: still waits for its owner (the directory carries persist-prep's mark and is recorded); fix: `persist-prep finish` gives it once the users exist (persist-prep-finish.service runs it after NixOS activation)"
+        );
+        return;
+    };
+    log::warn!(
+        "{what}: created {}; owner {}:{} cannot be resolved yet (not in {root}/etc/passwd, etc/group or the NixOS id maps), so it is root-owned for now, marked and recorded; `persist-prep finish` gives it its owner once the user exists (persist-prep-finish.service runs it after NixOS activation)",
+        made_summary(&e.actions, storage, root),
+        escape::text(&first.dir.attrs.user.name),
+        escape::text(&first.dir.attrs.group.name)
+    );
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub created: usize,
+    pub would_create: usize,
+    pub present: usize,
+    pub missing: usize,
+    pub drift: usize,
+    pub deferred: usize,
+    pub owner_unresolvable: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub not_ok: usize,
+    #[serde(skip)]
+    storages_failed: usize,
 }
 
 impl Counts {
-    pub(super) fn of(results: &[StorageResult<'_>]) -> Self {
+    pub fn of(run: Intent, plan: &Plan<'_>) -> Self {
         let mut c = Counts::default();
-        for s in results {
-            if !matches!(s.state, "ok" | "created") {
+        for s in &plan.storages {
+            if !matches!(s.state, StorageState::Ok | StorageState::Created) {
                 c.not_ok += 1;
+            }
+            if matches!(
+                s.state,
+                StorageState::NotMounted(_) | StorageState::Failed(_)
+            ) {
+                c.storages_failed += 1;
             }
             for e in &s.entries {
                 match &e.state {
-                    State::Present => c.present += 1,
-                    State::Created => c.created += 1,
-                    State::Missing => c.missing += 1,
-                    State::Drift { .. } => c.drift += 1,
-                    State::Deferred => c.deferred += 1,
-                    State::Unresolvable(_) => c.unresolvable += 1,
-                    State::Failed(_) => c.failed += 1,
-                    State::Skipped(_) => c.skipped += 1,
+                    EntryState::Present => c.present += 1,
+                    EntryState::Created | EntryState::Finished => c.created += 1,
+                    EntryState::Missing if run == Intent::DryRun => c.would_create += 1,
+                    EntryState::Missing => c.missing += 1,
+                    EntryState::Drift { .. } => c.drift += 1,
+                    EntryState::Deferred => c.deferred += 1,
+                    EntryState::Unresolvable(_) => c.owner_unresolvable += 1,
+                    EntryState::Failed(_) => c.failed += 1,
+                    EntryState::Skipped(_) => c.skipped += 1,
                 }
-                if !matches!(e.state, State::Present | State::Created) {
+                if !matches!(
+                    e.state,
+                    EntryState::Present | EntryState::Created | EntryState::Finished
+                ) {
                     c.not_ok += 1;
                 }
             }
@@ -137,7 +268,13 @@ impl Counts {
         c
     }
 
-    pub(super) fn log(&self, run: Intent, elapsed: report::Elapsed) {
+    /// True when the run must exit 1.
+    pub fn failed(&self, run: Intent) -> bool {
+        self.failed + self.skipped + self.storages_failed > 0
+            || (run == Intent::Check && self.not_ok > 0)
+    }
+
+    pub fn log(&self, run: Intent, elapsed: report::Elapsed) {
         let line = match run {
             Intent::Check => format!(
                 "persist-prep: check: {} ok, {} missing, {} drift, {} deferred, {} owner unresolvable, {} failed, {} skipped in {elapsed} ms",
@@ -145,18 +282,23 @@ impl Counts {
                 self.missing,
                 self.drift,
                 self.deferred,
-                self.unresolvable,
+                self.owner_unresolvable,
                 self.failed,
                 self.skipped
             ),
             Intent::DryRun => format!(
                 "persist-prep: dry run: {} would be created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms; nothing was changed",
-                self.missing, self.present, self.drift, self.deferred, self.failed, self.skipped
+                self.would_create,
+                self.present,
+                self.drift,
+                self.deferred,
+                self.failed,
+                self.skipped
             ),
             Intent::Apply => format!(
                 "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms",
                 self.created,
-                self.present + self.unresolvable,
+                self.present + self.owner_unresolvable,
                 self.drift,
                 self.deferred,
                 self.failed,
@@ -173,156 +315,265 @@ impl Counts {
     }
 }
 
-pub(super) fn entry_state(run: Intent, state: &State) -> &'static str {
-    match state {
-        State::Present if run == Intent::Check => "ok",
-        State::Present => "present",
-        State::Created => "created",
-        State::Missing if run == Intent::DryRun => "would-create",
-        State::Missing => "missing",
-        State::Drift { .. } => "drift",
-        State::Deferred => "deferred",
-        State::Unresolvable(_) => "owner-unresolvable",
-        State::Failed(problem) => problem.state(),
-        State::Skipped(why) => why,
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttrsDoc<'a> {
+    user: &'a str,
+    group: &'a str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: String,
+}
+
+#[derive(Serialize)]
+struct ActualDoc {
+    uid: u32,
+    gid: u32,
+    mode: String,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum ActionName {
+    Mkdir,
+    GiveOwner,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionDoc<'a> {
+    action: ActionName,
+    path: String,
+    deferred: bool,
+    user: &'a str,
+    group: &'a str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryDoc<'a> {
+    storage: &'a str,
+    path: &'a str,
+    kind: &'static str,
+    origin: Option<&'a str>,
+    location: String,
+    state: EntryStateName,
+    declared: Option<AttrsDoc<'a>>,
+    actual: Option<ActualDoc>,
+    actions: Vec<ActionDoc<'a>>,
+    error_path: Option<&'a str>,
+    error: Option<String>,
+    errno: Option<String>,
+    fix: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StorageDoc<'a> {
+    path: &'a str,
+    mount_point: Option<&'a str>,
+    state: StorageStateName,
+    message: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary<'a> {
+    #[serde(flatten)]
+    counts: &'a Counts,
+    elapsed_ms: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Document<'a> {
+    version: u32,
+    command: &'static str,
+    dry_run: bool,
+    root: &'a str,
+    manifest: &'a std::path::Path,
+    storages: Vec<StorageDoc<'a>>,
+    entries: Vec<EntryDoc<'a>>,
+    summary: Summary<'a>,
+}
+
+fn attrs_doc(attrs: &Attrs) -> AttrsDoc<'_> {
+    AttrsDoc {
+        user: &attrs.user.name,
+        group: &attrs.group.name,
+        uid: attrs.user.id,
+        gid: attrs.group.id,
+        mode: mode::display(attrs.mode),
     }
 }
 
-fn attrs_json(attrs: &Attrs) -> Value {
-    json!({
-        "user": attrs.user.name, "group": attrs.group.name,
-        "uid": attrs.user.id, "gid": attrs.group.id, "mode": mode::display(attrs.mode),
-    })
+fn action_doc<'a>(a: &'a Action, storage: &str, root: &str) -> ActionDoc<'a> {
+    ActionDoc {
+        action: match a.kind {
+            ActionKind::Mkdir => ActionName::Mkdir,
+            ActionKind::GiveOwner => ActionName::GiveOwner,
+        },
+        path: shown(a, storage, root),
+        deferred: a.dir.deferred(),
+        user: &a.dir.attrs.user.name,
+        group: &a.dir.attrs.group.name,
+        uid: a.dir.uid.or(a.dir.attrs.user.id),
+        gid: a.dir.gid.or(a.dir.attrs.group.id),
+        mode: mode::display(a.dir.attrs.mode),
+    }
 }
 
-pub(super) fn document(
-    options: &Options,
-    run: Intent,
-    results: &[StorageResult<'_>],
-    c: &Counts,
-    elapsed: report::Elapsed,
-    root: &str,
-) -> Value {
-    let storages: Vec<Value> = results
-        .iter()
-        .map(|s| {
-            json!({
-                "path": s.storage.path, "mountPoint": s.storage.mount_point,
-                "state": s.state, "message": s.message,
-            })
-        })
-        .collect();
-    let entries: Vec<Value> = results
-        .iter()
-        .flat_map(|s| s.entries.iter())
-        .map(|e| {
-            let (error, fix) = match &e.state {
-                State::Failed(problem) => {
-                    let (why, fix) = problem.explain();
-                    (Some(why), Some(fix))
-                }
-                _ => (None, None),
-            };
-            let errno = match &e.state {
-                State::Failed(Problem::Errno { errno, .. }) => Some(report::errno_name(*errno)),
-                _ => None,
-            };
-            json!({
-                "storage": e.storage,
-                "path": e.entry.path,
-                "kind": e.entry.kind.as_str(),
-                "origin": e.entry.origin,
-                "location": e.entry.location.to_string(),
-                "state": entry_state(run, &e.state),
-                "declared": e.entry.attrs.as_ref().map(attrs_json),
-                "actual": e.actual.map(|m| json!({"uid": m.uid, "gid": m.gid, "mode": mode::display(m.mode)})),
-                "actions": e.made.iter().map(|m| json!({
-                    "action": "mkdir", "path": m.path, "deferred": m.deferred,
-                    "user": m.attrs.user.name, "group": m.attrs.group.name,
-                    "uid": m.attrs.user.id, "gid": m.attrs.group.id, "mode": mode::display(m.attrs.mode),
-                })).collect::<Vec<_>>(),
-                "errorPath": match &e.state { State::Failed(p) => Some(p.path().to_owned()), _ => None },
-                "error": error,
-                "errno": errno,
-                "fix": fix,
-            })
-        })
-        .collect();
-    json!({
-        "version": 1,
-        "command": command_name(run),
-        "dryRun": run == Intent::DryRun,
-        "root": if root.is_empty() { "/" } else { root },
-        "manifest": options.manifest,
-        "storages": storages,
-        "entries": entries,
-        "summary": {
-            "created": c.created, "wouldCreate": if run == Intent::DryRun { c.missing } else { 0 },
-            "present": c.present, "missing": if run == Intent::Check { c.missing } else { 0 },
-            "drift": c.drift, "deferred": c.deferred, "ownerUnresolvable": c.unresolvable,
-            "failed": c.failed, "skipped": c.skipped, "notOk": c.not_ok, "elapsedMs": elapsed.millis(),
+fn entry_doc<'a>(run: Intent, e: &'a EntryPlan<'a>, storage: &'a str, root: &str) -> EntryDoc<'a> {
+    let problem: Option<&Problem> = match &e.state {
+        EntryState::Failed(p) => Some(p),
+        _ => None,
+    };
+    let explained = problem.map(Problem::explain);
+    EntryDoc {
+        storage,
+        path: &e.entry.path,
+        kind: e.entry.kind.as_str(),
+        origin: e.entry.origin.as_deref(),
+        location: e.entry.location.to_string(),
+        state: entry_state_name(run, &e.state),
+        declared: e.entry.attrs.as_ref().map(attrs_doc),
+        actual: e.actual.map(|m: Meta| ActualDoc {
+            uid: m.uid,
+            gid: m.gid,
+            mode: mode::display(m.mode),
+        }),
+        actions: e
+            .actions
+            .iter()
+            .map(|a| action_doc(a, storage, root))
+            .collect(),
+        error_path: problem.map(Problem::path),
+        errno: match problem {
+            Some(Problem::Errno { errno, .. }) => Some(report::errno_name(*errno)),
+            _ => None,
         },
-    })
+        error: explained.as_ref().map(|(why, _)| why.clone()),
+        fix: explained.map(|(_, fix)| fix),
+    }
+}
+
+pub fn document<'a>(
+    run: Intent,
+    manifest: &'a std::path::Path,
+    plan: &'a Plan<'a>,
+    counts: &'a Counts,
+    elapsed: report::Elapsed,
+    root: &'a str,
+) -> Document<'a> {
+    Document {
+        version: 1,
+        command: super::command_name(run),
+        dry_run: run == Intent::DryRun,
+        root: if root.is_empty() { "/" } else { root },
+        manifest,
+        storages: plan
+            .storages
+            .iter()
+            .map(|s| StorageDoc {
+                path: &s.storage.path,
+                mount_point: s.storage.mount_point.as_deref(),
+                state: storage_state_name(run, &s.state),
+                message: storage_message(s, root),
+            })
+            .collect(),
+        entries: plan
+            .storages
+            .iter()
+            .flat_map(|s| {
+                s.entries
+                    .iter()
+                    .map(move |e| entry_doc(run, e, &s.storage.path, root))
+            })
+            .collect(),
+        summary: Summary {
+            counts,
+            elapsed_ms: elapsed.millis(),
+        },
+    }
 }
 
 /// The `check` table: one line per storage and per entry, aligned for a terminal.
-pub(super) fn print_table(results: &[StorageResult<'_>], root: &str) {
+pub fn print_table(plan: &Plan<'_>, root: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{:<20} {:<10} {:<36} DETAIL", "STATE", "KIND", "PATH");
-    for s in results {
+    for s in &plan.storages {
         let storage = s.storage;
-        let detail = match (s.state, &storage.mount_point) {
-            ("ok", Some(mp)) => format!("{root}{} on mounted {mp}", storage.path),
-            ("ok", None) => format!("{root}{}", storage.path),
-            _ => s.message.clone().unwrap_or_default(),
+        let detail = match (&s.state, &storage.mount_point) {
+            (StorageState::Ok, Some(mp)) => format!(
+                "{root}{} on mounted {}",
+                escape::text(&storage.path),
+                escape::text(mp)
+            ),
+            (StorageState::Ok, None) => format!("{root}{}", escape::text(&storage.path)),
+            _ => storage_message(s, root).unwrap_or_default(),
         };
+        let state =
+            serde_json::to_value(storage_state_name(Intent::Check, &s.state)).unwrap_or_default();
         let _ = writeln!(
             out,
             "{:<20} {:<10} {:<36} {detail}",
-            s.state, "storage", storage.path
+            state.as_str().unwrap_or("?"),
+            "storage",
+            escape::text(&storage.path)
         );
         for e in &s.entries {
-            let state = entry_state(Intent::Check, &e.state);
-            let source = format!("{root}{}{}", e.storage, e.entry.path);
-            let declared = e
-                .entry
-                .attrs
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            let detail = match &e.state {
-                State::Present => format!("{source} {declared}"),
-                State::Missing => format!(
-                    "missing: {}",
-                    e.made
-                        .iter()
-                        .map(|m| m.path.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                State::Drift { declared, actual } => {
-                    format!("declared {declared}, actual {actual}")
-                }
-                State::Deferred => {
-                    "root-owned until `persist-prep finish` gives it its owner".into()
-                }
-                State::Unresolvable(names) => {
-                    format!("{names} cannot be resolved; owner not checked")
-                }
-                State::Failed(problem) => {
-                    let (why, fix) = problem.explain();
-                    format!("{why}. Fix: {fix}")
-                }
-                State::Skipped(why) => format!("skipped: {why}"),
-                State::Created => String::new(),
-            };
+            let state =
+                serde_json::to_value(entry_state_name(Intent::Check, &e.state)).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{state:<20} {:<10} {:<36} {detail}",
+                "{:<20} {:<10} {:<36} {}",
+                state.as_str().unwrap_or("?"),
                 e.entry.kind.as_str(),
-                e.entry.path
+                escape::text(&e.entry.path),
+                table_detail(e, &storage.path, root)
             );
         }
+    }
+}
+
+fn table_detail(e: &EntryPlan<'_>, storage: &str, root: &str) -> String {
+    let source = format!(
+        "{root}{}{}",
+        escape::text(storage),
+        escape::text(&e.entry.path)
+    );
+    match &e.state {
+        EntryState::Present => match &e.entry.attrs {
+            Some(attrs) => format!("{source} {}", attrs_text(attrs)),
+            None => source,
+        },
+        EntryState::Missing => format!(
+            "missing: {}",
+            e.actions
+                .iter()
+                .map(|a| escape::text(&shown(a, storage, root)).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EntryState::Drift { declared, actual } => format!("declared {declared}, actual {actual}"),
+        EntryState::Deferred => "root-owned until `persist-prep finish` gives it its owner".into(),
+        EntryState::Unresolvable(names) => format!("{names} cannot be resolved; owner not checked"),
+        EntryState::Failed(problem) => {
+            let (why, fix) = problem.explain();
+            format!("{why}. Fix: {fix}")
+        }
+        EntryState::Skipped(why) => format!("skipped: {}", skip_name(*why)),
+        EntryState::Created | EntryState::Finished => String::new(),
+    }
+}
+
+fn skip_name(why: Skip) -> &'static str {
+    match why {
+        Skip::StorageNotMounted => "storage-not-mounted",
+        Skip::StorageError => "storage-error",
     }
 }

@@ -1,0 +1,511 @@
+//! The executor: carries out a plan, so that every directory appears only with its final owner
+//! and mode, whenever the process is killed or the power goes.
+//!
+//! A directory that `mkdir` alone makes exactly right (root-owned like us, no set-id bits, in a
+//! parent with neither set-group-id nor a default ACL) is made at its name at once. Any other is
+//! made under a temporary name in the same parent, private (0700), given its owner, mode and,
+//! for a deferred owner, its mark, and only then renamed into place without replacing anything
+//! (`renameat2(RENAME_NOREPLACE)`). A run that was killed leaves at most an empty temporary
+//! directory, which the next run removes when it makes that directory again.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+
+use super::plan::{Action, ActionKind, Dir, EntryState, Plan, Problem, Side, Skip, StorageState};
+use crate::deferred::{self, Mark, Pending};
+use crate::escape;
+use crate::fs;
+use crate::manifest::{Entry, Storage};
+
+/// One directory the executor opened or made, for the entries after it.
+struct Link {
+    path: String,
+    fd: Option<OwnedFd>,
+    /// New directories below it get exactly the owner and mode `mkdir` is given.
+    plain: bool,
+    /// Only root can write to it, so a name in it cannot be swapped under us.
+    private: bool,
+}
+
+pub struct Executor<'a> {
+    root: BorrowedFd<'a>,
+    root_display: String,
+    euid: u32,
+    egid: u32,
+    chains: [Vec<Link>; 2],
+    bases: [Option<Link>; 2],
+    /// The side's base carries the pending mark already (set before a deferred directory).
+    marked: [bool; 2],
+    pub pending: Vec<Pending>,
+}
+
+fn index(side: Side) -> usize {
+    match side {
+        Side::Storage => 0,
+        Side::Root => 1,
+    }
+}
+
+/// The temporary name a directory is made under: fixed for a name, so that the next run finds
+/// what a killed one left, and short whatever the name's length.
+pub fn temp_name(name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(".persist-prep.{hash:016x}")
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(root: BorrowedFd<'a>, root_display: String) -> Self {
+        // Modes are given exactly; mkdir must not have bits masked off behind our back.
+        rustix::process::umask(rustix::fs::Mode::empty());
+        Executor {
+            root,
+            root_display,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            chains: [Vec::new(), Vec::new()],
+            bases: [None, None],
+            marked: [false, false],
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn execute(&mut self, plan: &mut Plan<'_>) {
+        self.bases[1] = fs::open_in_root(self.root, "/")
+            .ok()
+            .map(|fd| existing("/", fd));
+        for s in &mut plan.storages {
+            let storage = s.storage;
+            self.chains = [Vec::new(), Vec::new()];
+            self.marked[0] = false;
+            let base = match &s.state {
+                StorageState::Ok => {
+                    fs::open_in_root(self.root, &storage.path).map_err(|errno| Problem::Errno {
+                        action: "open",
+                        path: format!("{}{}", self.root_display, storage.path),
+                        errno,
+                    })
+                }
+                StorageState::Missing => self.make_storage(s.create.as_ref(), storage),
+                _ => continue,
+            };
+            match base {
+                Ok(fd) => {
+                    if s.state == StorageState::Missing {
+                        s.state = StorageState::Created;
+                    }
+                    self.bases[0] = Some(existing("/", fd));
+                }
+                Err(problem) => {
+                    s.state = StorageState::Failed(problem);
+                    for e in &mut s.entries {
+                        e.state = EntryState::Skipped(Skip::StorageError);
+                    }
+                    continue;
+                }
+            }
+            for e in &mut s.entries {
+                if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
+                    || e.actions.is_empty()
+                {
+                    continue;
+                }
+                let result = self.entry(storage, e.entry, &e.actions);
+                e.state = after(
+                    std::mem::replace(&mut e.state, EntryState::Present),
+                    &e.actions,
+                    result,
+                );
+            }
+        }
+    }
+
+    /// Makes the storage directory's missing part, root root 0755, and opens it.
+    fn make_storage(
+        &mut self,
+        create: Option<&super::plan::StorageCreate>,
+        storage: &Storage,
+    ) -> Result<OwnedFd, Problem> {
+        let create = create.ok_or(Problem::Errno {
+            action: "create",
+            path: storage.path.clone(),
+            errno: Errno::INVAL,
+        })?;
+        let display = self.root_display.clone();
+        let shown = |path: &str| format!("{display}{path}");
+        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Errno {
+            action: "open",
+            path: shown(&create.base),
+            errno,
+        })?;
+        let mut parent = existing(&create.base, fd);
+        let mut path = create.base.trim_end_matches('/').to_owned();
+        for name in &create.names {
+            path.push('/');
+            path.push_str(name);
+            let dir = Dir {
+                side: Side::Root,
+                path: path.clone(),
+                attrs: crate::manifest::Attrs::root_0755(),
+                uid: Some(0),
+                gid: Some(0),
+                own: false,
+            };
+            let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
+            self.make(pfd, parent.plain, parent.private, name, &dir, &shown(&path))?;
+            let fd = fs::open_child(pfd, name).map_err(|errno| Problem::Errno {
+                action: "open",
+                path: shown(&path),
+                errno,
+            })?;
+            log::info!(
+                "created storage directory {} (root:root 0755)",
+                escape::text(&shown(&path))
+            );
+            parent = Link {
+                path: path.clone(),
+                fd: Some(fd),
+                plain: parent.plain,
+                private: true,
+            };
+        }
+        parent.fd.ok_or(Problem::Errno {
+            action: "open",
+            path: shown(&storage.path),
+            errno: Errno::NOENT,
+        })
+    }
+
+    fn entry(
+        &mut self,
+        storage: &Storage,
+        entry: &Entry,
+        actions: &[Action],
+    ) -> Result<(), Problem> {
+        for action in actions {
+            let dir = &action.dir;
+            let shown = match dir.side {
+                Side::Storage => format!("{}{}{}", self.root_display, storage.path, dir.path),
+                Side::Root => format!("{}{}", self.root_display, dir.path),
+            };
+            let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
+            let parent_path = if parent_path.is_empty() {
+                "/"
+            } else {
+                parent_path
+            };
+            let at = self.parent(dir.side, parent_path, &shown)?;
+            let context = (storage, entry);
+            match action.kind {
+                ActionKind::Mkdir => {
+                    if dir.deferred() {
+                        self.mark_side(dir.side).map_err(|errno| Problem::Errno {
+                            action: "mark the base of",
+                            path: shown.clone(),
+                            errno,
+                        })?;
+                    }
+                    let (plain, private) = self
+                        .link(dir.side, at)
+                        .map_or((false, false), |l| (l.plain, l.private));
+                    let pfd = self.link_fd(dir.side, at);
+                    if let Some(made) = self.make(pfd, plain, private, name, dir, &shown)? {
+                        let (storage, entry) = context;
+                        let mut p = super::plan::pending_of(
+                            storage,
+                            dir,
+                            entry,
+                            &mark_of(dir),
+                            made.meta,
+                            made.birth,
+                        );
+                        p.marked = made.marked;
+                        self.pending.push(p);
+                    }
+                    self.chains[index(dir.side)].push(Link {
+                        path: dir.path.clone(),
+                        fd: None,
+                        plain: plain && dir.attrs.mode & 0o2000 == 0,
+                        private: dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+                    });
+                }
+                ActionKind::GiveOwner => {
+                    let pfd = self.link_fd(dir.side, at);
+                    give_owner(pfd, name, dir, &shown)?;
+                    log::info!(
+                        "gave {} its deferred owner {}:{}",
+                        escape::text(&shown),
+                        escape::text(&dir.attrs.user.name),
+                        escape::text(&dir.attrs.group.name)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds (or opens) the link for `path` on a side: `None` is the side's base.
+    fn parent(&mut self, side: Side, path: &str, shown: &str) -> Result<Option<usize>, Problem> {
+        if path == "/" {
+            return Ok(None);
+        }
+        let i = index(side);
+        let keep = self.chains[i]
+            .iter()
+            .take_while(|l| crate::manifest::contains(&l.path, path))
+            .count();
+        self.chains[i].truncate(keep);
+        if self.chains[i].last().is_some_and(|l| l.path == path) {
+            let at = keep - 1;
+            if self.chains[i][at].fd.is_none() {
+                let (_, name) = path.rsplit_once('/').unwrap_or(("", path));
+                let up = if at == 0 { None } else { Some(at - 1) };
+                let fd = fs::open_child(self.link_fd(side, up), name)
+                    .map_err(|errno| open_problem(shown, errno))?;
+                self.chains[i][at].fd = Some(fd);
+            }
+            return Ok(Some(at));
+        }
+        let (from, rest) = match self.chains[i].last() {
+            Some(l) => (keep.checked_sub(1), &path[l.path.len()..]),
+            None => (None, path),
+        };
+        let fd = fs::open_dir_beneath(self.link_fd(side, from), rest)
+            .map_err(|errno| open_problem(shown, errno))?;
+        self.chains[i].push(existing(path, fd));
+        Ok(Some(self.chains[i].len() - 1))
+    }
+
+    fn link(&self, side: Side, at: Option<usize>) -> Option<&Link> {
+        match at {
+            Some(at) => self.chains[index(side)].get(at),
+            None => self.bases[index(side)].as_ref(),
+        }
+    }
+
+    fn link_fd(&self, side: Side, at: Option<usize>) -> BorrowedFd<'_> {
+        self.link(side, at)
+            .and_then(|l| l.fd.as_ref())
+            .map_or(self.root, AsFd::as_fd)
+    }
+
+    /// Makes one directory so that it appears with its final owner and mode; for a deferred
+    /// owner, says what identifies it.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        parent: BorrowedFd<'_>,
+        plain: bool,
+        private: bool,
+        name: &str,
+        dir: &Dir,
+        shown: &str,
+    ) -> Result<Option<Made>, Problem> {
+        let exact = plain
+            && dir.uid == Some(self.euid)
+            && dir.gid == Some(self.egid)
+            && dir.attrs.mode & 0o6000 == 0;
+        if exact {
+            return fs::make_child(parent, name, dir.attrs.mode)
+                .map(|()| None)
+                .map_err(|errno| create_problem(shown, errno));
+        }
+        let tmp = temp_name(name);
+        Self::make_temp(parent, &tmp, shown)?;
+        let finished = if dir.deferred() || !private {
+            self.finish_temp_by_handle(parent, &tmp, dir, shown)
+        } else {
+            let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
+            fs::set_child_owner_mode(parent, &tmp, uid, gid, dir.attrs.mode)
+                .map(|()| None)
+                .map_err(|errno| Problem::Errno {
+                    action: "set owner and mode of",
+                    path: shown.to_owned(),
+                    errno,
+                })
+        };
+        let placed = finished.and_then(|made| {
+            fs::place(parent, &tmp, name)
+                .map(|()| made)
+                .map_err(|errno| match errno {
+                    Errno::EXIST => Problem::Replaced {
+                        path: shown.to_owned(),
+                    },
+                    errno => create_problem(shown, errno),
+                })
+        });
+        if placed.is_err() {
+            let _ = fs::remove_empty(parent, &tmp);
+        }
+        placed
+    }
+
+    /// Makes the temporary directory, removing an empty one that a killed run left.
+    fn make_temp(parent: BorrowedFd<'_>, tmp: &str, shown: &str) -> Result<(), Problem> {
+        match fs::make_child(parent, tmp, 0o700) {
+            Err(Errno::EXIST) => {}
+            other => return other.map_err(|errno| create_problem(shown, errno)),
+        }
+        let (dir, _) = shown.rsplit_once('/').unwrap_or(("", shown));
+        let leftover = format!("{dir}/{tmp}");
+        fs::remove_empty(parent, tmp).map_err(|_| Problem::Leftover {
+            path: leftover.clone(),
+        })?;
+        log::info!(
+            "removed {}, left empty by an interrupted persist-prep run",
+            escape::text(&leftover)
+        );
+        fs::make_child(parent, tmp, 0o700).map_err(|errno| create_problem(shown, errno))
+    }
+
+    /// Gives a temporary directory its mark, owner and mode through a handle, after checking
+    /// that it is still the private directory just made.
+    fn finish_temp_by_handle(
+        &self,
+        parent: BorrowedFd<'_>,
+        tmp: &str,
+        dir: &Dir,
+        shown: &str,
+    ) -> Result<Option<Made>, Problem> {
+        let fd = fs::open_child(parent, tmp).map_err(|errno| open_problem(shown, errno))?;
+        let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
+            action: "stat",
+            path: shown.to_owned(),
+            errno,
+        })?;
+        if meta.uid != self.euid || meta.mode & 0o777 != 0o700 || !meta.is_dir {
+            return Err(Problem::Replaced {
+                path: shown.to_owned(),
+            });
+        }
+        let set = |errno| Problem::Errno {
+            action: "set owner and mode of",
+            path: shown.to_owned(),
+            errno,
+        };
+        let mut made = None;
+        if dir.deferred() {
+            let marked =
+                fs::set_mark(&fd, deferred::OWNER_MARK, &mark_of(dir).encode()).map_err(set)?;
+            made = Some(Made {
+                meta,
+                birth: fs::birth(&fd),
+                marked,
+            });
+        }
+        let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
+        fs::set_owner_mode(&fd, uid, gid, dir.attrs.mode).map_err(set)?;
+        Ok(made)
+    }
+
+    /// Marks the side's base as holding deferred owners, before the first of them appears.
+    fn mark_side(&mut self, side: Side) -> Result<(), Errno> {
+        let i = index(side);
+        if self.marked[i] {
+            return Ok(());
+        }
+        let base = self.link_fd(side, None);
+        let fd = fs::reopen(base)?;
+        fs::set_mark(&fd, deferred::PENDING_MARK, b"1")?;
+        self.marked[i] = true;
+        Ok(())
+    }
+}
+
+/// An entry's state once its actions ran: what was missing is created (or deferred), what
+/// waited for its owner is finished; drift and the like stay what they were.
+fn after(before: EntryState, actions: &[Action], result: Result<(), Problem>) -> EntryState {
+    let deferred = actions
+        .iter()
+        .any(|a| a.kind == ActionKind::Mkdir && a.dir.deferred());
+    match (before, result) {
+        (_, Err(problem)) => EntryState::Failed(problem),
+        (EntryState::Missing, Ok(())) if deferred => EntryState::Deferred,
+        (EntryState::Missing, Ok(())) => EntryState::Created,
+        (EntryState::Deferred, Ok(()))
+            if !deferred && actions.iter().any(|a| a.kind == ActionKind::GiveOwner) =>
+        {
+            EntryState::Finished
+        }
+        (before, Ok(())) => before,
+    }
+}
+
+/// What identifies a directory made with a deferred owner.
+struct Made {
+    meta: fs::Meta,
+    birth: Option<u128>,
+    marked: bool,
+}
+
+fn existing(path: &str, fd: OwnedFd) -> Link {
+    let st = rustix::fs::fstat(&fd).ok();
+    let plain = fs::reopen(&fd)
+        .and_then(fs::creates_plainly)
+        .unwrap_or(false);
+    let private = st.is_some_and(|st| st.st_uid == 0 && st.st_mode & 0o022 == 0);
+    Link {
+        path: path.to_owned(),
+        fd: Some(fd),
+        plain,
+        private,
+    }
+}
+
+fn mark_of(dir: &Dir) -> Mark {
+    Mark {
+        user: dir.attrs.user.name.clone(),
+        group: dir.attrs.group.name.clone(),
+        uid: dir.uid,
+        gid: dir.gid,
+        mode: dir.attrs.mode,
+    }
+}
+
+/// Gives a marked directory its owner, after checking that it still carries that mark.
+fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Result<(), Problem> {
+    let fd = fs::open_child(parent, name).map_err(|errno| open_problem(shown, errno))?;
+    let expected = Mark {
+        uid: None,
+        gid: None,
+        ..mark_of(dir)
+    };
+    let found = deferred::read_mark(&fd).map(|m| Mark {
+        uid: None,
+        gid: None,
+        ..m
+    });
+    if found.as_ref() != Some(&expected) {
+        return Err(Problem::Replaced {
+            path: shown.to_owned(),
+        });
+    }
+    let (Some(uid), Some(gid)) = (dir.uid, dir.gid) else {
+        return Ok(());
+    };
+    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Errno {
+        action: "set owner and mode of",
+        path: shown.to_owned(),
+        errno,
+    })
+}
+
+fn create_problem(shown: &str, errno: Errno) -> Problem {
+    Problem::Errno {
+        action: "create",
+        path: shown.to_owned(),
+        errno,
+    }
+}
+
+fn open_problem(shown: &str, errno: Errno) -> Problem {
+    Problem::Errno {
+        action: "open",
+        path: shown.to_owned(),
+        errno,
+    }
+}

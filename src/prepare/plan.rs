@@ -1,0 +1,874 @@
+//! The planner: reads the tree, changes nothing, and returns what `apply` will do.
+//!
+//! `apply` executes this plan, `--dry-run` prints it, and `check` reports its states, so the
+//! three agree by construction. Per storage: is its volume there, does the storage directory
+//! exist, then for each entry the source below the storage and the mount point on the root,
+//! each walked from the first missing component on. Directories that an interrupted run made
+//! with a deferred owner carry a mark (see `deferred`), and are planned to get their owner.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+
+use super::volume::{self, NotMounted};
+use crate::deferred::{self, Mark, Pending, Record};
+use crate::escape;
+use crate::fs::{self, Meta, Obstacle};
+use crate::manifest::{self, Attrs, Entry, Kind, Manifest, Owner, Storage};
+use crate::mode;
+use crate::owner::{Db, Resolver};
+use crate::report;
+
+/// Which side of the bind mount a directory is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Below the storage directory: the bind mount's source.
+    Storage,
+    /// On the root: the mount point.
+    Root,
+}
+
+/// One directory the plan makes or finishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dir {
+    pub side: Side,
+    /// Absolute, below the side's base (the storage directory, or the root).
+    pub path: String,
+    pub attrs: Attrs,
+    /// Resolved ids; `None` while the name cannot be resolved, so the owner is deferred.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The entry's own directory, not one of its parents.
+    pub own: bool,
+}
+
+impl Dir {
+    pub fn deferred(&self) -> bool {
+        self.uid.is_none() || self.gid.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// Make a missing directory, appearing only with its final owner and mode.
+    Mkdir,
+    /// Give a directory made earlier with a deferred owner its owner, now that it resolves.
+    GiveOwner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub dir: Dir,
+}
+
+/// Why an entry or storage cannot be completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    Symlink {
+        path: String,
+        target: String,
+    },
+    NotADirectory {
+        path: String,
+    },
+    Errno {
+        action: &'static str,
+        path: String,
+        errno: Errno,
+    },
+    Replaced {
+        path: String,
+    },
+    Leftover {
+        path: String,
+    },
+}
+
+impl Problem {
+    pub fn path(&self) -> &str {
+        match self {
+            Problem::Symlink { path, .. }
+            | Problem::NotADirectory { path }
+            | Problem::Errno { path, .. }
+            | Problem::Replaced { path }
+            | Problem::Leftover { path } => path,
+        }
+    }
+
+    /// What went wrong and why, and the fix; paths are escaped for one line.
+    pub fn explain(&self) -> (String, String) {
+        let shown = escape::text(self.path());
+        match self {
+            Problem::Symlink { target, .. } => (
+                format!(
+                    "{shown} is a symlink (-> {target}); persist-prep follows no symlink below a storage or on the root side of a bind mount, so that no link can steer a mkdir or chown outside"
+                ),
+                "replace the symlink with a real directory (or remove it), or declare the entry at the place the link points to".into(),
+            ),
+            Problem::NotADirectory { .. } => (
+                format!("{shown} exists but is not a directory"),
+                "move the file away (persist-prep never replaces anything), then run `persist-prep apply` again".into(),
+            ),
+            Problem::Errno { action, errno, .. } => (
+                format!("cannot {action} {shown}: {}", report::errno_words(*errno)),
+                report::errno_fix(*errno).into(),
+            ),
+            Problem::Replaced { .. } => (
+                format!("{shown} changed while persist-prep was creating it (it is not the directory just made)"),
+                "find out what else writes there during boot, then run `persist-prep apply` again".into(),
+            ),
+            Problem::Leftover { .. } => (
+                format!("{shown}, left by an interrupted persist-prep run, is not an empty directory, so it was not removed"),
+                "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
+            ),
+        }
+    }
+
+    /// The state name reports give it.
+    pub fn state(&self) -> EntryStateName {
+        match self {
+            Problem::Symlink { .. } => EntryStateName::Symlink,
+            Problem::NotADirectory { .. } => EntryStateName::NotADirectory,
+            _ => EntryStateName::Error,
+        }
+    }
+}
+
+/// Where an entry stands, before and after execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryState {
+    Present,
+    /// Something is missing: the actions make it.
+    Missing,
+    /// Made by this run.
+    Created,
+    /// Exists with another owner or mode; never changed.
+    Drift {
+        declared: String,
+        actual: String,
+    },
+    /// Made root-owned because its owner does not resolve yet; actions give it when it does.
+    Deferred,
+    /// Its deferred owner was given by this run.
+    Finished,
+    /// Exists, but its owner names cannot be resolved, so it cannot be judged.
+    Unresolvable(String),
+    Failed(Problem),
+    Skipped(Skip),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skip {
+    StorageNotMounted,
+    StorageError,
+}
+
+/// The names states have in the table and the JSON document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryStateName {
+    Ok,
+    Present,
+    Missing,
+    WouldCreate,
+    Created,
+    Drift,
+    Deferred,
+    Finished,
+    OwnerUnresolvable,
+    Symlink,
+    NotADirectory,
+    Error,
+    StorageNotMounted,
+    StorageError,
+}
+
+#[derive(Debug)]
+pub struct EntryPlan<'m> {
+    pub entry: &'m Entry,
+    pub state: EntryState,
+    pub actions: Vec<Action>,
+    /// Owner and mode of the existing source directory.
+    pub actual: Option<Meta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageState {
+    Ok,
+    /// The storage directory is missing; `create` makes it.
+    Missing,
+    Created,
+    NotMounted(NotMounted),
+    Failed(Problem),
+}
+
+/// The storage directory's missing part: made root root 0755 below its deepest existing
+/// ancestor, which is resolved inside the root as the storage path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageCreate {
+    pub base: String,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct StoragePlan<'m> {
+    pub storage: &'m Storage,
+    pub state: StorageState,
+    pub create: Option<StorageCreate>,
+    pub entries: Vec<EntryPlan<'m>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan<'m> {
+    pub storages: Vec<StoragePlan<'m>>,
+    /// Directories still waiting for an owner that does not resolve yet; `finish` takes them.
+    pub pending: Vec<Pending>,
+    /// Sides (a storage, or `None` for the root) whose pending mark made the planner look
+    /// everywhere; the mark goes once nothing there waits any more.
+    pub deep_sides: Vec<Option<String>>,
+}
+
+/// One directory a walk opened, kept for the next entry, which usually shares it.
+struct Link {
+    prefix: String,
+    fd: OwnedFd,
+}
+
+/// How a walk ended.
+enum Walked {
+    /// The directory exists; it is the last link of the side's chain.
+    Exists,
+    /// Missing from this prefix on (it is already planned when it is in `planned`).
+    MissingFrom(String),
+}
+
+pub struct Planner<'a> {
+    root: BorrowedFd<'a>,
+    pub root_display: String,
+    pub resolver: Resolver<'a>,
+    record: &'a Record,
+    planned: [HashSet<String>; 2],
+    chains: [Vec<Link>; 2],
+    /// A side whose base carries the mark of deferred owners left by an earlier run: every
+    /// existing directory on it is looked at, not only the entries' own.
+    deep: [bool; 2],
+    pending: Vec<Pending>,
+    deep_sides: Vec<Option<String>>,
+}
+
+fn index(side: Side) -> usize {
+    match side {
+        Side::Storage => 0,
+        Side::Root => 1,
+    }
+}
+
+/// The directory an entry needs: itself, or a file's parent.
+pub fn dirs_of(entry: &Entry) -> &str {
+    match entry.kind {
+        Kind::Directory => entry.path.as_str(),
+        Kind::File => {
+            entry.path.rsplit_once('/').map_or(
+                "/",
+                |(parent, _)| if parent.is_empty() { "/" } else { parent },
+            )
+        }
+    }
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(root: BorrowedFd<'a>, root_display: String, record: &'a Record) -> Self {
+        Planner {
+            root,
+            root_display,
+            resolver: Resolver::new(root),
+            record,
+            planned: [HashSet::new(), HashSet::new()],
+            chains: [Vec::new(), Vec::new()],
+            deep: [false, deep_marked(root)],
+            pending: Vec::new(),
+            deep_sides: Vec::new(),
+        }
+    }
+
+    pub fn plan<'m>(mut self, manifest: &'m Manifest) -> (Plan<'m>, Resolver<'a>) {
+        let storages = manifest.storages.iter().map(|s| self.storage(s)).collect();
+        if self.deep[1] {
+            self.deep_sides.push(None);
+        }
+        let plan = Plan {
+            storages,
+            pending: std::mem::take(&mut self.pending),
+            deep_sides: std::mem::take(&mut self.deep_sides),
+        };
+        (plan, self.resolver)
+    }
+
+    fn storage<'m>(&mut self, storage: &'m Storage) -> StoragePlan<'m> {
+        self.chains[0].clear();
+        self.chains[1].clear();
+        self.planned[0].clear();
+        let mut plan = StoragePlan {
+            storage,
+            state: StorageState::Ok,
+            create: None,
+            entries: Vec::new(),
+        };
+        if let Some(mount_point) = &storage.mount_point {
+            if let Err(why) = volume::check(self.root, storage, mount_point) {
+                plan.state = StorageState::NotMounted(why);
+                plan.entries = skipped(storage, Skip::StorageNotMounted);
+                return plan;
+            }
+        }
+        let storage_fd = match self.storage_dir(storage) {
+            Ok(Ok(fd)) => Some(fd),
+            Ok(Err(create)) => {
+                plan.state = StorageState::Missing;
+                plan.create = Some(create);
+                None
+            }
+            Err(problem) => {
+                plan.state = StorageState::Failed(problem);
+                plan.entries = skipped(storage, Skip::StorageError);
+                return plan;
+            }
+        };
+        self.deep[0] = storage_fd.as_ref().is_some_and(deep_marked);
+        if self.deep[0] {
+            self.deep_sides.push(Some(storage.path.clone()));
+        }
+        if storage_fd.is_some() {
+            self.resolver.add_storage(&storage.path);
+        }
+        let declared: HashMap<&str, &Attrs> = storage
+            .entries
+            .iter()
+            .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
+            .collect();
+        for entry in &storage.entries {
+            let e = self.entry(
+                storage,
+                storage_fd.as_ref().map(AsFd::as_fd),
+                entry,
+                &declared,
+            );
+            plan.entries.push(e);
+        }
+        plan
+    }
+
+    /// Opens the storage directory (`Ok(Ok)`), or says what to create (`Ok(Err)`).
+    fn storage_dir(&self, storage: &Storage) -> Result<Result<OwnedFd, StorageCreate>, Problem> {
+        match fs::open_in_root(self.root, &storage.path) {
+            Ok(fd) => return Ok(Ok(fd)),
+            Err(Errno::NOENT) => {}
+            Err(errno) => return Err(self.obstacle_in_root(&storage.path, errno)),
+        }
+        let mut base = storage.path.as_str();
+        let mut names = Vec::new();
+        let parent = loop {
+            let (parent, name) = base.rsplit_once('/').unwrap_or(("", base));
+            names.push(name.to_owned());
+            let parent = if parent.is_empty() { "/" } else { parent };
+            match fs::open_in_root(self.root, parent) {
+                Ok(fd) => break (parent, fd, name),
+                Err(Errno::NOENT) if parent != "/" => base = parent,
+                Err(errno) => return Err(self.obstacle_in_root(parent, errno)),
+            }
+        };
+        let (base, fd, first) = parent;
+        // A dangling symlink where the first missing part should be would make mkdir fail.
+        if let Err(errno) = fs::open_child_path(&fd, first) {
+            if errno != Errno::NOENT {
+                let shown = self.shown_in_root(&format!("{}/{first}", base.trim_end_matches('/')));
+                return Err(match fs::diagnose(&fd, first, errno) {
+                    Obstacle::Symlink(target) => Problem::Symlink {
+                        path: shown,
+                        target,
+                    },
+                    _ => Problem::Errno {
+                        action: "open",
+                        path: shown,
+                        errno,
+                    },
+                });
+            }
+        }
+        names.reverse();
+        Ok(Err(StorageCreate {
+            base: base.to_owned(),
+            names,
+        }))
+    }
+
+    fn obstacle_in_root(&self, path: &str, errno: Errno) -> Problem {
+        let shown = self.shown_in_root(path);
+        if errno == Errno::NOTDIR {
+            Problem::NotADirectory { path: shown }
+        } else {
+            Problem::Errno {
+                action: "open",
+                path: shown,
+                errno,
+            }
+        }
+    }
+
+    fn shown_in_root(&self, path: &str) -> String {
+        format!("{}{path}", self.root_display)
+    }
+
+    pub fn shown(&self, storage: &str, side: Side, path: &str) -> String {
+        match side {
+            Side::Storage => format!("{}{storage}{path}", self.root_display),
+            Side::Root => format!("{}{path}", self.root_display),
+        }
+    }
+
+    fn entry<'m>(
+        &mut self,
+        storage: &'m Storage,
+        storage_fd: Option<BorrowedFd<'_>>,
+        entry: &'m Entry,
+        declared: &HashMap<&str, &Attrs>,
+    ) -> EntryPlan<'m> {
+        let mut plan = EntryPlan {
+            entry,
+            state: EntryState::Present,
+            actions: Vec::new(),
+            actual: None,
+        };
+        let dirs = dirs_of(entry);
+        let attrs_of = |prefix: &str| -> Attrs {
+            declared
+                .get(prefix)
+                .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
+        };
+        let exists = match self.side(
+            storage,
+            Side::Storage,
+            storage_fd,
+            dirs,
+            entry,
+            &attrs_of,
+            &mut plan,
+        ) {
+            Ok(exists) => exists,
+            Err(problem) => {
+                plan.state = EntryState::Failed(problem);
+                return plan;
+            }
+        };
+        // The mount point takes the source's actual owner and mode, as impermanence does.
+        let mut source_attrs = None;
+        if entry.kind == Kind::Directory && exists {
+            match self.judge(storage, entry, &mut plan) {
+                Ok(meta) => source_attrs = Some(attrs_of_meta(meta)),
+                Err(errno) => {
+                    plan.state = EntryState::Failed(Problem::Errno {
+                        action: "stat",
+                        path: self.shown(&storage.path, Side::Storage, &entry.path),
+                        errno,
+                    });
+                    return plan;
+                }
+            }
+        }
+        let root_attrs_of = |prefix: &str| -> Attrs {
+            match &source_attrs {
+                Some(attrs) if prefix == entry.path => attrs.clone(),
+                _ => attrs_of(prefix),
+            }
+        };
+        let root = self.root;
+        if let Err(problem) = self.side(
+            storage,
+            Side::Root,
+            Some(root),
+            dirs,
+            entry,
+            &root_attrs_of,
+            &mut plan,
+        ) {
+            plan.state = EntryState::Failed(problem);
+            return plan;
+        }
+        if plan.state == EntryState::Present
+            && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
+        {
+            plan.state = EntryState::Missing;
+        }
+        plan
+    }
+
+    /// Walks one side and plans what is missing. Returns the entry's directory when it exists.
+    #[allow(clippy::too_many_arguments)]
+    fn side(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        base: Option<BorrowedFd<'_>>,
+        dirs: &str,
+        entry: &Entry,
+        attrs_of: &dyn Fn(&str) -> Attrs,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<bool, Problem> {
+        let walked = match base {
+            Some(_) if dirs == "/" => Walked::Exists,
+            Some(base) => self.walk(storage, side, base, dirs, entry, plan)?,
+            None => Walked::MissingFrom(first_component(dirs)),
+        };
+        match walked {
+            Walked::Exists => Ok(true),
+            Walked::MissingFrom(from) => {
+                self.plan_from(side, &from, dirs, entry, attrs_of, plan);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Opens `dirs` below `base` without following a symlink, reusing what the previous
+    /// entry opened; on a marked side every existing component is looked at.
+    fn walk(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        base: BorrowedFd<'_>,
+        dirs: &str,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<Walked, Problem> {
+        if let Some(from) = self.planned_from(side, dirs) {
+            return Ok(Walked::MissingFrom(from));
+        }
+        let i = index(side);
+        let mut chain = std::mem::take(&mut self.chains[i]);
+        let shared = chain
+            .iter()
+            .take_while(|link| manifest::contains(&link.prefix, dirs))
+            .count();
+        chain.truncate(shared);
+        let result = self.walk_chain(storage, side, base, &mut chain, dirs, entry, plan);
+        self.chains[i] = chain;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_chain(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        base: BorrowedFd<'_>,
+        chain: &mut Vec<Link>,
+        dirs: &str,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<Walked, Problem> {
+        let mut prefix = chain.last().map_or(String::new(), |l| l.prefix.clone());
+        if prefix == dirs {
+            return Ok(Walked::Exists);
+        }
+        let rest = dirs[prefix.len()..].to_owned();
+        let deep = self.deep[index(side)];
+        if !deep {
+            // The common case on every boot after the first: everything is there, one call.
+            let from = chain.last().map_or(base, |l| l.fd.as_fd());
+            if let Ok(fd) = fs::open_beneath(from, &rest) {
+                chain.push(Link {
+                    prefix: dirs.to_owned(),
+                    fd,
+                });
+                return Ok(Walked::Exists);
+            }
+        }
+        for name in rest.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(name);
+            let parent = chain.last().map_or(base, |l| l.fd.as_fd());
+            match fs::open_child_path(parent, name) {
+                Ok(fd) => {
+                    if deep {
+                        self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
+                    }
+                    chain.push(Link {
+                        prefix: prefix.clone(),
+                        fd,
+                    });
+                }
+                Err(errno) => {
+                    return match fs::diagnose(parent, name, errno) {
+                        Obstacle::Missing => Ok(Walked::MissingFrom(prefix)),
+                        obstacle => Err(self.obstacle(storage, obstacle, side, &prefix, errno)),
+                    };
+                }
+            }
+        }
+        Ok(Walked::Exists)
+    }
+
+    /// The first component of `dirs` that a previous entry already planned, if any.
+    fn planned_from(&self, side: Side, dirs: &str) -> Option<String> {
+        let planned = &self.planned[index(side)];
+        if planned.is_empty() {
+            return None;
+        }
+        let mut prefix = String::new();
+        for name in dirs.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(name);
+            if planned.contains(&prefix) {
+                return Some(prefix);
+            }
+        }
+        None
+    }
+
+    fn obstacle(
+        &self,
+        storage: &Storage,
+        obstacle: Obstacle,
+        side: Side,
+        prefix: &str,
+        errno: Errno,
+    ) -> Problem {
+        let path = self.shown(&storage.path, side, prefix);
+        match obstacle {
+            Obstacle::Symlink(target) => Problem::Symlink { path, target },
+            Obstacle::NotADirectory => Problem::NotADirectory { path },
+            Obstacle::Missing | Obstacle::Other => Problem::Errno {
+                action: "open",
+                path,
+                errno,
+            },
+        }
+    }
+
+    /// Plans every directory from `from` down to `dirs` that no earlier entry planned.
+    fn plan_from(
+        &mut self,
+        side: Side,
+        from: &str,
+        dirs: &str,
+        entry: &Entry,
+        attrs_of: &dyn Fn(&str) -> Attrs,
+        plan: &mut EntryPlan<'_>,
+    ) {
+        let mut path = from.to_owned();
+        loop {
+            if self.planned[index(side)].insert(path.clone()) {
+                let attrs = attrs_of(&path);
+                let uid = self.resolver.resolve(&attrs.user, Db::User);
+                let gid = self.resolver.resolve(&attrs.group, Db::Group);
+                plan.actions.push(Action {
+                    kind: ActionKind::Mkdir,
+                    dir: Dir {
+                        side,
+                        path: path.clone(),
+                        attrs,
+                        uid,
+                        gid,
+                        own: entry.kind == Kind::Directory && path == dirs,
+                    },
+                });
+            }
+            if path.len() >= dirs.len() {
+                break;
+            }
+            let rest = &dirs[path.len() + 1..];
+            path.push('/');
+            path.push_str(rest.split('/').next().unwrap_or(rest));
+        }
+    }
+
+    /// Compares an existing source, the last link of the storage side, with its declaration.
+    fn judge(
+        &mut self,
+        storage: &Storage,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<Meta, Errno> {
+        let fd = &self.chains[0].last().ok_or(Errno::NOENT)?.fd;
+        let meta = fs::meta(fd)?;
+        plan.actual = Some(meta);
+        let Some(attrs) = &entry.attrs else {
+            return Ok(meta);
+        };
+        let uid = self.resolver.resolve(&attrs.user, Db::User);
+        let gid = self.resolver.resolve(&attrs.group, Db::Group);
+        if uid == Some(meta.uid) && gid == Some(meta.gid) && meta.mode == attrs.mode {
+            return Ok(meta);
+        }
+        // Rare from here on: a handle of its own, so that the chain can be borrowed again.
+        let fd = self.chains[0]
+            .last()
+            .ok_or(Errno::NOENT)?
+            .fd
+            .try_clone()
+            .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+        if self.look_for_mark(storage, Side::Storage, &entry.path, &fd, entry, plan) {
+            return Ok(meta);
+        }
+        if self.recorded(storage, &entry.path, &fd, meta) {
+            plan.state = EntryState::Deferred;
+            return Ok(meta);
+        }
+        let owner_differs =
+            uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
+        plan.state = if owner_differs || meta.mode != attrs.mode {
+            EntryState::Drift {
+                declared: format!(
+                    "{}:{} ({}:{}) {}",
+                    escape::text(&attrs.user.name),
+                    escape::text(&attrs.group.name),
+                    uid.map_or("?".into(), |u| u.to_string()),
+                    gid.map_or("?".into(), |g| g.to_string()),
+                    mode::display(attrs.mode)
+                ),
+                actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
+            }
+        } else {
+            EntryState::Unresolvable(unresolved_names(attrs, uid, gid))
+        };
+        Ok(meta)
+    }
+
+    /// True when this run's record (file systems without marks) lists the very directory.
+    fn recorded(&self, storage: &Storage, path: &str, fd: &OwnedFd, meta: Meta) -> bool {
+        self.record.pending.iter().any(|p| {
+            p.storage.as_deref() == Some(storage.path.as_str())
+                && p.path == path
+                && p.same_directory(meta, fs::birth(fd))
+        })
+    }
+
+    /// Looks for the mark of a deferred owner on an existing directory. A marked directory
+    /// gets its owner planned when the name resolves now, else it is recorded for `finish`.
+    fn look_for_mark(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        path: &str,
+        fd: &OwnedFd,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> bool {
+        let Ok(meta) = fs::meta(fd) else { return false };
+        let Some(mark) = deferred::read_mark(fd) else {
+            return false;
+        };
+        let attrs = Attrs {
+            user: Owner {
+                name: mark.user.clone(),
+                id: mark.uid,
+            },
+            group: Owner {
+                name: mark.group.clone(),
+                id: mark.gid,
+            },
+            mode: mark.mode,
+        };
+        let uid = self.resolver.resolve(&attrs.user, Db::User);
+        let gid = self.resolver.resolve(&attrs.group, Db::Group);
+        plan.state = EntryState::Deferred;
+        let dir = Dir {
+            side,
+            path: path.to_owned(),
+            attrs,
+            uid,
+            gid,
+            own: entry.kind == Kind::Directory && path == entry.path,
+        };
+        if dir.deferred() {
+            self.pending
+                .push(pending_of(storage, &dir, entry, &mark, meta, fs::birth(fd)));
+        } else {
+            plan.actions.push(Action {
+                kind: ActionKind::GiveOwner,
+                dir,
+            });
+        }
+        true
+    }
+}
+
+/// A side's base carries the mark that an earlier run left deferred owners on it.
+fn deep_marked(fd: impl AsFd) -> bool {
+    fs::reopen(fd)
+        .ok()
+        .and_then(|fd| fs::get_mark(&fd, deferred::PENDING_MARK).ok().flatten())
+        .is_some()
+}
+
+fn first_component(dirs: &str) -> String {
+    let first = dirs.split('/').find(|c| !c.is_empty()).unwrap_or_default();
+    format!("/{first}")
+}
+
+fn skipped(storage: &Storage, why: Skip) -> Vec<EntryPlan<'_>> {
+    storage
+        .entries
+        .iter()
+        .map(|entry| EntryPlan {
+            entry,
+            state: EntryState::Skipped(why),
+            actions: Vec::new(),
+            actual: None,
+        })
+        .collect()
+}
+
+fn attrs_of_meta(meta: Meta) -> Attrs {
+    Attrs {
+        user: Owner {
+            name: meta.uid.to_string(),
+            id: Some(meta.uid),
+        },
+        group: Owner {
+            name: meta.gid.to_string(),
+            id: Some(meta.gid),
+        },
+        mode: meta.mode,
+    }
+}
+
+pub fn pending_of(
+    storage: &Storage,
+    dir: &Dir,
+    entry: &Entry,
+    mark: &Mark,
+    meta: Meta,
+    birth: Option<u128>,
+) -> Pending {
+    Pending {
+        storage: match dir.side {
+            Side::Storage => Some(storage.path.clone()),
+            Side::Root => None,
+        },
+        path: dir.path.clone(),
+        entry: entry.describe().to_string(),
+        user: mark.user.clone(),
+        group: mark.group.clone(),
+        uid: mark.uid,
+        gid: mark.gid,
+        mode: mark.mode,
+        dev: meta.dev,
+        ino: meta.ino,
+        birth,
+        marked: true,
+    }
+}
+
+fn unresolved_names(attrs: &Attrs, uid: Option<u32>, gid: Option<u32>) -> String {
+    let mut names = Vec::new();
+    if uid.is_none() {
+        names.push(format!("user \"{}\"", escape::text(&attrs.user.name)));
+    }
+    if gid.is_none() {
+        names.push(format!("group \"{}\"", escape::text(&attrs.group.name)));
+    }
+    names.join(" and ")
+}

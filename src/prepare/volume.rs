@@ -1,0 +1,217 @@
+//! Is a storage really on its volume? Whatever is created under a storage whose volume is not
+//! there lands on the ephemeral root and is gone at the next boot, so this is asked before
+//! anything is created, for both sides of every entry of the storage.
+//!
+//! "The mount point is a mount point" is not enough: `/nix/persist` may be a symlink to a plain
+//! directory on the root, a bind mount of one, or `/nix` itself may be a bind mount of a
+//! directory on the root. So the storage, as it resolves, must sit on the mountPoint's mount or
+//! on a mount beneath it (by mount id), and not on the root's own file system (by device).
+
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+
+use crate::escape;
+use crate::fs;
+use crate::manifest::Storage;
+use crate::report;
+
+/// Why a storage counts as not mounted; each names the path that leads off the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotMounted {
+    /// The mountPoint does not exist.
+    Missing { mount_point: String },
+    /// The mountPoint is a plain directory.
+    NotAMountPoint { mount_point: String },
+    /// The mountPoint is a mount, but of the root's own file system (a bind mount).
+    RootFileSystem { mount_point: String },
+    /// Part of the storage path resolves to somewhere that is not below the mountPoint's mount.
+    OffVolume { path: String, link: Option<String> },
+    /// The storage path is on a mount beneath the mountPoint, but of the root's file system.
+    BindOfRoot { path: String },
+    /// The question itself failed.
+    Unknown { path: String, errno: Errno },
+}
+
+impl NotMounted {
+    /// What it is, in words, with paths shown under the root.
+    pub fn explain(&self, root: &str) -> String {
+        match self {
+            NotMounted::Missing { mount_point } => {
+                format!("{root}{} does not exist", escape::text(mount_point))
+            }
+            NotMounted::NotAMountPoint { mount_point } => {
+                format!("{root}{} is not a mount point", escape::text(mount_point))
+            }
+            NotMounted::RootFileSystem { mount_point } => format!(
+                "{root}{} is a mount of the root's own file system (a bind mount of a directory on it), not a volume of its own",
+                escape::text(mount_point)
+            ),
+            NotMounted::OffVolume {
+                path,
+                link: Some(target),
+            } => format!(
+                "{root}{} is a symlink to {target}, which leads off the volume",
+                escape::text(path)
+            ),
+            NotMounted::OffVolume { path, link: None } => format!(
+                "{root}{} is on another mount than the volume",
+                escape::text(path)
+            ),
+            NotMounted::BindOfRoot { path } => format!(
+                "{root}{} is a bind mount of a directory on the root's own file system",
+                escape::text(path)
+            ),
+            NotMounted::Unknown { path, errno } => format!(
+                "cannot tell whether {root}{} is on the volume ({})",
+                escape::text(path),
+                report::errno_words(*errno)
+            ),
+        }
+    }
+
+    /// The fix, for the cause at hand.
+    pub fn fix(&self, mount_point: &str) -> String {
+        let mp = escape::text(mount_point);
+        match self {
+            NotMounted::OffVolume { path, .. } | NotMounted::BindOfRoot { path } => format!(
+                "make {} a real directory on the volume mounted at {mp} (remove the symlink or bind mount that stands there), or change the storage's path",
+                escape::text(path)
+            ),
+            _ => format!(
+                "mount the volume at {mp} before persist-prep runs; on NixOS set fileSystems.\"{mp}\".neededForBoot = true"
+            ),
+        }
+    }
+}
+
+/// Checks a storage that declares a `mountPoint`.
+pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Result<(), NotMounted> {
+    let unknown = |path: &str, errno| NotMounted::Unknown {
+        path: path.to_owned(),
+        errno,
+    };
+    let mp = match fs::open_in_root(root, mount_point) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            return Err(NotMounted::Missing {
+                mount_point: mount_point.to_owned(),
+            });
+        }
+        Err(errno) => return Err(unknown(mount_point, errno)),
+    };
+    if !fs::is_mount_point(&mp).map_err(|e| unknown(mount_point, e))? {
+        return Err(NotMounted::NotAMountPoint {
+            mount_point: mount_point.to_owned(),
+        });
+    }
+    let (root_mount, root_dev) = fs::mount_of(root).map_err(|e| unknown("/", e))?;
+    let (mp_mount, mp_dev) = fs::mount_of(&mp).map_err(|e| unknown(mount_point, e))?;
+    if mount_point != "/" && mp_dev == root_dev {
+        return Err(NotMounted::RootFileSystem {
+            mount_point: mount_point.to_owned(),
+        });
+    }
+    let (deepest, fd) = deepest_existing(root, &storage.path).map_err(|e| unknown("/", e))?;
+    let (mount, dev) = fs::mount_of(&fd).map_err(|e| unknown(&deepest, e))?;
+    let beneath = match (mount, mp_mount) {
+        (Some(mount), Some(mp_mount)) => mount == mp_mount || is_beneath(mount, mp_mount),
+        // Before Linux 5.8 there are no mount ids: the device must be the volume's.
+        _ => dev == mp_dev,
+    };
+    if !beneath {
+        return Err(leads_off(root, &storage.path, &deepest));
+    }
+    if mount_point != "/" && (dev == root_dev || mount == root_mount) {
+        return Err(NotMounted::BindOfRoot { path: deepest });
+    }
+    Ok(())
+}
+
+/// The deepest ancestor of `path` (or `path` itself) that exists, resolved inside the root.
+fn deepest_existing(root: BorrowedFd<'_>, path: &str) -> Result<(String, OwnedFd), Errno> {
+    let mut prefix = path.to_owned();
+    loop {
+        if let Ok(fd) = fs::open_in_root(root, &prefix) {
+            return Ok((prefix, fd));
+        }
+        match prefix.rfind('/') {
+            Some(0) | None => break,
+            Some(cut) => prefix.truncate(cut),
+        }
+    }
+    Ok(("/".to_owned(), fs::open_in_root(root, "/")?))
+}
+
+/// Names the component of the storage path that leads off the volume: a symlink, or else the
+/// deepest existing part, which is on another mount.
+fn leads_off(root: BorrowedFd<'_>, path: &str, deepest: &str) -> NotMounted {
+    let mut dir = fs::open_in_root(root, "/").ok();
+    let mut prefix = String::new();
+    for name in path.split('/').filter(|c| !c.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(name);
+        let Some(parent) = dir.take() else { break };
+        match fs::open_child_path(&parent, name) {
+            Ok(fd) => dir = Some(fd),
+            Err(errno) => {
+                if let fs::Obstacle::Symlink(target) = fs::diagnose(&parent, name, errno) {
+                    return NotMounted::OffVolume {
+                        path: prefix,
+                        link: Some(target),
+                    };
+                }
+                break;
+            }
+        }
+    }
+    NotMounted::OffVolume {
+        path: deepest.to_owned(),
+        link: None,
+    }
+}
+
+/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`.
+fn is_beneath(id: u64, ancestor: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let parents = parse_mountinfo(&text);
+    let mut at = id;
+    for _ in 0..parents.len() {
+        match parents.get(&at) {
+            Some(&parent) if parent == ancestor => return true,
+            Some(&parent) if parent != at => at = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Mount id to parent mount id, from the first two fields of each mountinfo line.
+fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let parent = fields.next()?.parse().ok()?;
+            Some((id, parent))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parents() {
+        let map = parse_mountinfo(
+            "22 1 0:21 / / rw - tmpfs tmpfs rw\n30 22 8:1 / /nix rw - ext4 /dev/vda rw\n31 30 8:1 /persist /nix/persist rw - ext4 /dev/vda rw\nbroken\n",
+        );
+        assert_eq!(map.get(&31), Some(&30));
+        assert_eq!(map.get(&30), Some(&22));
+        assert_eq!(map.len(), 3);
+    }
+}
