@@ -377,6 +377,9 @@ fn finish_one(
             return Outcome::Failed(format!("cannot stat it: {}", report::errno_words(errno)));
         }
     };
+    if (meta.uid, meta.gid, meta.mode) == (uid, gid, p.mode) {
+        return Outcome::Moot("it has its owner already; nothing to do".into());
+    }
     if p.storage.is_none() && fs::is_mount_point(&fd).unwrap_or(false) {
         return Outcome::Moot(
             "it is covered by its bind mount now, which shows the source; nothing to do".into(),

@@ -22,10 +22,18 @@ use crate::manifest::{Entry, Storage};
 struct Link {
     path: String,
     fd: Option<OwnedFd>,
+    traits: Traits,
+}
+
+/// What a parent directory means for the directories made in it.
+#[derive(Clone, Copy, Default)]
+struct Traits {
     /// New directories below it get exactly the owner and mode `mkdir` is given.
     plain: bool,
     /// Only root can write to it, so a name in it cannot be swapped under us.
     private: bool,
+    /// This run made it, so nothing an earlier run left can be in it.
+    fresh: bool,
 }
 
 pub struct Executor<'a> {
@@ -156,7 +164,7 @@ impl<'a> Executor<'a> {
                 own: false,
             };
             let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            self.make(pfd, parent.plain, parent.private, name, &dir, &shown(&path))?;
+            self.make(pfd, parent.traits, name, &dir, &shown(&path))?;
             let fd = fs::open_child(pfd, name).map_err(|errno| Problem::Errno {
                 action: "open",
                 path: shown(&path),
@@ -169,8 +177,11 @@ impl<'a> Executor<'a> {
             parent = Link {
                 path: path.clone(),
                 fd: Some(fd),
-                plain: parent.plain,
-                private: true,
+                traits: Traits {
+                    plain: parent.traits.plain,
+                    private: true,
+                    fresh: true,
+                },
             };
         }
         parent.fd.ok_or(Problem::Errno {
@@ -209,11 +220,12 @@ impl<'a> Executor<'a> {
                             errno,
                         })?;
                     }
-                    let (plain, private) = self
+                    let traits = self
                         .link(dir.side, at)
-                        .map_or((false, false), |l| (l.plain, l.private));
+                        .map(|l| l.traits)
+                        .unwrap_or_default();
                     let pfd = self.link_fd(dir.side, at);
-                    if let Some(made) = self.make(pfd, plain, private, name, dir, &shown)? {
+                    if let Some(made) = self.make(pfd, traits, name, dir, &shown)? {
                         let (storage, entry) = context;
                         let mut p = super::plan::pending_of(
                             storage,
@@ -229,8 +241,11 @@ impl<'a> Executor<'a> {
                     self.chains[index(dir.side)].push(Link {
                         path: dir.path.clone(),
                         fd: None,
-                        plain: plain && dir.attrs.mode & 0o2000 == 0,
-                        private: dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+                        traits: Traits {
+                            plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
+                            private: dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+                            fresh: true,
+                        },
                     });
                 }
                 ActionKind::GiveOwner => {
@@ -295,17 +310,33 @@ impl<'a> Executor<'a> {
 
     /// Makes one directory so that it appears with its final owner and mode; for a deferred
     /// owner, says what identifies it.
-    #[allow(clippy::too_many_arguments)]
     fn make(
         &self,
         parent: BorrowedFd<'_>,
-        plain: bool,
-        private: bool,
+        traits: Traits,
         name: &str,
         dir: &Dir,
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
-        let exact = plain
+        let tmp = temp_name(name);
+        if !traits.fresh {
+            // A killed run may have left its temporary directory here, whichever way this
+            // run makes the directory; it goes only if it is empty.
+            match fs::remove_empty(parent, &tmp) {
+                Ok(()) => log::info!(
+                    "removed {}, left empty by an interrupted persist-prep run",
+                    escape::text(&leftover_path(shown, &tmp))
+                ),
+                Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
+                    return Err(Problem::Leftover {
+                        path: leftover_path(shown, &tmp),
+                    });
+                }
+                // Nothing there, or a file system that refuses (read-only): mkdir says why.
+                Err(_) => {}
+            }
+        }
+        let exact = traits.plain
             && dir.uid == Some(self.euid)
             && dir.gid == Some(self.egid)
             && dir.attrs.mode & 0o6000 == 0;
@@ -314,9 +345,8 @@ impl<'a> Executor<'a> {
                 .map(|()| None)
                 .map_err(|errno| create_problem(shown, errno));
         }
-        let tmp = temp_name(name);
         Self::make_temp(parent, &tmp, shown)?;
-        let finished = if dir.deferred() || !private {
+        let finished = if dir.deferred() || !traits.private {
             self.finish_temp_by_handle(parent, &tmp, dir, shown)
         } else {
             let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
@@ -350,8 +380,7 @@ impl<'a> Executor<'a> {
             Err(Errno::EXIST) => {}
             other => return other.map_err(|errno| create_problem(shown, errno)),
         }
-        let (dir, _) = shown.rsplit_once('/').unwrap_or(("", shown));
-        let leftover = format!("{dir}/{tmp}");
+        let leftover = leftover_path(shown, tmp);
         fs::remove_empty(parent, tmp).map_err(|_| Problem::Leftover {
             path: leftover.clone(),
         })?;
@@ -451,8 +480,11 @@ fn existing(path: &str, fd: OwnedFd) -> Link {
     Link {
         path: path.to_owned(),
         fd: Some(fd),
-        plain,
-        private,
+        traits: Traits {
+            plain,
+            private,
+            fresh: false,
+        },
     }
 }
 
@@ -492,6 +524,12 @@ fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Res
         path: shown.to_owned(),
         errno,
     })
+}
+
+/// Where the temporary directory for `shown` stands, for messages.
+fn leftover_path(shown: &str, tmp: &str) -> String {
+    let (dir, _) = shown.rsplit_once('/').unwrap_or(("", shown));
+    format!("{dir}/{tmp}")
 }
 
 fn create_problem(shown: &str, errno: Errno) -> Problem {

@@ -187,8 +187,24 @@ fn save_pending(
     made: Vec<deferred::Pending>,
 ) -> bool {
     let found = std::mem::take(&mut plan.pending);
-    if made.is_empty() && found.is_empty() && plan.deep_sides.is_empty() {
+    let gave = plan
+        .storages
+        .iter()
+        .flat_map(|s| &s.entries)
+        .any(|e| e.state == plan::EntryState::Finished);
+    if made.is_empty() && found.is_empty() && plan.deep_sides.is_empty() && !gave {
         return true;
+    }
+    // Directories this run gave their owner need no finishing any more.
+    for s in &plan.storages {
+        for a in s.entries.iter().flat_map(|e| &e.actions) {
+            if a.kind == plan::ActionKind::GiveOwner {
+                let storage = (a.dir.side == plan::Side::Storage).then(|| s.storage.path.clone());
+                record
+                    .pending
+                    .retain(|p| !(p.storage == storage && p.path == a.dir.path));
+            }
+        }
     }
     deferred::merge(&mut record, found);
     deferred::merge(&mut record, made);

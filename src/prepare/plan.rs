@@ -709,7 +709,13 @@ impl<'a> Planner<'a> {
             .fd
             .try_clone()
             .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
-        if self.look_for_mark(storage, Side::Storage, &entry.path, &fd, entry, plan) {
+        // On a marked side the walk has looked at this directory already.
+        if !self.deep[0]
+            && self.look_for_mark(storage, Side::Storage, &entry.path, &fd, entry, plan)
+        {
+            return Ok(meta);
+        }
+        if plan.state == EntryState::Deferred {
             return Ok(meta);
         }
         if self.recorded(storage, &entry.path, &fd, meta) {
