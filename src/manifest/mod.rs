@@ -81,8 +81,20 @@ impl std::fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = self.0;
         match &e.origin {
-            Some(origin) => write!(f, "{} {} (from {origin})", e.kind.as_str(), e.path),
-            None => write!(f, "{} {} ({})", e.kind.as_str(), e.path, e.location),
+            Some(origin) => write!(
+                f,
+                "{} {} (from {})",
+                e.kind.as_str(),
+                crate::escape::text(&e.path),
+                crate::escape::text(origin)
+            ),
+            None => write!(
+                f,
+                "{} {} ({})",
+                e.kind.as_str(),
+                crate::escape::text(&e.path),
+                e.location
+            ),
         }
     }
 }

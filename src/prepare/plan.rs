@@ -518,7 +518,7 @@ impl<'a> Planner<'a> {
         plan: &mut EntryPlan<'_>,
     ) -> Result<bool, Problem> {
         let walked = match base {
-            Some(_) if dirs == "/" => Walked::Exists,
+            _ if dirs == "/" => Walked::Exists,
             Some(base) => self.walk(storage, side, base, dirs, entry, plan)?,
             None => Walked::MissingFrom(first_component(dirs)),
         };

@@ -1,0 +1,201 @@
+//! Deferred owners survive an interrupted boot, `finish` touches only what persist-prep made,
+//! and two runs at once neither interleave nor lose each other's records.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{BIN, Scratch, exists, require_root, stat};
+
+const SVC: &str = r#"{"version":1,"storages":[{"path":"/persist","directories":[
+  {"path":"/var/lib/svc","user":"svc","group":"svc","mode":"0750"}]}]}"#;
+
+fn add_svc_user(s: &Scratch) {
+    let etc = s.root().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "svc:x:4001:4001::/:/bin/false\n").unwrap();
+    std::fs::write(etc.join("group"), "svc:x:4001:\n").unwrap();
+}
+
+/// What a reboot of an impermanent machine takes: `/run` and the tmpfs root's mount points.
+fn reboot(s: &Scratch) {
+    std::fs::remove_dir_all(s.state()).unwrap();
+    std::fs::create_dir_all(s.state()).unwrap();
+    std::fs::remove_dir_all(s.root().join("var")).unwrap();
+}
+
+#[test]
+fn an_owner_deferred_on_a_boot_cut_short_arrives_on_a_later_boot() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("interrupted");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    assert_eq!(stat(&source), (0o750, 0, 0));
+    // Two boots cut short before finish: the record in /run is gone each time.
+    for _ in 0..2 {
+        reboot(&s);
+        let run = s.run(&["apply", "--json"]);
+        run.assert_code(0);
+        assert_eq!(
+            run.json()["entries"][0]["state"],
+            "deferred",
+            "{}",
+            run.stderr
+        );
+        assert!(s.state().join("deferred.json").exists(), "{}", run.stderr);
+    }
+    add_svc_user(&s);
+    s.run(&["finish"]).assert_code(0);
+    assert_eq!(stat(&source), (0o750, 4001, 4001));
+    s.run(&["check"]).assert_code(0);
+}
+
+#[test]
+fn an_owner_that_resolves_in_the_initrd_of_a_later_boot_is_given_by_apply() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("interrupted-map");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    reboot(&s);
+    // The next boot knows the name from the NixOS id maps kept in the storage.
+    let nixos = s.root().join("persist/var/lib/nixos");
+    std::fs::create_dir_all(&nixos).unwrap();
+    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
+    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(0);
+    let doc = run.json();
+    assert_eq!(doc["entries"][0]["state"], "finished", "{doc}");
+    assert_eq!(
+        doc["entries"][0]["actions"][0]["action"], "give-owner",
+        "{doc}"
+    );
+    assert_eq!(
+        stat(s.root().join("persist/var/lib/svc")),
+        (0o750, 4001, 4001)
+    );
+    // Nothing waits any more: no record, and the storage's pending mark is gone.
+    assert!(!s.state().join("deferred.json").exists());
+    s.run(&["finish"]).assert_code(0);
+    s.run(&["check"]).assert_code(0);
+}
+
+#[test]
+fn finish_leaves_alone_a_directory_made_anew_on_a_reused_inode() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("reused-inode");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    std::fs::remove_dir(&source).unwrap();
+    // Made again at once: on tmpfs and ext4 it usually gets the very same inode number.
+    std::fs::create_dir(&source).unwrap();
+    add_svc_user(&s);
+    let run = s.run(&["finish"]);
+    assert!(
+        run.stderr
+            .contains("not the directory persist-prep created"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        stat(&source).1,
+        0,
+        "finish chowned a directory it did not make"
+    );
+}
+
+#[test]
+fn a_run_waits_for_the_one_holding_the_lock() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("locked");
+    s.manifest(SVC);
+    let mut holder = Command::new("flock")
+        .arg(s.root())
+        .args(["sleep", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let run = s.run(&["apply"]);
+    holder.wait().unwrap();
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("waiting for another persist-prep run"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed().as_millis() >= 500, "apply did not wait");
+}
+
+#[test]
+fn two_runs_at_once_keep_both_records() {
+    if !require_root() {
+        return;
+    }
+    for round in 0..10 {
+        let s = Scratch::new(&format!("double-{round}"));
+        let entries = |prefix: &str| {
+            (0..40)
+                .map(|i| format!(r#"{{"path":"/{prefix}/d{i}","user":"u{prefix}{i}","group":"g","mode":"0700"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let write = |name: &str, prefix: &str| {
+            let path = s.dir.join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{}]}}]}}"#,
+                    entries(prefix)
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let (a, b) = (write("a.json", "a"), write("b.json", "b"));
+        let spawn = |manifest: &std::path::Path| {
+            Command::new(BIN)
+                .arg("apply")
+                .arg("--manifest")
+                .arg(manifest)
+                .arg("--root")
+                .arg(s.root())
+                .arg("--state-dir")
+                .arg(s.state())
+                .env("PERSIST_PREP_LOG", "error")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (pa, pb) = (spawn(&a), spawn(&b));
+        let (oa, ob) = (
+            pa.wait_with_output().unwrap(),
+            pb.wait_with_output().unwrap(),
+        );
+        assert!(oa.status.success() && ob.status.success(), "{oa:?} {ob:?}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap())
+                .unwrap();
+        let storage_side = record["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["storage"] == "/persist")
+            .count();
+        assert_eq!(
+            storage_side, 80,
+            "round {round}: a run lost the other's records"
+        );
+        assert!(exists(s.root().join("persist/a/d39")) && exists(s.root().join("persist/b/d39")));
+    }
+}
