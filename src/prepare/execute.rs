@@ -25,6 +25,14 @@ struct Link {
     traits: Traits,
 }
 
+/// Where a directory is: the link whose handle reaches it, and the path from there.
+struct Located {
+    at: Option<usize>,
+    /// Empty, or names ending in `/`.
+    rel: String,
+    traits: Traits,
+}
+
 /// What a parent directory means for the directories made in it.
 #[derive(Clone, Copy, Default)]
 struct Traits {
@@ -164,7 +172,7 @@ impl<'a> Executor<'a> {
                 own: false,
             };
             let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            self.make(pfd, parent.traits, name, &dir, &shown(&path))?;
+            self.make(pfd, "", parent.traits, name, &dir, &shown(&path))?;
             let fd = fs::open_child(pfd, name).map_err(|errno| Problem::Errno {
                 action: "open",
                 path: shown(&path),
@@ -220,12 +228,9 @@ impl<'a> Executor<'a> {
                             errno,
                         })?;
                     }
-                    let traits = self
-                        .link(dir.side, at)
-                        .map(|l| l.traits)
-                        .unwrap_or_default();
-                    let pfd = self.link_fd(dir.side, at);
-                    if let Some(made) = self.make(pfd, traits, name, dir, &shown)? {
+                    let traits = at.traits;
+                    let pfd = self.link_fd(dir.side, at.at);
+                    if let Some(made) = self.make(pfd, &at.rel, traits, name, dir, &shown)? {
                         let (storage, entry) = context;
                         let mut p = super::plan::pending_of(
                             storage,
@@ -249,8 +254,8 @@ impl<'a> Executor<'a> {
                     });
                 }
                 ActionKind::GiveOwner => {
-                    let pfd = self.link_fd(dir.side, at);
-                    give_owner(pfd, name, dir, &shown)?;
+                    let pfd = self.link_fd(dir.side, at.at);
+                    give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
                     log::info!(
                         "gave {} its deferred owner {}:{}",
                         escape::text(&shown),
@@ -263,10 +268,18 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Finds (or opens) the link for `path` on a side: `None` is the side's base.
-    fn parent(&mut self, side: Side, path: &str, shown: &str) -> Result<Option<usize>, Problem> {
+    /// Finds the directory `path` on a side, as a handle plus a path relative to it. A
+    /// directory this run made private (root-owned, writable by root alone) is not opened:
+    /// what lies below it is reached through it by name, since no one else can have put a
+    /// link there. That saves an open and a close per directory on a first boot.
+    fn parent(&mut self, side: Side, path: &str, shown: &str) -> Result<Located, Problem> {
         if path == "/" {
-            return Ok(None);
+            let traits = self.link(side, None).map(|l| l.traits).unwrap_or_default();
+            return Ok(Located {
+                at: None,
+                rel: String::new(),
+                traits,
+            });
         }
         let i = index(side);
         let keep = self.chains[i]
@@ -275,24 +288,66 @@ impl<'a> Executor<'a> {
             .count();
         self.chains[i].truncate(keep);
         if self.chains[i].last().is_some_and(|l| l.path == path) {
-            let at = keep - 1;
-            if self.chains[i][at].fd.is_none() {
-                let (_, name) = path.rsplit_once('/').unwrap_or(("", path));
-                let up = if at == 0 { None } else { Some(at - 1) };
-                let fd = fs::open_child(self.link_fd(side, up), name)
-                    .map_err(|errno| open_problem(shown, errno))?;
-                self.chains[i][at].fd = Some(fd);
-            }
-            return Ok(Some(at));
+            return self.reach(side, keep - 1, shown);
         }
         let (from, rest) = match self.chains[i].last() {
-            Some(l) => (keep.checked_sub(1), &path[l.path.len()..]),
-            None => (None, path),
+            Some(l) => (keep - 1, path[l.path.len()..].to_owned()),
+            None => {
+                let fd = fs::open_dir_beneath(self.link_fd(side, None), path)
+                    .map_err(|errno| open_problem(shown, errno))?;
+                self.chains[i].push(existing(path, fd));
+                return Ok(Located {
+                    at: Some(0),
+                    rel: String::new(),
+                    traits: self.chains[i][0].traits,
+                });
+            }
         };
-        let fd = fs::open_dir_beneath(self.link_fd(side, from), rest)
-            .map_err(|errno| open_problem(shown, errno))?;
+        let base = self.reach(side, from, shown)?;
+        let fd = fs::open_dir_beneath(
+            self.link_fd(side, base.at),
+            &format!("{}{}", base.rel, rest.trim_start_matches('/')),
+        )
+        .map_err(|errno| open_problem(shown, errno))?;
         self.chains[i].push(existing(path, fd));
-        Ok(Some(self.chains[i].len() - 1))
+        let at = self.chains[i].len() - 1;
+        Ok(Located {
+            at: Some(at),
+            rel: String::new(),
+            traits: self.chains[i][at].traits,
+        })
+    }
+
+    /// Reaches link `at`: the nearest link above it that has a handle, and the names from
+    /// there, opening on the way any link that is not private.
+    fn reach(&mut self, side: Side, at: usize, shown: &str) -> Result<Located, Problem> {
+        let i = index(side);
+        let top = (0..=at).rev().find(|&k| self.chains[i][k].fd.is_some());
+        let mut from = top;
+        let mut rel = String::new();
+        for k in top.map_or(0, |t| t + 1)..=at {
+            let name = self.chains[i][k]
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            rel.push_str(&name);
+            if self.chains[i][k].traits.private {
+                rel.push('/');
+                continue;
+            }
+            let fd = fs::open_child(self.link_fd(side, from), &rel)
+                .map_err(|errno| open_problem(shown, errno))?;
+            self.chains[i][k].fd = Some(fd);
+            from = Some(k);
+            rel.clear();
+        }
+        Ok(Located {
+            at: from,
+            rel,
+            traits: self.chains[i][at].traits,
+        })
     }
 
     fn link(&self, side: Side, at: Option<usize>) -> Option<&Link> {
@@ -313,23 +368,26 @@ impl<'a> Executor<'a> {
     fn make(
         &self,
         parent: BorrowedFd<'_>,
+        rel: &str,
         traits: Traits,
-        name: &str,
+        leaf: &str,
         dir: &Dir,
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
-        let tmp = temp_name(name);
+        let leaf_tmp = temp_name(leaf);
+        let tmp = format!("{rel}{leaf_tmp}");
+        let name = &format!("{rel}{leaf}")[..];
         if !traits.fresh {
             // A killed run may have left its temporary directory here, whichever way this
             // run makes the directory; it goes only if it is empty.
             match fs::remove_empty(parent, &tmp) {
                 Ok(()) => log::info!(
                     "removed {}, left empty by an interrupted persist-prep run",
-                    escape::text(&leftover_path(shown, &tmp))
+                    escape::text(&leftover_path(shown, &leaf_tmp))
                 ),
                 Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
                     return Err(Problem::Leftover {
-                        path: leftover_path(shown, &tmp),
+                        path: leftover_path(shown, &leaf_tmp),
                     });
                 }
                 // Nothing there, or a file system that refuses (read-only): mkdir says why.
@@ -345,7 +403,7 @@ impl<'a> Executor<'a> {
                 .map(|()| None)
                 .map_err(|errno| create_problem(shown, errno));
         }
-        Self::make_temp(parent, &tmp, shown)?;
+        Self::make_temp(parent, &tmp, &leaf_tmp, shown)?;
         let finished = if dir.deferred() || !traits.private {
             self.finish_temp_by_handle(parent, &tmp, dir, shown)
         } else {
@@ -375,12 +433,17 @@ impl<'a> Executor<'a> {
     }
 
     /// Makes the temporary directory, removing an empty one that a killed run left.
-    fn make_temp(parent: BorrowedFd<'_>, tmp: &str, shown: &str) -> Result<(), Problem> {
+    fn make_temp(
+        parent: BorrowedFd<'_>,
+        tmp: &str,
+        leaf_tmp: &str,
+        shown: &str,
+    ) -> Result<(), Problem> {
         match fs::make_child(parent, tmp, 0o700) {
             Err(Errno::EXIST) => {}
             other => return other.map_err(|errno| create_problem(shown, errno)),
         }
-        let leftover = leftover_path(shown, tmp);
+        let leftover = leftover_path(shown, leaf_tmp);
         fs::remove_empty(parent, tmp).map_err(|_| Problem::Leftover {
             path: leftover.clone(),
         })?;
