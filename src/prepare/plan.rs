@@ -878,3 +878,111 @@ fn unresolved_names(attrs: &Attrs, uid: Option<u32>, gid: Option<u32>) -> String
     }
     names.join(" and ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch tree to plan against; the planner only reads, so no root is needed.
+    struct Tree(std::path::PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("pp-plan-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Tree(dir)
+        }
+        fn mkdir(&self, path: &str) {
+            std::fs::create_dir_all(self.0.join(path)).unwrap();
+        }
+        fn plan(&self, manifest: &str) -> Vec<(String, Vec<String>)> {
+            let manifest = crate::manifest::parse(manifest).unwrap();
+            let root = fs::open_root(&self.0).unwrap();
+            let record = Record::default();
+            let (plan, _) = Planner::new(root.as_fd(), String::new(), &record).plan(&manifest);
+            plan.storages
+                .iter()
+                .flat_map(|s| &s.entries)
+                .map(|e| {
+                    let actions = e
+                        .actions
+                        .iter()
+                        .map(|a| {
+                            format!(
+                                "{:?} {:?}{} {}",
+                                a.kind, a.dir.side, a.dir.path, a.dir.attrs
+                            )
+                        })
+                        .collect();
+                    (format!("{:?}", e.state), actions)
+                })
+                .collect()
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const TWO: &str = r#"{"version":1,"storages":[{"path":"/p","directories":[
+      {"path":"/var/lib/a","user":"root","group":"root","mode":"0700"},
+      {"path":"/var/lib/b","user":"u","group":"g","uid":7,"gid":8,"mode":"0750"}]}]}"#;
+
+    #[test]
+    fn a_fresh_storage_plans_every_directory_once_parents_first() {
+        let t = Tree::new("fresh");
+        let plan = t.plan(TWO);
+        assert_eq!(plan[0].0, "Missing");
+        assert_eq!(
+            plan[0].1,
+            [
+                "Mkdir Storage/var root:root 0755",
+                "Mkdir Storage/var/lib root:root 0755",
+                "Mkdir Storage/var/lib/a root:root 0700",
+                "Mkdir Root/var root:root 0755",
+                "Mkdir Root/var/lib root:root 0755",
+                "Mkdir Root/var/lib/a root:root 0700",
+            ]
+        );
+        // The shared parents are planned once, by the first entry that needs them.
+        assert_eq!(
+            plan[1].1,
+            [
+                "Mkdir Storage/var/lib/b u:g 0750",
+                "Mkdir Root/var/lib/b u:g 0750"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_what_is_missing_is_planned() {
+        let t = Tree::new("partial");
+        t.mkdir("p/var/lib/a");
+        t.mkdir("var/lib");
+        let plan = t.plan(TWO);
+        assert_eq!(plan[0].1, ["Mkdir Root/var/lib/a 0:0 0755"]);
+        assert!(plan[0].0.starts_with("Drift"), "{plan:?}");
+        assert_eq!(plan[1].0, "Missing");
+    }
+
+    #[test]
+    fn a_symlink_below_the_storage_fails_the_entry_and_plans_nothing_for_it() {
+        let t = Tree::new("link");
+        t.mkdir("p");
+        std::os::unix::fs::symlink("/", t.0.join("p/var")).unwrap();
+        let plan = t.plan(TWO);
+        assert!(plan[0].0.starts_with("Failed(Symlink"), "{plan:?}");
+        assert!(plan[0].1.is_empty());
+    }
+
+    #[test]
+    fn a_top_level_file_needs_no_directory() {
+        let t = Tree::new("swap");
+        let plan =
+            t.plan(r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/swapfile"}]}]}"#);
+        assert_eq!(plan, [("Present".to_owned(), Vec::<String>::new())]);
+    }
+}
