@@ -290,19 +290,17 @@ impl<'a> Executor<'a> {
         if self.chains[i].last().is_some_and(|l| l.path == path) {
             return self.reach(side, keep - 1, shown);
         }
-        let (from, rest) = match self.chains[i].last() {
-            Some(l) => (keep - 1, path[l.path.len()..].to_owned()),
-            None => {
-                let fd = fs::open_dir_beneath(self.link_fd(side, None), path)
-                    .map_err(|errno| open_problem(shown, errno))?;
-                self.chains[i].push(existing(path, fd));
-                return Ok(Located {
-                    at: Some(0),
-                    rel: String::new(),
-                    traits: self.chains[i][0].traits,
-                });
-            }
+        let Some(last) = self.chains[i].last() else {
+            let fd = fs::open_dir_beneath(self.link_fd(side, None), path)
+                .map_err(|errno| open_problem(shown, errno))?;
+            self.chains[i].push(existing(path, fd));
+            return Ok(Located {
+                at: Some(0),
+                rel: String::new(),
+                traits: self.chains[i][0].traits,
+            });
         };
+        let (from, rest) = (keep - 1, path[last.path.len()..].to_owned());
         let base = self.reach(side, from, shown)?;
         let fd = fs::open_dir_beneath(
             self.link_fd(side, base.at),
