@@ -151,14 +151,46 @@ impl Owner {
 
 /// Reads and validates a manifest file; the error lists every problem, one per line.
 pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read(path).map_err(|why| {
         vec![format!(
-            "cannot read manifest {}: {}; fix: check the path given with --manifest (default /etc/persist-prep/manifest.json) and that the initrd contains it",
-            path.display(),
-            crate::report::io_error_words(&e)
+            "cannot read manifest {}: {why}; fix: check the path given with --manifest (default /etc/persist-prep/manifest.json) and that the initrd contains it",
+            crate::escape::bytes(path.as_os_str().as_encoded_bytes()),
         )]
     })?;
     parse(&text)
+}
+
+/// Reads the manifest, which must be a regular file. It is opened non-blocking and checked
+/// before it is read, so that a FIFO or a device there is refused at once instead of hanging the
+/// boot. Symlinks are followed: the NixOS initrd links the manifest into the store.
+fn read(path: &Path) -> Result<String, String> {
+    use rustix::fs::{FileType, Mode, OFlags, fstat, open};
+    let words = |e| crate::report::errno_words(e);
+    let fd = open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(words)?;
+    let kind = FileType::from_raw_mode(fstat(&fd).map_err(words)?.st_mode);
+    let what = match kind {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("a directory"),
+        FileType::Fifo => Some("a FIFO (named pipe)"),
+        FileType::CharacterDevice => Some("a character device"),
+        FileType::BlockDevice => Some("a block device"),
+        FileType::Socket => Some("a socket"),
+        _ => Some("not a file"),
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "it is {what}, not a regular file, and only a regular file is read"
+        ));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)
+        .map_err(|e| crate::report::io_error_words(&e))?;
+    Ok(text)
 }
 
 /// Parses and validates manifest text.
@@ -167,9 +199,16 @@ pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
     // which is several times faster than a JSON tree. Anything odd takes the slow path, which
     // walks the tree to report every problem at once.
     let mut v = Validator::default();
-    let fast = serde_json::from_str::<fast::Raw<'_>>(text)
-        .ok()
-        .and_then(fast::convert);
+    let typed = serde_json::from_str::<fast::Raw<'_>>(text);
+    // The tree keeps only the last of two equal keys, so it cannot see them: serde can.
+    if let Err(e) = &typed {
+        if e.to_string().starts_with("duplicate field") {
+            return Err(vec![format!(
+                "the manifest has a key twice in one object ({e}); fix: regenerate it with the NixOS module, which writes each key once"
+            )]);
+        }
+    }
+    let fast = typed.ok().and_then(fast::convert);
     let mut manifest = if let Some(manifest) = fast {
         manifest
     } else {
@@ -230,13 +269,23 @@ pub fn contains(ancestor: &str, path: &str) -> bool {
         || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
-/// A user or group name as NixOS accepts it: no separators, no white space.
+/// A user or group name as NixOS accepts it: no separators, no white space. A numeric name is
+/// taken as an id, so it must be one: 4294967295 is `(uid_t)-1`, which chown reads as "leave
+/// unchanged".
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    !numeric_out_of_range(name)
+        && !name.is_empty()
         && name.len() <= 256
         && !name
             .chars()
             .any(|c| c == ':' || c == '/' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// True for a name of digits only that is not an id from 0 to 4294967294.
+fn numeric_out_of_range(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && !matches!(name.parse::<u32>(), Ok(id) if id != u32::MAX)
 }
 
 /// Drops identical duplicate entries, which the validator accepted.
@@ -470,6 +519,40 @@ mod tests {
             r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","user":"root"}]}]}"#,
         );
         assert!(e[0].contains("unknown key \"user\""), "{e:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","mode":"0700","mode":"0777"}"#,
+        ));
+        assert!(e[0].contains("duplicate field `mode`"), "{e:?}");
+        let e = errors(r#"{"version":1,"version":1,"storages":[]}"#);
+        assert!(e[0].contains("duplicate field `version`"), "{e:?}");
+    }
+
+    #[test]
+    fn numeric_names_must_be_ids() {
+        for name in ["4294967295", "4294967296", "99999999999999999999"] {
+            let e = errors(&one_dir(&format!(
+                r#"{{"path":"/a","user":"{name}","group":"root","mode":"0700"}}"#
+            )));
+            assert!(
+                e[0].contains(".user") && e[0].contains("0 to 4294967294"),
+                "{e:?}"
+            );
+            let e = errors(&one_dir(&format!(
+                r#"{{"path":"/a","user":"root","group":"root","mode":"0700","parent":{{"group":"{name}"}}}}"#
+            )));
+            assert!(e[0].contains(".parent.group"), "{e:?}");
+        }
+        let m = ok(&one_dir(
+            r#"{"path":"/a","user":"4294967294","group":"0","mode":"0700"}"#,
+        ));
+        assert_eq!(
+            m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
+            "4294967294"
+        );
     }
 
     #[test]

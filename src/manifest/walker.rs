@@ -364,11 +364,14 @@ impl Validator {
         let name = match self.string(object, name_key, here) {
             Some(name) if valid_name(name) => name.to_owned(),
             Some(name) => {
-                self.error(
-                    here,
-                    &format!(".{name_key}"),
-                    format!("{name:?} is not a valid {name_key} name"),
-                );
+                let why = if super::numeric_out_of_range(name) {
+                    format!(
+                        "{name:?} is taken as a numeric id, and it is not one from 0 to 4294967294 (4294967295 is (uid_t)-1, which chown reads as \"leave unchanged\"); fix: use a real id or a name"
+                    )
+                } else {
+                    format!("{name:?} is not a valid {name_key} name")
+                };
+                self.error(here, &format!(".{name_key}"), why);
                 return None;
             }
             None if object.contains_key(name_key) => return None,

@@ -1,0 +1,152 @@
+//! Strict input: what persist-prep reads (manifest, arguments, environment) ends in a documented
+//! exit code with a message, never a hang or a panic.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Scratch};
+
+/// Runs the binary with a deadline, so that a hang fails the test instead of the suite.
+fn run_within(cmd: &mut Command, limit: Duration) -> common::Run {
+    let mut child = cmd
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    common::Run::from(child.wait_with_output().unwrap())
+}
+
+/// A manifest that is not a regular file is refused at once with exit 3, never read.
+#[test]
+fn manifest_must_be_a_regular_file() {
+    let s = Scratch::new("input-fifo");
+    let fifo = s.dir.join("fifo.json");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let dir = s.dir.join("dir.json");
+    std::fs::create_dir(&dir).unwrap();
+    let cases = [
+        (fifo.as_os_str(), "FIFO"),
+        (dir.as_os_str(), "a directory"),
+        (std::ffi::OsStr::new("/dev/null"), "character device"),
+    ];
+    for (path, what) in cases {
+        for command in ["validate", "apply", "check"] {
+            let mut cmd = Command::new(BIN);
+            cmd.args([command, "--manifest"]).arg(path);
+            if command == "validate" {
+                cmd.args(["--json"]);
+            } else {
+                cmd.arg("--root")
+                    .arg(s.root())
+                    .arg("--state-dir")
+                    .arg(s.state());
+            }
+            let run = run_within(&mut cmd, Duration::from_secs(10));
+            run.assert_code(3);
+            assert!(
+                run.stderr.contains(what) && run.stderr.contains("not a regular file"),
+                "{command} {path:?}: {}",
+                run.stderr
+            );
+        }
+    }
+    // A symlink to a regular file is fine: the NixOS initrd links the manifest into the store.
+    let real = s.manifest(r#"{"version":1,"storages":[]}"#);
+    let link = s.dir.join("link.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let run = run_within(
+        Command::new(BIN)
+            .arg("validate")
+            .arg("--manifest")
+            .arg(&link),
+        Duration::from_secs(10),
+    );
+    run.assert_code(0);
+}
+
+/// A key given twice in one object is refused, whichever value would have won.
+#[test]
+fn duplicate_keys_are_refused() {
+    let s = Scratch::new("input-dupkey");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/a","user":"root","group":"root","mode":"0700","mode":"0777"}]}]}"#,
+    );
+    let run = s.run(&["validate"]);
+    run.assert_code(3);
+    assert!(
+        run.stderr.contains("duplicate field `mode`"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A numeric name is an id, and (uid_t)-1 is no one's id.
+#[test]
+fn numeric_name_minus_one_is_refused() {
+    let s = Scratch::new("input-minus-one");
+    for (user, group) in [("4294967295", "root"), ("root", "4294967295")] {
+        s.manifest(&format!(
+            r#"{{"version":1,"storages":[{{"path":"/persist","directories":[
+            {{"path":"/var/lib/a","user":"{user}","group":"{group}","mode":"0700"}}]}}]}}"#
+        ));
+        let run = s.run(&["validate"]);
+        run.assert_code(3);
+        assert!(run.stderr.contains("0 to 4294967294"), "{}", run.stderr);
+    }
+}
+
+/// passwd and the NixOS id maps cannot give a name (uid_t)-1: the name stays unresolved, apply
+/// defers it (the directory is root-owned) and warns naming the file.
+#[test]
+fn minus_one_from_passwd_or_id_maps_does_not_resolve() {
+    if !common::require_root() {
+        return;
+    }
+    let s = Scratch::new("input-passwd-minus-one");
+    let etc = s.root().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0::/root:/bin/sh\nbad:x:4294967295:0::/:/\n",
+    )
+    .unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+    let maps = s.root().join("var/lib/nixos");
+    std::fs::create_dir_all(&maps).unwrap();
+    std::fs::write(maps.join("gid-map"), r#"{"badg": 4294967295}"#).unwrap();
+    std::fs::create_dir_all(s.root().join("persist")).unwrap();
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/u","user":"bad","group":"root","mode":"0700"},
+        {"path":"/var/lib/g","user":"root","group":"badg","mode":"0700"}]}]}"#,
+    );
+    let run = s.run(&["apply"]);
+    for file in ["/etc/passwd", "/var/lib/nixos/gid-map"] {
+        assert!(
+            run.stderr.lines().any(|l| l.starts_with("warning: ")
+                && l.contains(file)
+                && l.contains("4294967295")
+                && l.contains("fix:")),
+            "{file}: {}",
+            run.stderr
+        );
+    }
+    for dir in ["u", "g"] {
+        let (_, uid, gid) = common::stat(s.root().join("persist/var/lib").join(dir));
+        assert_eq!((uid, gid), (0, 0), "{dir}");
+    }
+}
