@@ -1,20 +1,17 @@
 //! The manifest: the contract between the NixOS module, which writes it at build time, and us.
 //!
 //! The whole file is validated before anything is touched, and every problem is reported at
-//! once, so that one rebuild fixes them all. Well-formed manifests take a typed fast path
-//! (`fast`); anything it declines goes to the tree walker (`walker`), which explains it.
+//! once, so that one rebuild fixes them all. One typed parse (`raw`) checks the shape; one
+//! semantic pass (`semantic`) checks the meaning and collects every problem.
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::Options;
+use crate::escape;
 use crate::exit::Exit;
 
-mod fast;
-mod walker;
-
-use walker::Validator;
+mod raw;
+mod semantic;
 
 /// The only manifest version this binary understands.
 pub const VERSION: u64 = 1;
@@ -80,9 +77,15 @@ pub struct Described<'a>(&'a Entry);
 impl std::fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = self.0;
+        let path = escape::text(&e.path);
         match &e.origin {
-            Some(origin) => write!(f, "{} {} (from {origin})", e.kind.as_str(), e.path),
-            None => write!(f, "{} {} ({})", e.kind.as_str(), e.path, e.location),
+            Some(origin) => write!(
+                f,
+                "{} {path} (from {})",
+                e.kind.as_str(),
+                escape::text(origin)
+            ),
+            None => write!(f, "{} {path} ({})", e.kind.as_str(), e.location),
         }
     }
 }
@@ -195,37 +198,30 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// Parses and validates manifest text.
 pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
-    // Manifests written by the module are well formed: read those straight into typed values,
-    // which is several times faster than a JSON tree. Anything odd takes the slow path, which
-    // walks the tree to report every problem at once.
-    let mut v = Validator::default();
-    let typed = serde_json::from_str::<fast::Raw<'_>>(text);
-    // The tree keeps only the last of two equal keys, so it cannot see them: serde can.
-    if let Err(e) = &typed {
-        if e.to_string().starts_with("duplicate field") {
-            return Err(vec![format!(
-                "the manifest has a key twice in one object ({e}); fix: regenerate it with the NixOS module, which writes each key once"
-            )]);
-        }
-    }
-    let fast = typed.ok().and_then(fast::convert);
-    let mut manifest = if let Some(manifest) = fast {
-        manifest
-    } else {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            vec![format!(
-                "the manifest is not valid JSON: {e}; fix: regenerate it (the NixOS module writes it with builtins.toJSON)"
-            )]
-        })?;
-        v.manifest(&value)
-    };
-    v.cross_check(&manifest);
-    if v.errors.is_empty() {
+    let raw = serde_json::from_str::<raw::Raw<'_>>(text).map_err(|e| vec![structural(&e)])?;
+    let (mut manifest, errors) = semantic::check(&raw);
+    if errors.is_empty() {
         dedup(&mut manifest);
         Ok(manifest)
     } else {
-        Err(v.errors)
+        Err(errors)
     }
+}
+
+/// A manifest of the wrong shape was not written by the module (or was edited or cut short):
+/// serde's message names the key and the line and column, and the fix is to regenerate it.
+fn structural(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "the manifest is not valid JSON",
+        Category::Eof => "the manifest ends too early (not valid JSON; was it cut short?)",
+        Category::Data => "the manifest does not have the shape of a version-1 manifest",
+        Category::Io => "the manifest cannot be read",
+    };
+    format!(
+        "{what}: {}; fix: regenerate the manifest with the NixOS module (boot.initrd.persist-prep), which writes it with builtins.toJSON, rather than editing it by hand",
+        escape::text(&e.to_string())
+    )
 }
 
 /// A path split into its components, or why it is not acceptable.
@@ -297,20 +293,33 @@ fn dedup(manifest: &mut Manifest) {
     }
 }
 
+/// The `validate --json` document.
+#[derive(serde::Serialize)]
+struct Verdict<'a> {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storages: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<usize>,
+    errors: &'a [String],
+}
+
 /// `persist-prep validate`: read and validate only.
 pub fn validate_command(options: &Options) -> Exit {
     match load(&options.manifest) {
         Ok(manifest) => {
             let entries: usize = manifest.storages.iter().map(|s| s.entries.len()).sum();
             if options.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": true, "storages": manifest.storages.len(), "entries": entries, "errors": []})
-                );
+                print_verdict(&Verdict {
+                    valid: true,
+                    storages: Some(manifest.storages.len()),
+                    entries: Some(entries),
+                    errors: &[],
+                });
             }
             log::info!(
                 "manifest {} is valid: {} storages, {entries} entries",
-                options.manifest.display(),
+                escape::bytes(options.manifest.as_os_str().as_encoded_bytes()),
                 manifest.storages.len()
             );
             Exit::Ok
@@ -318,21 +327,33 @@ pub fn validate_command(options: &Options) -> Exit {
         Err(errors) => {
             report_invalid(options, &errors);
             if options.json {
-                println!("{}", serde_json::json!({"valid": false, "errors": errors}));
+                print_verdict(&Verdict {
+                    valid: false,
+                    storages: None,
+                    entries: None,
+                    errors: &errors,
+                });
             }
             Exit::InvalidManifest
         }
     }
 }
 
+fn print_verdict(verdict: &Verdict<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, verdict);
+    let _ = writeln!(out);
+}
+
 /// Logs every validation error and the verdict.
 pub fn report_invalid(options: &Options, errors: &[String]) {
+    let path = escape::bytes(options.manifest.as_os_str().as_encoded_bytes());
     for error in errors {
-        log::error!("invalid manifest {}: {error}", options.manifest.display());
+        log::error!("invalid manifest {path}: {error}");
     }
     log::error!(
-        "manifest {} has {} problem(s); nothing was touched",
-        options.manifest.display(),
+        "manifest {path} has {} problem(s); nothing was touched",
         errors.len()
     );
 }
@@ -435,16 +456,83 @@ mod tests {
         assert!(e[2].contains(".mode"), "{e:?}");
         assert!(e[3].contains(".uid"), "{e:?}");
         assert!(e[4].contains(".mode: missing"), "{e:?}");
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","uid":4294967295,"gid":-5,"mode":"0755"}"#,
+        ));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains(".uid: 4294967295 is not a valid id"), "{e:?}");
+        assert!(e[1].contains(".gid: -5 is not a valid id"), "{e:?}");
     }
 
     #[test]
     fn reports_every_problem_at_once() {
         let e = errors(
-            r#"{"version":1,"bogus":true,"storages":[
-                {"path":"rel","directories":[{"path":"x","user":"root","group":"root","mode":"0755"}]},
-                {"path":"/p","mountPoint":"/q","files":[{"path":"/f","mode":"0755"}]}]}"#,
+            r#"{"version":2,"storages":[
+                {"path":"rel","directories":[{"path":"x","user":"a b","group":"root","uid":1e20,"mode":"0755"}]},
+                {"path":"/p","mountPoint":"/q","directories":[{"path":"/p/x","user":"root","group":"root","mode":"0755"}],
+                 "files":[{"path":"/f","parent":{"mode":"9"}}]}]}"#,
         );
-        assert!(e.len() >= 5, "{e:#?}");
+        let expect = [
+            "manifest.version: version 2",
+            "storages[0].path: the path is relative",
+            "storages[0].directories[0] \"x\".path: the path is relative",
+            "storages[0].directories[0] \"x\".user: \"a b\" is not a valid user name",
+            "storages[0].directories[0] \"x\".uid: 1e+20 is not a valid id",
+            "storages[1].mountPoint: /q is neither",
+            "storages[1].files[0] \"/f\".parent.mode:",
+            "storages[1].directories[0]: directory /p/x (storages[1].directories[0]) overlaps the storage /p",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (e, expect) in e.iter().zip(expect) {
+            assert!(e.starts_with(expect), "{e:?} should start with {expect:?}");
+        }
+    }
+
+    #[test]
+    fn structural_errors_are_reported_once_with_line_and_fix() {
+        for (text, what) in [
+            (
+                r#"{"version":1,"bogus":true,"storages":[]}"#,
+                "unknown field `bogus`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"path":1}]}"#,
+                "invalid type: integer `1`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"directories":[]}]}"#,
+                "missing field `path`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","mode":"0755"}]}]}"#,
+                "unknown field `mode`",
+            ),
+            ("{\n\"version\":1,\n\"storages\":[\n", "ends too early"),
+        ] {
+            let e = errors(text);
+            assert_eq!(e.len(), 1, "{e:#?}");
+            assert!(e[0].contains(what), "{e:?}");
+            assert!(
+                e[0].contains(" line ") && e[0].contains(" column "),
+                "{e:?}"
+            );
+            assert!(
+                e[0].contains("fix: regenerate the manifest with the NixOS module"),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_show_manifest_bytes_escaped() {
+        let e = errors(&one_dir(
+            r#"{"path":"rel\n<0>forged","user":"root","group":"root","mode":"0755","origin":"o\u001b"}"#,
+        ));
+        assert!(
+            e.iter().all(|e| !e.contains('\n') && !e.contains('\u{1b}')),
+            "{e:?}"
+        );
+        assert!(e[0].contains("rel\\n<0>forged"), "{e:?}");
     }
 
     #[test]
@@ -518,7 +606,7 @@ mod tests {
         let e = errors(
             r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","user":"root"}]}]}"#,
         );
-        assert!(e[0].contains("unknown key \"user\""), "{e:?}");
+        assert!(e[0].contains("unknown field `user`"), "{e:?}");
     }
 
     #[test]
@@ -564,6 +652,7 @@ mod tests {
     mod properties {
         use super::super::*;
         use proptest::prelude::*;
+        use serde_json::Value;
 
         /// JSON values shaped like manifests, with the odd wrong type or value mixed in.
         fn json() -> impl Strategy<Value = Value> {
@@ -636,18 +725,6 @@ mod tests {
                 }
             }
 
-            /// The typed fast path accepts only what the tree walker accepts, and reads it the same.
-            #[test]
-            fn fast_path_agrees_with_the_tree_walker(value in json()) {
-                let text = value.to_string();
-                if let Some(fast) = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert) {
-                    let mut v = Validator::default();
-                    let slow = v.manifest(&value);
-                    prop_assert!(v.errors.is_empty(), "fast path accepted {text}, the walker said {:?}", v.errors);
-                    prop_assert_eq!(fast, slow);
-                }
-            }
-
             /// Bytes that are not even JSON are rejected, never a panic.
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
@@ -666,11 +743,6 @@ mod tests {
                 let doc = serde_json::json!({"version": 1, "storages": [{"path": "/persist", "mountPoint": "/", "directories": dirs}]});
                 let text = doc.to_string();
                 let m = parse(&text).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                // Well-formed manifests take the fast path, and it reads them as the walker does.
-                let fast = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert);
-                let mut v = Validator::default();
-                let slow = v.manifest(&doc);
-                prop_assert_eq!(fast.as_ref(), Some(&slow));
                 let entries = &m.storages[0].entries;
                 prop_assert_eq!(entries.len(), dirs.len());
                 for pair in entries.windows(2) {
