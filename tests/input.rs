@@ -150,3 +150,163 @@ fn minus_one_from_passwd_or_id_maps_does_not_resolve() {
         assert_eq!((uid, gid), (0, 0), "{dir}");
     }
 }
+
+/// Runs the binary with raw argument bytes in the scratch directory (a relative path given
+/// there stays there), with a deadline.
+fn run_args(s: &Scratch, args: &[&[u8]]) -> common::Run {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(&s.dir).env_remove("PERSIST_PREP_LOG");
+    for arg in args {
+        cmd.arg(std::ffi::OsStr::from_bytes(arg));
+    }
+    run_within(&mut cmd, Duration::from_secs(20))
+}
+
+fn assert_documented(run: &common::Run, what: &str) {
+    assert!(
+        [0, 1, 2, 3].contains(&run.code),
+        "{what}: exit {} is not a documented code\nstderr:\n{}",
+        run.code,
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{what}: {}", run.stderr);
+}
+
+/// Paths are bytes on Linux: a --root or --manifest that is not UTF-8 is just a path (one that
+/// does not exist here), never a panic.
+#[test]
+fn non_utf8_paths_are_paths() {
+    let s = Scratch::new("input-non-utf8");
+    let manifest = s.manifest(r#"{"version":1,"storages":[]}"#);
+    let manifest = manifest.as_os_str().as_encoded_bytes();
+    let bad: &[u8] = b"\xff\xfe/x";
+    let state = s.state();
+    let state = state.as_os_str().as_encoded_bytes();
+    let cases: Vec<Vec<&[u8]>> = vec![
+        vec![b"validate", b"--manifest", bad],
+        vec![b"validate", b"--json", b"--manifest", bad],
+        vec![
+            b"apply",
+            b"--root",
+            bad,
+            b"--manifest",
+            manifest,
+            b"--state-dir",
+            state,
+        ],
+        vec![
+            b"apply",
+            b"--dry-run",
+            b"--root",
+            bad,
+            b"--manifest",
+            manifest,
+            b"--state-dir",
+            state,
+        ],
+        vec![
+            b"apply",
+            b"--json",
+            b"--root",
+            bad,
+            b"--manifest",
+            manifest,
+            b"--state-dir",
+            state,
+        ],
+        vec![
+            b"apply",
+            b"--manifest",
+            bad,
+            b"--root",
+            b"/nonexistent",
+            b"--state-dir",
+            state,
+        ],
+        vec![
+            b"check",
+            b"--root",
+            bad,
+            b"--manifest",
+            manifest,
+            b"--state-dir",
+            state,
+        ],
+        vec![
+            b"check",
+            b"--json",
+            b"--manifest",
+            bad,
+            b"--root",
+            b"/nonexistent",
+        ],
+        vec![b"finish", b"--root", bad, b"--state-dir", bad],
+        vec![
+            b"apply",
+            b"--root=\xff",
+            b"--manifest",
+            bad,
+            b"--state-dir",
+            state,
+        ],
+    ];
+    for args in &cases {
+        let run = run_args(&s, args);
+        assert_documented(&run, &format!("{args:?}"));
+        assert_ne!(
+            run.code, 2,
+            "{args:?} is a valid command line: {}",
+            run.stderr
+        );
+    }
+    // The manifest path is shown escaped, never raw.
+    let run = run_args(&s, &[b"validate", b"--manifest", bad]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("\\xff\\xfe/x"), "{}", run.stderr);
+}
+
+/// An unknown argument, command or flag value that is not UTF-8 is a usage error (exit 2 with the
+/// usage), and a newline in it cannot start a line of its own.
+#[test]
+fn non_utf8_and_unknown_arguments_are_usage_errors() {
+    let s = Scratch::new("input-unknown-args");
+    let cases: Vec<Vec<&[u8]>> = vec![
+        vec![b"\xff"],
+        vec![b"apply", b"--\xff"],
+        vec![b"apply", b"-\xff"],
+        vec![b"apply", b"\xff"],
+        vec![b"check", b"--root", b"/", b"--bogus\n<0>forged"],
+        vec![b"apply\n<0>forged"],
+        vec![b"validate", b"--root", b"/"],
+        vec![b"validate", b"--json=yes"],
+        vec![b"apply", b"--manifest"],
+        vec![b"apply", b"--manifest="],
+        vec![b"-x"],
+    ];
+    for args in &cases {
+        let run = run_args(&s, args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("usage:"), "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.lines().any(|l| l.starts_with("<0>")),
+            "{args:?} forged a line: {}",
+            run.stderr
+        );
+    }
+}
+
+/// `--help` and `--version` to a closed stdout end quietly, not in a panic.
+#[test]
+fn help_to_a_closed_stdout_does_not_panic() {
+    for args in ["--help", "apply --help", "-V", "bogus"] {
+        let out = Command::new("sh")
+            .args(["-c", &format!("\"$BIN\" {args} >&- 2>&-; echo $?")])
+            .env("BIN", BIN)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let expect = if args == "bogus" { "2" } else { "0" };
+        assert_eq!(code, expect, "{args}");
+    }
+}
