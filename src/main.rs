@@ -37,7 +37,8 @@ defaults: --manifest /etc/persist-prep/manifest.json
           --root /sysroot when /etc/initrd-release exists, else /
           --state-dir /run/persist-prep
 exit codes: 0 ok, 1 some entries failed or are not ok, 2 usage error, 3 invalid manifest
-log level: PERSIST_PREP_LOG=error|warn|info|debug (default info)";
+log level: RUST_LOG=error|warn|info|debug|trace or env_logger filters (module=level,...);
+           PERSIST_PREP_LOG=error|warn|info|debug when RUST_LOG is unset (default info)";
 
 const DEFAULT_MANIFEST: &str = "/etc/persist-prep/manifest.json";
 const DEFAULT_STATE_DIR: &str = "/run/persist-prep";

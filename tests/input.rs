@@ -310,3 +310,74 @@ fn help_to_a_closed_stdout_does_not_panic() {
         assert_eq!(code, expect, "{args}");
     }
 }
+
+/// Runs `validate` on a manifest with the given log environment; returns stderr.
+fn validate_with_env(s: &Scratch, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("validate")
+        .arg("--manifest")
+        .arg(s.dir.join("manifest.json"))
+        .env_remove("RUST_LOG")
+        .env_remove("PERSIST_PREP_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_within(&mut cmd, Duration::from_secs(10)).stderr
+}
+
+/// `RUST_LOG` works as Rust users expect (a level, or module filters) and wins over
+/// `PERSIST_PREP_LOG`, which stays as an alias when `RUST_LOG` is unset.
+#[test]
+fn rust_log_and_its_alias() {
+    let s = Scratch::new("input-rust-log");
+    s.manifest(r#"{"version":1,"storages":[]}"#);
+    let valid = "is valid";
+    assert!(validate_with_env(&s, &[]).contains(valid));
+    assert!(validate_with_env(&s, &[("RUST_LOG", "error")]).is_empty());
+    assert!(validate_with_env(&s, &[("PERSIST_PREP_LOG", "error")]).is_empty());
+    assert!(validate_with_env(&s, &[("PERSIST_PREP_LOG", "warning")]).is_empty());
+    let both = [("RUST_LOG", "info"), ("PERSIST_PREP_LOG", "error")];
+    assert!(validate_with_env(&s, &both).contains(valid));
+    let both = [("RUST_LOG", ""), ("PERSIST_PREP_LOG", "error")];
+    assert!(
+        validate_with_env(&s, &both).is_empty(),
+        "an empty RUST_LOG counts as unset"
+    );
+    let filters = [("RUST_LOG", "warn,persist_prep::manifest=info")];
+    assert!(validate_with_env(&s, &filters).contains(valid));
+    s.manifest(r#"{"version":1,"storages":[{"path":"rel"}]}"#);
+    assert!(validate_with_env(&s, &[("RUST_LOG", "error")]).contains("error: invalid manifest"));
+    let off = [("RUST_LOG", "persist_prep::manifest=off")];
+    assert!(validate_with_env(&s, &off).is_empty());
+}
+
+/// A message that carries a newline (here the --root path, which the caller chooses) stays one
+/// line, so it cannot forge a journal priority; in the journal every line has its priority.
+#[test]
+fn no_message_forges_a_journal_line() {
+    use std::os::unix::fs::MetadataExt as _;
+    let s = Scratch::new("input-forge");
+    s.manifest(r#"{"version":1,"storages":[]}"#);
+    let log = s.dir.join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let m = file.metadata().unwrap();
+    let status = Command::new(BIN)
+        .args(["apply", "--root", "/nonexistent\n<0>forged", "--state-dir"])
+        .arg(s.state())
+        .arg("--manifest")
+        .arg(s.dir.join("manifest.json"))
+        .env_remove("RUST_LOG")
+        .env_remove("PERSIST_PREP_LOG")
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!([1, 2, 3].contains(&status.code().unwrap()), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\\n<0>forged"), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with("<3>") || l.starts_with("<4>") || l.starts_with("<6>")),
+        "{text}"
+    );
+}
