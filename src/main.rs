@@ -14,6 +14,7 @@ mod owner;
 mod prepare;
 mod report;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +36,8 @@ defaults: --manifest /etc/persist-prep/manifest.json
           --root /sysroot when /etc/initrd-release exists, else /
           --state-dir /run/persist-prep
 exit codes: 0 ok, 1 some entries failed or are not ok, 2 usage error, 3 invalid manifest
-log level: PERSIST_PREP_LOG=error|warn|info|debug (default info)";
+log level: RUST_LOG=error|warn|info|debug|trace or env_logger filters (module=level,...);
+           PERSIST_PREP_LOG=error|warn|info|debug when RUST_LOG is unset (default info)";
 
 const DEFAULT_MANIFEST: &str = "/etc/persist-prep/manifest.json";
 const DEFAULT_STATE_DIR: &str = "/run/persist-prep";
@@ -57,13 +59,34 @@ fn default_root() -> PathBuf {
     }
 }
 
+/// Prints a usage error. Arguments are bytes the caller chose, so every message shows them
+/// escaped: a newline in one must not start a line of its own.
 fn usage_error(message: &str) -> Exit {
-    eprintln!("persist-prep: {message}\n{USAGE}");
+    let _ = writeln!(std::io::stderr(), "persist-prep: {message}\n{USAGE}");
     Exit::Usage
 }
 
-/// Parses the common options; `allowed` names the flags this subcommand accepts.
-fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
+/// `--help`. A closed stdout (`| head`) is not an error worth a panic.
+fn print_usage() -> Exit {
+    let _ = writeln!(std::io::stdout(), "{USAGE}");
+    Exit::Ok
+}
+
+/// A lexopt error in words, its bytes escaped.
+fn arg_error(e: &lexopt::Error) -> String {
+    escape::text(&e.to_string()).into_owned()
+}
+
+/// What the command line asks for once parsed.
+enum Parsed {
+    Run(Options),
+    Help,
+}
+
+/// Parses the common options; `allowed` names the flags this subcommand accepts. Paths stay
+/// `OsString`: on Linux they are bytes, and a path that is not UTF-8 is still a path.
+fn parse_options(parser: &mut lexopt::Parser, allowed: &[&str]) -> Result<Parsed, String> {
+    use lexopt::Arg::{Long, Short, Value};
     let mut options = Options {
         manifest: PathBuf::from(DEFAULT_MANIFEST),
         root: default_root(),
@@ -71,78 +94,170 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
         dry_run: false,
         json: false,
     };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        if !allowed.contains(&flag) {
-            return Err(format!("unknown argument {arg:?}"));
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next().cloned())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match flag {
-            "--manifest" => options.manifest = PathBuf::from(value()?),
-            "--root" => options.root = PathBuf::from(value()?),
-            "--state-dir" => options.state_dir = PathBuf::from(value()?),
-            "--dry-run" | "--json" if inline.is_some() => {
-                return Err(format!("{flag} takes no value"));
+    while let Some(arg) = parser.next().map_err(|e| arg_error(&e))? {
+        let flag = match arg {
+            Long("help") | Short('h') => return Ok(Parsed::Help),
+            Long(name) if allowed.contains(&format!("--{name}").as_str()) => name.to_owned(),
+            Long(name) => {
+                return Err(format!("unknown argument \"--{}\"", escape::text(name)));
             }
-            "--dry-run" => options.dry_run = true,
-            "--json" => options.json = true,
-            _ => unreachable!("flag {flag} is allowed but not handled"),
+            Short(c) => {
+                let c = c.to_string();
+                return Err(format!("unknown argument \"-{}\"", escape::text(&c)));
+            }
+            Value(value) => {
+                return Err(format!(
+                    "unexpected argument \"{}\"",
+                    escape::bytes(value.as_encoded_bytes())
+                ));
+            }
+        };
+        match flag.as_str() {
+            "manifest" => options.manifest = path_value(parser, &flag)?,
+            "root" => options.root = path_value(parser, &flag)?,
+            "state-dir" => options.state_dir = path_value(parser, &flag)?,
+            "dry-run" => options.dry_run = true,
+            "json" => options.json = true,
+            _ => return Err(format!("unknown argument \"--{flag}\"")),
         }
     }
-    Ok(options)
+    Ok(Parsed::Run(options))
 }
 
-fn run(args: &[String]) -> Exit {
-    let Some((command, rest)) = args.split_first() else {
-        return usage_error("no command given");
-    };
-    let allowed: &[&str] = match command.as_str() {
-        "apply" => &["--manifest", "--root", "--state-dir", "--dry-run", "--json"],
-        "check" => &["--manifest", "--root", "--state-dir", "--json"],
-        "finish" => &["--root", "--state-dir", "--json"],
-        "validate" => &["--manifest", "--json"],
-        "microvm" => {
-            report::init_logging();
-            return microvm::main(rest);
-        }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            return Exit::Ok;
-        }
-        "-V" | "--version" => {
-            println!("persist-prep {}", env!("CARGO_PKG_VERSION"));
-            return Exit::Ok;
-        }
-        other => return usage_error(&format!("unknown command {other:?}")),
-    };
-    if rest.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Exit::Ok;
+/// The value of a path option, which must not be empty.
+fn path_value(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
+    let value = parser
+        .value()
+        .map_err(|_| format!("--{flag} needs a value"))?;
+    if value.is_empty() {
+        return Err(format!("--{flag} needs a value"));
     }
-    let options = match parse_options(rest, allowed) {
-        Ok(options) => options,
+    Ok(PathBuf::from(value))
+}
+
+/// The subcommand's remaining arguments as text, for `microvm`'s own parser.
+fn rest_as_strings(parser: &mut lexopt::Parser) -> Result<Vec<String>, String> {
+    let raw = parser.raw_args().map_err(|e| arg_error(&e))?;
+    raw.map(|arg| {
+        arg.into_string().map_err(|arg| {
+            format!(
+                "argument \"{}\" is not valid UTF-8",
+                escape::bytes(arg.as_encoded_bytes())
+            )
+        })
+    })
+    .collect()
+}
+
+fn run(mut parser: lexopt::Parser) -> Exit {
+    let command = match parser.next() {
+        Ok(Some(lexopt::Arg::Value(command))) => command,
+        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
+            return print_usage();
+        }
+        Ok(Some(lexopt::Arg::Long("version") | lexopt::Arg::Short('V'))) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "persist-prep {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            return Exit::Ok;
+        }
+        Ok(None) => return usage_error("no command given"),
+        Ok(Some(arg)) => {
+            let shown = arg_error(&arg.unexpected());
+            return usage_error(&format!("no command given ({shown})"));
+        }
+        Err(e) => return usage_error(&arg_error(&e)),
+    };
+    let allowed: &[&str] = match command.to_str() {
+        Some("apply") => &["--manifest", "--root", "--state-dir", "--dry-run", "--json"],
+        Some("check") => &["--manifest", "--root", "--state-dir", "--json"],
+        Some("finish") => &["--root", "--state-dir", "--json"],
+        Some("validate") => &["--manifest", "--json"],
+        Some("microvm") => {
+            let rest = match rest_as_strings(&mut parser) {
+                Ok(rest) => rest,
+                Err(message) => return usage_error(&message),
+            };
+            report::init_logging();
+            return microvm::main(&rest);
+        }
+        Some("help") => {
+            return print_usage();
+        }
+        _ => {
+            let shown = escape::bytes(command.as_encoded_bytes());
+            return usage_error(&format!("unknown command \"{shown}\""));
+        }
+    };
+    let options = match parse_options(&mut parser, allowed) {
+        Ok(Parsed::Run(options)) => options,
+        Ok(Parsed::Help) => {
+            return print_usage();
+        }
         Err(message) => return usage_error(&message),
     };
     report::init_logging();
-    match command.as_str() {
-        "apply" => prepare::apply(&options),
-        "check" => prepare::check(&options),
-        "finish" => deferred::finish(&options),
+    match command.to_str() {
+        Some("apply") => prepare::apply(&options),
+        Some("check") => prepare::check(&options),
+        Some("finish") => deferred::finish(&options),
         _ => manifest::validate_command(&options),
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    run(&args).into()
+    run(lexopt::Parser::from_env()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt as _;
+
+    const ALL: &[&str] = &["--manifest", "--root", "--state-dir", "--dry-run", "--json"];
+
+    fn parse(args: Vec<OsString>) -> Result<Options, String> {
+        let mut parser = lexopt::Parser::from_args(args);
+        match parse_options(&mut parser, ALL)? {
+            Parsed::Run(options) => Ok(options),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn paths_are_bytes() {
+        let root = OsString::from_vec(b"/sys\xffroot".to_vec());
+        let o = parse(vec!["--root".into(), root.clone(), "--manifest=/m".into()]).unwrap();
+        assert_eq!(o.root.as_os_str(), root);
+        assert_eq!(o.manifest, PathBuf::from("/m"));
+        let inline = OsString::from_vec(b"--state-dir=\xfe".to_vec());
+        let o = parse(vec![inline, "--dry-run".into(), "--json".into()]).unwrap();
+        assert_eq!(o.state_dir.as_os_str().as_encoded_bytes(), b"\xfe");
+        assert!(o.dry_run && o.json);
+    }
+
+    #[test]
+    fn refusals() {
+        for (args, why) in [
+            (vec!["--root"], "--root needs a value"),
+            (vec!["--root="], "--root needs a value"),
+            (vec!["--json=1"], "--json"),
+            (vec!["--nope"], "unknown argument \"--nope\""),
+            (vec!["-r"], "unknown argument \"-r\""),
+            (vec!["extra"], "unexpected argument \"extra\""),
+            (vec!["--help"], "help"),
+            (vec!["--json", "-h"], "help"),
+        ] {
+            let e = parse(args.iter().map(OsString::from).collect())
+                .err()
+                .unwrap();
+            assert!(e.contains(why), "{args:?}: {e}");
+        }
+        let mut parser = lexopt::Parser::from_args(["--dry-run"]);
+        let e = parse_options(&mut parser, &["--json"]).err().unwrap();
+        assert!(e.contains("--dry-run"), "{e}");
+    }
 }

@@ -8,6 +8,9 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, fstat, openat2};
+use rustix::io::Errno;
+
 use crate::fs;
 use crate::manifest::Owner;
 
@@ -26,6 +29,11 @@ impl Db {
         }
     }
 }
+
+/// `(uid_t)-1`: `fchown` reads it as "leave unchanged", so it is never anyone's id. A source
+/// that gives it to a name is ignored for that name, and the mark stays in the table so that a
+/// later source cannot give the name another id: the name does not resolve.
+const NO_ID: u32 = u32::MAX;
 
 /// Name-to-id tables, loaded on first use.
 pub struct Resolver<'a> {
@@ -61,7 +69,8 @@ impl<'a> Resolver<'a> {
             return Some(id);
         }
         if let Ok(id) = owner.name.parse::<u32>() {
-            return Some(id);
+            // The manifest refuses (uid_t)-1 as a name; this keeps the rule local too.
+            return (id != NO_ID).then_some(id);
         }
         let table = match db {
             Db::User => &mut self.users,
@@ -70,7 +79,10 @@ impl<'a> Resolver<'a> {
         if table.is_none() {
             *table = Some(load(self.root, &self.storages, db));
         }
-        let found = table.as_ref().and_then(|t| t.get(&owner.name).copied());
+        let found = table
+            .as_ref()
+            .and_then(|t| t.get(&owner.name).copied())
+            .filter(|&id| id != NO_ID);
         // root is uid and gid 0 on every Linux system, even before /etc/passwd exists.
         found.or_else(|| (owner.name == "root").then_some(0))
     }
@@ -80,11 +92,13 @@ impl<'a> Resolver<'a> {
 fn load(root: BorrowedFd<'_>, storages: &[String], db: Db) -> HashMap<String, u32> {
     let (db_file, map_file) = db.files();
     let mut table = HashMap::new();
+    let source = format!("/{db_file} on the root");
     if let Ok(data) = fs::read_in_root(root, db_file) {
-        parse_colon_file(&String::from_utf8_lossy(&data), &mut table);
+        parse_colon_file(&String::from_utf8_lossy(&data), &mut table, &source);
     }
+    let source = format!("/{map_file} on the root");
     if let Ok(data) = fs::read_in_root(root, map_file) {
-        parse_id_map(&data, &mut table, &format!("/{map_file} on the root"));
+        parse_id_map(&data, &mut table, &source);
     }
     for storage in storages {
         // The map inside a storage is read with the same no-symlink rule as everything below it.
@@ -95,8 +109,9 @@ fn load(root: BorrowedFd<'_>, storages: &[String], db: Db) -> HashMap<String, u3
         let Ok(nixos) = fs::open_beneath(dir.as_fd(), parent) else {
             continue;
         };
-        if let Ok(data) = read_child(nixos.as_fd(), name) {
-            parse_id_map(&data, &mut table, &format!("{storage}/{map_file}"));
+        let source = format!("{}/{map_file}", crate::escape::text(storage));
+        if let Ok(data) = read_child(nixos.as_fd(), name, &source) {
+            parse_id_map(&data, &mut table, &source);
         }
     }
     log::debug!(
@@ -107,23 +122,30 @@ fn load(root: BorrowedFd<'_>, storages: &[String], db: Db) -> HashMap<String, u3
     table
 }
 
-fn read_child(dir: BorrowedFd<'_>, name: &str) -> Result<Vec<u8>, rustix::io::Errno> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
+/// Reads one file below a storage, refusing every symlink. Opened non-blocking and checked
+/// before reading, so that a FIFO planted there cannot hang the boot.
+fn read_child(dir: BorrowedFd<'_>, name: &str, source: &str) -> Result<Vec<u8>, Errno> {
     let fd = openat2(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
     )?;
+    if FileType::from_raw_mode(fstat(&fd)?.st_mode) != FileType::RegularFile {
+        log::warn!(
+            "ignoring {source}: it is not a regular file, so names are not looked up there; fix: replace it with the file NixOS writes"
+        );
+        return Err(Errno::INVAL);
+    }
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
-        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     Ok(data)
 }
 
 /// `name:x:id:...` lines of passwd(5) and group(5); the first line for a name wins.
-fn parse_colon_file(text: &str, table: &mut HashMap<String, u32>) {
+fn parse_colon_file(text: &str, table: &mut HashMap<String, u32>, source: &str) {
     for line in text.lines() {
         let mut fields = line.split(':');
         let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else {
@@ -133,9 +155,20 @@ fn parse_colon_file(text: &str, table: &mut HashMap<String, u32>) {
             continue;
         }
         if let Ok(id) = id.parse::<u32>() {
+            if id == NO_ID {
+                warn_no_id(name, source);
+            }
             table.entry(name.to_owned()).or_insert(id);
         }
     }
+}
+
+fn warn_no_id(name: &str, source: &str) {
+    log::warn!(
+        "ignoring the id of {} in {source}: 4294967295 is (uid_t)-1, which chown reads as \"leave unchanged\", so {} does not resolve; fix: give it a real id in the NixOS configuration (users.users.<name>.uid or users.groups.<name>.gid) and rebuild, or correct {source}",
+        crate::escape::text(name),
+        crate::escape::text(name)
+    );
 }
 
 /// NixOS's `{"name": id, ...}` maps; a malformed map is ignored rather than trusted.
@@ -148,6 +181,9 @@ fn parse_id_map(data: &[u8], table: &mut HashMap<String, u32>, source: &str) {
     };
     for (name, id) in map {
         if let Some(id) = id.as_u64().and_then(|id| u32::try_from(id).ok()) {
+            if id == NO_ID {
+                warn_no_id(&name, source);
+            }
             table.entry(name).or_insert(id);
         }
     }
@@ -163,6 +199,7 @@ mod tests {
         parse_colon_file(
             "root:x:0:0::/root:/bin/sh\n# comment\nbroken\nalice:x:1000:100::/home/alice:/bin/sh\nalice:x:5:5::/:/\nbad:x:nope:1\n",
             &mut t,
+            "test",
         );
         assert_eq!(t.get("root"), Some(&0));
         assert_eq!(t.get("alice"), Some(&1000));
@@ -179,5 +216,29 @@ mod tests {
         assert_eq!(t.get("neg"), None);
         parse_id_map(b"[1,2]", &mut t, "test");
         assert_eq!(t.len(), 2);
+    }
+
+    /// (uid_t)-1 from passwd, group or a map never resolves, and a later source cannot give the
+    /// name another id either.
+    #[test]
+    fn minus_one_never_resolves() {
+        let dir = std::fs::File::open("/").unwrap();
+        let mut r = Resolver::new(dir.as_fd());
+        let mut users = HashMap::new();
+        parse_colon_file("nobody2:x:4294967295:1::/:/\n", &mut users, "test");
+        parse_id_map(br#"{"nobody2": 5, "m": 4294967295}"#, &mut users, "test");
+        r.users = Some(users);
+        for name in ["nobody2", "m", "4294967295"] {
+            let owner = Owner {
+                name: name.into(),
+                id: None,
+            };
+            assert_eq!(r.resolve(&owner, Db::User), None, "{name}");
+        }
+        let numeric = Owner {
+            name: "4294967294".into(),
+            id: None,
+        };
+        assert_eq!(r.resolve(&numeric, Db::User), Some(4_294_967_294));
     }
 }

@@ -6,63 +6,84 @@ use std::os::fd::AsFd;
 
 use rustix::io::Errno;
 
-/// Writes `log` records to stderr: with `<3>`/`<4>`/`<6>` prefixes when stderr is the journal,
-/// with `error: `/`warning: ` prefixes otherwise. Small enough not to need a logging crate.
-struct Logger {
-    journal: bool,
-    level: log::LevelFilter,
+/// The line prefix: a journald priority when stderr is the journal, words otherwise.
+fn prefix(journal: bool, level: log::Level) -> &'static str {
+    use log::Level::{Debug, Error, Info, Trace, Warn};
+    match (journal, level) {
+        (true, Error) => "<3>",
+        (true, Warn) => "<4>",
+        (true, Info) => "<6>",
+        (true, Debug | Trace) => "<7>",
+        (false, Error) => "error: ",
+        (false, Warn) => "warning: ",
+        (false, Info) => "",
+        (false, Debug | Trace) => "debug: ",
+    }
 }
 
-impl log::Log for Logger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.level
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
+/// One record as one line. A control character that reached the message unescaped (a path
+/// some call site printed raw) is escaped here, so that no message can span two lines or start
+/// a line with a forged journal priority. Backslashes are left alone: call sites escape the
+/// bytes they take from the tree and the manifest (`escape::text`), and escaping them again
+/// would double every backslash they wrote.
+fn line(journal: bool, level: log::Level, message: &str) -> String {
+    let prefix = prefix(journal, level);
+    let mut out = String::with_capacity(prefix.len() + message.len() + 1);
+    out.push_str(prefix);
+    if message.contains(char::is_control) {
+        let mut buf = [0; 4];
+        for c in message.chars() {
+            if c.is_control() {
+                out.push_str(&crate::escape::text(c.encode_utf8(&mut buf)));
+            } else {
+                out.push(c);
+            }
         }
-        let level = record.level();
-        let prefix = if self.journal {
-            match level {
-                log::Level::Error => "<3>",
-                log::Level::Warn => "<4>",
-                log::Level::Info => "<6>",
-                log::Level::Debug | log::Level::Trace => "<7>",
-            }
-        } else {
-            match level {
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                log::Level::Info => "",
-                log::Level::Debug | log::Level::Trace => "debug: ",
-            }
-        };
-        // One write per line, so that lines from concurrent units never interleave.
-        let line = format!("{prefix}{}\n", record.args());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    } else {
+        out.push_str(message);
     }
-
-    fn flush(&self) {}
+    out.push('\n');
+    out
 }
 
-/// Sets up logging; the level comes from `PERSIST_PREP_LOG` (error, warn, info, debug).
-pub fn init_logging() {
-    let level = match std::env::var("PERSIST_PREP_LOG").as_deref().map(str::trim) {
-        Ok("error") => log::LevelFilter::Error,
-        Ok("warn" | "warning") => log::LevelFilter::Warn,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("off") => log::LevelFilter::Off,
-        _ => log::LevelFilter::Info,
-    };
-    let logger = Logger {
-        journal: stderr_is_journal(),
-        level,
-    };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
-        log::set_max_level(level);
+/// The filter: `RUST_LOG` as `env_logger` reads it (a level, or `module=level` filters), else
+/// `PERSIST_PREP_LOG` (error, warn, info, debug, trace, off), else info.
+fn filters() -> String {
+    if let Some(spec) = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        return spec;
     }
+    let level = match std::env::var("PERSIST_PREP_LOG").as_deref().map(str::trim) {
+        Ok("error") => "error",
+        Ok("warn" | "warning") => "warn",
+        Ok("debug") => "debug",
+        Ok("trace") => "trace",
+        Ok("off") => "off",
+        _ => "info",
+    };
+    level.to_owned()
+}
+
+/// Sets up logging to stderr, one write per line, so that lines from concurrent units never
+/// interleave.
+pub fn init_logging() {
+    use std::io::Write as _;
+    let journal = stderr_is_journal();
+    let mut builder = env_logger::Builder::new();
+    builder
+        .filter_level(log::LevelFilter::Info)
+        .parse_filters(&filters())
+        .target(env_logger::Target::Stderr)
+        .format(move |buf, record| {
+            let message = match record.args().as_str() {
+                Some(text) => line(journal, record.level(), text),
+                None => line(journal, record.level(), &record.args().to_string()),
+            };
+            buf.write_all(message.as_bytes())
+        });
+    let _ = builder.try_init();
 }
 
 /// systemd sets `JOURNAL_STREAM=dev:ino` for the stream it connected; only trust it when stderr is
@@ -183,6 +204,26 @@ pub fn print_serialized(value: &impl serde::Serialize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_one_line_whatever_it_holds() {
+        for journal in [true, false] {
+            let out = line(
+                journal,
+                log::Level::Error,
+                "cannot open /x\n<0>forged\r\u{1b}[2J",
+            );
+            assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+            assert!(out.ends_with("/x\\n<0>forged\\r\\x1b[2J\n"), "{out:?}");
+            assert!(
+                out.starts_with(if journal { "<3>" } else { "error: " }),
+                "{out:?}"
+            );
+        }
+        // Backslashes escaped by the call site stay as written.
+        assert_eq!(line(false, log::Level::Info, "a\\xff"), "a\\xff\n");
+        assert_eq!(line(true, log::Level::Warn, "w"), "<4>w\n");
+    }
 
     #[test]
     fn words() {

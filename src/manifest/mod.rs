@@ -1,20 +1,17 @@
 //! The manifest: the contract between the NixOS module, which writes it at build time, and us.
 //!
 //! The whole file is validated before anything is touched, and every problem is reported at
-//! once, so that one rebuild fixes them all. Well-formed manifests take a typed fast path
-//! (`fast`); anything it declines goes to the tree walker (`walker`), which explains it.
+//! once, so that one rebuild fixes them all. One typed parse (`raw`) checks the shape; one
+//! semantic pass (`semantic`) checks the meaning and collects every problem.
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::Options;
+use crate::escape;
 use crate::exit::Exit;
 
-mod fast;
-mod walker;
-
-use walker::Validator;
+mod raw;
+mod semantic;
 
 /// The only manifest version this binary understands.
 pub const VERSION: u64 = 1;
@@ -80,21 +77,15 @@ pub struct Described<'a>(&'a Entry);
 impl std::fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = self.0;
+        let path = escape::text(&e.path);
         match &e.origin {
             Some(origin) => write!(
                 f,
-                "{} {} (from {})",
+                "{} {path} (from {})",
                 e.kind.as_str(),
-                crate::escape::text(&e.path),
-                crate::escape::text(origin)
+                escape::text(origin)
             ),
-            None => write!(
-                f,
-                "{} {} ({})",
-                e.kind.as_str(),
-                crate::escape::text(&e.path),
-                e.location
-            ),
+            None => write!(f, "{} {path} ({})", e.kind.as_str(), e.location),
         }
     }
 }
@@ -163,42 +154,74 @@ impl Owner {
 
 /// Reads and validates a manifest file; the error lists every problem, one per line.
 pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read(path).map_err(|why| {
         vec![format!(
-            "cannot read manifest {}: {}; fix: check the path given with --manifest (default /etc/persist-prep/manifest.json) and that the initrd contains it",
-            path.display(),
-            crate::report::io_error_words(&e)
+            "cannot read manifest {}: {why}; fix: check the path given with --manifest (default /etc/persist-prep/manifest.json) and that the initrd contains it",
+            crate::escape::bytes(path.as_os_str().as_encoded_bytes()),
         )]
     })?;
     parse(&text)
 }
 
+/// Reads the manifest, which must be a regular file. It is opened non-blocking and checked
+/// before it is read, so that a FIFO or a device there is refused at once instead of hanging the
+/// boot. Symlinks are followed: the NixOS initrd links the manifest into the store.
+fn read(path: &Path) -> Result<String, String> {
+    use rustix::fs::{FileType, Mode, OFlags, fstat, open};
+    let words = |e| crate::report::errno_words(e);
+    let fd = open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(words)?;
+    let kind = FileType::from_raw_mode(fstat(&fd).map_err(words)?.st_mode);
+    let what = match kind {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("a directory"),
+        FileType::Fifo => Some("a FIFO (named pipe)"),
+        FileType::CharacterDevice => Some("a character device"),
+        FileType::BlockDevice => Some("a block device"),
+        FileType::Socket => Some("a socket"),
+        _ => Some("not a file"),
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "it is {what}, not a regular file, and only a regular file is read"
+        ));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)
+        .map_err(|e| crate::report::io_error_words(&e))?;
+    Ok(text)
+}
+
 /// Parses and validates manifest text.
 pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
-    // Manifests written by the module are well formed: read those straight into typed values,
-    // which is several times faster than a JSON tree. Anything odd takes the slow path, which
-    // walks the tree to report every problem at once.
-    let mut v = Validator::default();
-    let fast = serde_json::from_str::<fast::Raw<'_>>(text)
-        .ok()
-        .and_then(fast::convert);
-    let mut manifest = if let Some(manifest) = fast {
-        manifest
-    } else {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            vec![format!(
-                "the manifest is not valid JSON: {e}; fix: regenerate it (the NixOS module writes it with builtins.toJSON)"
-            )]
-        })?;
-        v.manifest(&value)
-    };
-    v.cross_check(&manifest);
-    if v.errors.is_empty() {
+    let raw = serde_json::from_str::<raw::Raw<'_>>(text).map_err(|e| vec![structural(&e)])?;
+    let (mut manifest, errors) = semantic::check(&raw);
+    if errors.is_empty() {
         dedup(&mut manifest);
         Ok(manifest)
     } else {
-        Err(v.errors)
+        Err(errors)
     }
+}
+
+/// A manifest of the wrong shape was not written by the module (or was edited or cut short):
+/// serde's message names the key and the line and column, and the fix is to regenerate it.
+fn structural(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "the manifest is not valid JSON",
+        Category::Eof => "the manifest ends too early (not valid JSON; was it cut short?)",
+        Category::Data => "the manifest does not have the shape of a version-1 manifest",
+        Category::Io => "the manifest cannot be read",
+    };
+    format!(
+        "{what}: {}; fix: regenerate the manifest with the NixOS module (boot.initrd.persist-prep), which writes it with builtins.toJSON, rather than editing it by hand",
+        escape::text(&e.to_string())
+    )
 }
 
 /// A path split into its components, or why it is not acceptable.
@@ -242,13 +265,23 @@ pub fn contains(ancestor: &str, path: &str) -> bool {
         || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
-/// A user or group name as NixOS accepts it: no separators, no white space.
+/// A user or group name as NixOS accepts it: no separators, no white space. A numeric name is
+/// taken as an id, so it must be one: 4294967295 is `(uid_t)-1`, which chown reads as "leave
+/// unchanged".
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    !numeric_out_of_range(name)
+        && !name.is_empty()
         && name.len() <= 256
         && !name
             .chars()
             .any(|c| c == ':' || c == '/' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// True for a name of digits only that is not an id from 0 to 4294967294.
+fn numeric_out_of_range(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && !matches!(name.parse::<u32>(), Ok(id) if id != u32::MAX)
 }
 
 /// Drops identical duplicate entries, which the validator accepted.
@@ -260,20 +293,33 @@ fn dedup(manifest: &mut Manifest) {
     }
 }
 
+/// The `validate --json` document.
+#[derive(serde::Serialize)]
+struct Verdict<'a> {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storages: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<usize>,
+    errors: &'a [String],
+}
+
 /// `persist-prep validate`: read and validate only.
 pub fn validate_command(options: &Options) -> Exit {
     match load(&options.manifest) {
         Ok(manifest) => {
             let entries: usize = manifest.storages.iter().map(|s| s.entries.len()).sum();
             if options.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": true, "storages": manifest.storages.len(), "entries": entries, "errors": []})
-                );
+                print_verdict(&Verdict {
+                    valid: true,
+                    storages: Some(manifest.storages.len()),
+                    entries: Some(entries),
+                    errors: &[],
+                });
             }
             log::info!(
                 "manifest {} is valid: {} storages, {entries} entries",
-                options.manifest.display(),
+                escape::bytes(options.manifest.as_os_str().as_encoded_bytes()),
                 manifest.storages.len()
             );
             Exit::Ok
@@ -281,21 +327,33 @@ pub fn validate_command(options: &Options) -> Exit {
         Err(errors) => {
             report_invalid(options, &errors);
             if options.json {
-                println!("{}", serde_json::json!({"valid": false, "errors": errors}));
+                print_verdict(&Verdict {
+                    valid: false,
+                    storages: None,
+                    entries: None,
+                    errors: &errors,
+                });
             }
             Exit::InvalidManifest
         }
     }
 }
 
+fn print_verdict(verdict: &Verdict<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, verdict);
+    let _ = writeln!(out);
+}
+
 /// Logs every validation error and the verdict.
 pub fn report_invalid(options: &Options, errors: &[String]) {
+    let path = escape::bytes(options.manifest.as_os_str().as_encoded_bytes());
     for error in errors {
-        log::error!("invalid manifest {}: {error}", options.manifest.display());
+        log::error!("invalid manifest {path}: {error}");
     }
     log::error!(
-        "manifest {} has {} problem(s); nothing was touched",
-        options.manifest.display(),
+        "manifest {path} has {} problem(s); nothing was touched",
         errors.len()
     );
 }
@@ -398,16 +456,83 @@ mod tests {
         assert!(e[2].contains(".mode"), "{e:?}");
         assert!(e[3].contains(".uid"), "{e:?}");
         assert!(e[4].contains(".mode: missing"), "{e:?}");
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","uid":4294967295,"gid":-5,"mode":"0755"}"#,
+        ));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains(".uid: 4294967295 is not a valid id"), "{e:?}");
+        assert!(e[1].contains(".gid: -5 is not a valid id"), "{e:?}");
     }
 
     #[test]
     fn reports_every_problem_at_once() {
         let e = errors(
-            r#"{"version":1,"bogus":true,"storages":[
-                {"path":"rel","directories":[{"path":"x","user":"root","group":"root","mode":"0755"}]},
-                {"path":"/p","mountPoint":"/q","files":[{"path":"/f","mode":"0755"}]}]}"#,
+            r#"{"version":2,"storages":[
+                {"path":"rel","directories":[{"path":"x","user":"a b","group":"root","uid":1e20,"mode":"0755"}]},
+                {"path":"/p","mountPoint":"/q","directories":[{"path":"/p/x","user":"root","group":"root","mode":"0755"}],
+                 "files":[{"path":"/f","parent":{"mode":"9"}}]}]}"#,
         );
-        assert!(e.len() >= 5, "{e:#?}");
+        let expect = [
+            "manifest.version: version 2",
+            "storages[0].path: the path is relative",
+            "storages[0].directories[0] \"x\".path: the path is relative",
+            "storages[0].directories[0] \"x\".user: \"a b\" is not a valid user name",
+            "storages[0].directories[0] \"x\".uid: 1e+20 is not a valid id",
+            "storages[1].mountPoint: /q is neither",
+            "storages[1].files[0] \"/f\".parent.mode:",
+            "storages[1].directories[0]: directory /p/x (storages[1].directories[0]) overlaps the storage /p",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (e, expect) in e.iter().zip(expect) {
+            assert!(e.starts_with(expect), "{e:?} should start with {expect:?}");
+        }
+    }
+
+    #[test]
+    fn structural_errors_are_reported_once_with_line_and_fix() {
+        for (text, what) in [
+            (
+                r#"{"version":1,"bogus":true,"storages":[]}"#,
+                "unknown field `bogus`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"path":1}]}"#,
+                "invalid type: integer `1`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"directories":[]}]}"#,
+                "missing field `path`",
+            ),
+            (
+                r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","mode":"0755"}]}]}"#,
+                "unknown field `mode`",
+            ),
+            ("{\n\"version\":1,\n\"storages\":[\n", "ends too early"),
+        ] {
+            let e = errors(text);
+            assert_eq!(e.len(), 1, "{e:#?}");
+            assert!(e[0].contains(what), "{e:?}");
+            assert!(
+                e[0].contains(" line ") && e[0].contains(" column "),
+                "{e:?}"
+            );
+            assert!(
+                e[0].contains("fix: regenerate the manifest with the NixOS module"),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_show_manifest_bytes_escaped() {
+        let e = errors(&one_dir(
+            r#"{"path":"rel\n<0>forged","user":"root","group":"root","mode":"0755","origin":"o\u001b"}"#,
+        ));
+        assert!(
+            e.iter().all(|e| !e.contains('\n') && !e.contains('\u{1b}')),
+            "{e:?}"
+        );
+        assert!(e[0].contains("rel\\n<0>forged"), "{e:?}");
     }
 
     #[test]
@@ -481,7 +606,41 @@ mod tests {
         let e = errors(
             r#"{"version":1,"storages":[{"path":"/p","files":[{"path":"/f","user":"root"}]}]}"#,
         );
-        assert!(e[0].contains("unknown key \"user\""), "{e:?}");
+        assert!(e[0].contains("unknown field `user`"), "{e:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = errors(&one_dir(
+            r#"{"path":"/a","user":"root","group":"root","mode":"0700","mode":"0777"}"#,
+        ));
+        assert!(e[0].contains("duplicate field `mode`"), "{e:?}");
+        let e = errors(r#"{"version":1,"version":1,"storages":[]}"#);
+        assert!(e[0].contains("duplicate field `version`"), "{e:?}");
+    }
+
+    #[test]
+    fn numeric_names_must_be_ids() {
+        for name in ["4294967295", "4294967296", "99999999999999999999"] {
+            let e = errors(&one_dir(&format!(
+                r#"{{"path":"/a","user":"{name}","group":"root","mode":"0700"}}"#
+            )));
+            assert!(
+                e[0].contains(".user") && e[0].contains("0 to 4294967294"),
+                "{e:?}"
+            );
+            let e = errors(&one_dir(&format!(
+                r#"{{"path":"/a","user":"root","group":"root","mode":"0700","parent":{{"group":"{name}"}}}}"#
+            )));
+            assert!(e[0].contains(".parent.group"), "{e:?}");
+        }
+        let m = ok(&one_dir(
+            r#"{"path":"/a","user":"4294967294","group":"0","mode":"0700"}"#,
+        ));
+        assert_eq!(
+            m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
+            "4294967294"
+        );
     }
 
     #[test]
@@ -493,6 +652,7 @@ mod tests {
     mod properties {
         use super::super::*;
         use proptest::prelude::*;
+        use serde_json::Value;
 
         /// JSON values shaped like manifests, with the odd wrong type or value mixed in.
         fn json() -> impl Strategy<Value = Value> {
@@ -565,18 +725,6 @@ mod tests {
                 }
             }
 
-            /// The typed fast path accepts only what the tree walker accepts, and reads it the same.
-            #[test]
-            fn fast_path_agrees_with_the_tree_walker(value in json()) {
-                let text = value.to_string();
-                if let Some(fast) = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert) {
-                    let mut v = Validator::default();
-                    let slow = v.manifest(&value);
-                    prop_assert!(v.errors.is_empty(), "fast path accepted {text}, the walker said {:?}", v.errors);
-                    prop_assert_eq!(fast, slow);
-                }
-            }
-
             /// Bytes that are not even JSON are rejected, never a panic.
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
@@ -595,11 +743,6 @@ mod tests {
                 let doc = serde_json::json!({"version": 1, "storages": [{"path": "/persist", "mountPoint": "/", "directories": dirs}]});
                 let text = doc.to_string();
                 let m = parse(&text).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                // Well-formed manifests take the fast path, and it reads them as the walker does.
-                let fast = serde_json::from_str::<fast::Raw<'_>>(&text).ok().and_then(fast::convert);
-                let mut v = Validator::default();
-                let slow = v.manifest(&doc);
-                prop_assert_eq!(fast.as_ref(), Some(&slow));
                 let entries = &m.storages[0].entries;
                 prop_assert_eq!(entries.len(), dirs.len());
                 for pair in entries.windows(2) {
