@@ -7,6 +7,7 @@ mod deferred;
 mod exit;
 mod fs;
 mod manifest;
+#[cfg(feature = "microvm")]
 mod microvm;
 mod mode;
 mod owner;
@@ -110,10 +111,7 @@ fn run(args: &[String]) -> Exit {
         "check" => &["--manifest", "--root", "--state-dir", "--json"],
         "finish" => &["--root", "--state-dir", "--json"],
         "validate" => &["--manifest", "--json"],
-        "microvm" => {
-            report::init_logging();
-            return microvm::main(rest);
-        }
+        "microvm" => return microvm_main(rest.iter().map(std::ffi::OsString::from)),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return Exit::Ok;
@@ -141,7 +139,32 @@ fn run(args: &[String]) -> Exit {
     }
 }
 
+/// Host mode, when this build has it (the `microvm` cargo feature).
+#[cfg(feature = "microvm")]
+fn microvm_main(args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
+    report::init_logging();
+    microvm::main(args)
+}
+
+/// The initrd build leaves host mode out; say so instead of calling it an unknown command.
+#[cfg(not(feature = "microvm"))]
+fn microvm_main(_args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
+    eprintln!(
+        "persist-prep: this build has no microvm host mode (it was built without the `microvm` \
+         feature, as the initrd binary is); run the host's persist-prep, built with default \
+         features, for `persist-prep microvm`"
+    );
+    Exit::Usage
+}
+
 fn main() -> ExitCode {
+    // Host mode reads its arguments as OsStrings, so that a non-UTF-8 path cannot panic here.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "microvm")
+    {
+        return microvm_main(std::env::args_os().skip(2)).into();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     run(&args).into()
 }
