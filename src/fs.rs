@@ -307,3 +307,167 @@ fn relative(path: &str) -> &str {
     let trimmed = path.trim_start_matches('/');
     if trimmed.is_empty() { "." } else { trimmed }
 }
+
+// Rooted helpers shared with host mode (`microvm/rootfs.rs`): listing, classifying and removing
+// without following symlinks, and telling where a directory lives.
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Opens `path` inside the root with `flags`, symlinks resolved within the root.
+pub fn open_in_root_with(root: impl AsFd, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    openat2(
+        root,
+        relative(path),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    )
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// A word for a file type, for messages ("a FIFO, not a directory").
+pub fn file_type_name(file_type: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match file_type {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
+    }
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// One directory entry: its raw name and its type, never following a symlink.
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub file_type: rustix::fs::FileType,
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Lists an open directory without `.` and `..`, sorted by name; types the file system does not
+/// report are taken from `lstat`.
+pub fn list_dir(dir: impl AsFd) -> Result<Vec<DirEntry>, Errno> {
+    use rustix::fs::{Dir, FileType};
+    let mut entries = Vec::new();
+    for entry in Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let mut file_type = entry.file_type();
+        if file_type == FileType::Unknown {
+            let stat = rustix::fs::statat(&dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
+            file_type = FileType::from_raw_mode(stat.st_mode);
+        }
+        entries.push(DirEntry {
+            name: name.to_vec(),
+            file_type,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Why [`remove_tree_at`] stopped: the entry (relative to the removed directory, empty for the
+/// directory itself) and the errno; `EBUSY` when a mount point was found there.
+#[derive(Debug)]
+pub struct RemoveError {
+    pub entry: String,
+    pub errno: Errno,
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Removes the directory `name` below `parent` and everything in it, never following a symlink
+/// and never crossing into another mount (a mount point anywhere inside stops it with `EBUSY`).
+pub fn remove_tree_at(parent: impl AsFd, name: &str) -> Result<(), RemoveError> {
+    let fail = |entry: &str| {
+        let entry = entry.to_owned();
+        move |errno| RemoveError { entry, errno }
+    };
+    let top = rustix::fs::openat(&parent, name, DIR_READ, Mode::empty()).map_err(fail(""))?;
+    let mount = mount_id(&top).map_err(fail(""))?;
+    if mount_id(&parent).map_err(fail(""))? != mount {
+        return Err(fail("")(Errno::BUSY));
+    }
+    remove_contents(&top, "", mount)?;
+    drop(top);
+    rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR).map_err(fail(""))
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+fn remove_contents(dir: &OwnedFd, prefix: &str, mount: (u64, u64)) -> Result<(), RemoveError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let entries = list_dir(dir).map_err(|errno| RemoveError {
+        entry: prefix.to_owned(),
+        errno,
+    })?;
+    for entry in entries {
+        let raw = std::ffi::OsStr::from_bytes(&entry.name);
+        let shown = String::from_utf8_lossy(&entry.name);
+        let child = if prefix.is_empty() {
+            shown.into_owned()
+        } else {
+            format!("{prefix}/{shown}")
+        };
+        let fail = |errno| RemoveError {
+            entry: child.clone(),
+            errno,
+        };
+        if entry.file_type == rustix::fs::FileType::Directory {
+            let sub = rustix::fs::openat(dir, raw, DIR_READ, Mode::empty()).map_err(fail)?;
+            if mount_id(&sub).map_err(fail)? != mount {
+                return Err(fail(Errno::BUSY));
+            }
+            remove_contents(&sub, &child, mount)?;
+            rustix::fs::unlinkat(dir, raw, AtFlags::REMOVEDIR).map_err(fail)?;
+        } else {
+            rustix::fs::unlinkat(dir, raw, AtFlags::empty()).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Identifies the mount a file is on: the mount id where the kernel reports it, else the device.
+pub fn mount_id(fd: impl AsFd) -> Result<(u64, u64), Errno> {
+    match statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID) {
+        Ok(stx) if stx.stx_mask & StatxFlags::MNT_ID.bits() != 0 => Ok((0, stx.stx_mnt_id)),
+        _ => Ok((1, fstat(&fd)?.st_dev)),
+    }
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Whether the open file is on a file system mounted read-only.
+pub fn on_read_only_fs(fd: impl AsFd) -> Result<bool, Errno> {
+    let vfs = rustix::fs::fstatvfs(fd)?;
+    Ok(vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+#[cfg_attr(not(feature = "microvm"), allow(dead_code))]
+/// Whether the directory `dir` is `ancestor` or below it, walking `..` until `ancestor`, `stop`
+/// (the root the walk must not leave) or the file system's top. Both are `(st_dev, st_ino)`.
+pub fn is_below(dir: impl AsFd, ancestor: (u64, u64), stop: (u64, u64)) -> Result<bool, Errno> {
+    let mut current = rustix::fs::openat(&dir, ".", DIR_PATH, Mode::empty())?;
+    for _ in 0..4096 {
+        let stat = fstat(&current)?;
+        let id = (stat.st_dev, stat.st_ino);
+        if id == ancestor {
+            return Ok(true);
+        }
+        if id == stop {
+            return Ok(false);
+        }
+        let parent = rustix::fs::openat(&current, "..", DIR_PATH, Mode::empty())?;
+        let up = fstat(&parent)?;
+        if (up.st_dev, up.st_ino) == id {
+            return Ok(false);
+        }
+        current = parent;
+    }
+    Err(Errno::LOOP)
+}

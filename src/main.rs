@@ -8,6 +8,7 @@ mod escape;
 mod exit;
 mod fs;
 mod manifest;
+#[cfg(feature = "microvm")]
 mod microvm;
 mod mode;
 mod owner;
@@ -135,20 +136,6 @@ fn path_value(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String
     Ok(PathBuf::from(value))
 }
 
-/// The subcommand's remaining arguments as text, for `microvm`'s own parser.
-fn rest_as_strings(parser: &mut lexopt::Parser) -> Result<Vec<String>, String> {
-    let raw = parser.raw_args().map_err(|e| arg_error(&e))?;
-    raw.map(|arg| {
-        arg.into_string().map_err(|arg| {
-            format!(
-                "argument \"{}\" is not valid UTF-8",
-                escape::bytes(arg.as_encoded_bytes())
-            )
-        })
-    })
-    .collect()
-}
-
 fn run(mut parser: lexopt::Parser) -> Exit {
     let command = match parser.next() {
         Ok(Some(lexopt::Arg::Value(command))) => command,
@@ -176,12 +163,10 @@ fn run(mut parser: lexopt::Parser) -> Exit {
         Some("finish") => &["--root", "--state-dir", "--json"],
         Some("validate") => &["--manifest", "--json"],
         Some("microvm") => {
-            let rest = match rest_as_strings(&mut parser) {
-                Ok(rest) => rest,
-                Err(message) => return usage_error(&message),
+            return match parser.raw_args() {
+                Ok(rest) => microvm_main(rest),
+                Err(e) => usage_error(&arg_error(&e)),
             };
-            report::init_logging();
-            return microvm::main(&rest);
         }
         Some("help") => {
             return print_usage();
@@ -205,6 +190,24 @@ fn run(mut parser: lexopt::Parser) -> Exit {
         Some("finish") => deferred::finish(&options),
         _ => manifest::validate_command(&options),
     }
+}
+
+/// Host mode, when this build has it (the `microvm` cargo feature).
+#[cfg(feature = "microvm")]
+fn microvm_main(args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
+    report::init_logging();
+    microvm::main(args)
+}
+
+/// The initrd build leaves host mode out; say so instead of calling it an unknown command.
+#[cfg(not(feature = "microvm"))]
+fn microvm_main(_args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
+    eprintln!(
+        "persist-prep: this build has no microvm host mode (it was built without the `microvm` \
+         feature, as the initrd binary is); run the host's persist-prep, built with default \
+         features, for `persist-prep microvm`"
+    );
+    Exit::Usage
 }
 
 fn main() -> ExitCode {

@@ -4,29 +4,20 @@
 //! a listing of the whole tree before and after: exactly the planned paths may disappear, nothing
 //! else may change. Logging output is not asserted; the JSON document carries every problem.
 
+#![cfg(feature = "microvm")]
+
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_persist-prep");
-
-fn require_all() -> bool {
-    std::env::var_os("PERSIST_PREP_REQUIRE_ALL").is_some_and(|v| v == "1")
-}
-
-/// Skips (or fails under `PERSIST_PREP_REQUIRE_ALL=1`) when a prerequisite is missing.
-fn skip(why: &str) {
-    assert!(
-        !require_all(),
-        "prerequisite missing and PERSIST_PREP_REQUIRE_ALL=1: {why}"
-    );
-    eprintln!("SKIP: {why}");
-}
+use common::{BIN, skip};
 
 /// A fake host tree; removed on drop.
 struct Tree {
@@ -168,23 +159,35 @@ impl Drop for Tree {
 struct Run {
     code: i32,
     json: Value,
-    output: Output,
+    out: common::Run,
 }
 
 fn run_with_root(root: &Path, args: &[&str]) -> Run {
+    run_os(root, args.iter().map(std::ffi::OsStr::new))
+}
+
+/// Runs `persist-prep microvm ARGS --root ROOT`; `--json` output is parsed.
+fn run_os<'a>(root: &Path, args: impl Iterator<Item = &'a std::ffi::OsStr> + Clone) -> Run {
+    let json = args.clone().any(|a| a == "--json");
     let mut command = Command::new(BIN);
-    command.arg("microvm").args(args).arg("--root").arg(root);
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = if args.contains(&"--json") {
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    command
+        .arg("microvm")
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("PERSIST_PREP_LOG");
+    let out = common::Run::from(command.output().unwrap());
+    let json = if json {
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", out.stdout, out.stderr))
     } else {
         Value::Null
     };
     Run {
-        code: output.status.code().unwrap_or(-1),
+        code: out.code,
         json,
-        output,
+        out,
     }
 }
 
@@ -222,7 +225,7 @@ impl Run {
     }
 
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
+        self.out.stderr.clone()
     }
 }
 
@@ -485,7 +488,7 @@ fn status_classifies_everything() {
     );
     // The text form lists the same things.
     let text = tree.run(&["status", "--declared", "web"]);
-    let stdout = String::from_utf8_lossy(&text.output.stdout);
+    let stdout = &text.out.stdout;
     assert!(
         stdout.contains("orphaned") && stdout.contains("/run/systemd/system/microvm@old.service.d")
     );
@@ -616,8 +619,12 @@ fn templates_go_only_when_no_vm_is_left() {
 fn store_managed_templates_are_reported_and_never_touched() {
     let tree = nixos_host();
     // No VM at all is declared or imperative any more: templates would go if they were writable.
+    // The generation keeps the host module but no VM (no install-microvm-web.service).
     fs::remove_dir_all(tree.path("/var/lib/microvms/imp")).unwrap();
     fs::remove_dir_all(tree.path("/var/lib/microvms/web")).unwrap();
+    fs::remove_file(tree.path(&format!("{SYSTEM_UNITS}/install-microvm-web.service"))).unwrap();
+    fs::remove_dir_all(tree.path(&format!("{SYSTEM_UNITS}/microvm@web.service.d"))).unwrap();
+    fs::remove_dir_all(tree.path(&format!("{SYSTEM_UNITS}/microvms.target.wants"))).unwrap();
     let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
     let paths = run.plan_paths();
     assert!(
@@ -702,7 +709,17 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
         )
         .file("/var/lib/microvms/old/nested/deeper/disk.img", "disk")
         .fifo("/var/lib/microvms/old/nested/control.fifo");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web", "--purge-state", "old"]);
+    // `old` has `booted` (the host went down with it running): offline, that needs the override.
+    let (run, gone) = prune_as_planned(
+        &tree,
+        &[
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+            "--purge-state-of-possibly-running",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/"), "{gone:?}");
     assert!(
@@ -1106,5 +1123,349 @@ fn command_line_and_manifest_errors() {
         Path::new("/nonexistent/persist-prep-root"),
         &["status", "--declared", ""],
     );
-    assert_eq!(missing.code, 2);
+    // As for the core commands: a root that cannot be opened is a failure (1), not a usage error.
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr().contains("cannot open --root"),
+        "{}",
+        missing.stderr()
+    );
+}
+
+/// Writes a host manifest next to the tree (outside `--root`, as the module's store file is).
+fn host_manifest(tree: &Tree, text: &str) -> String {
+    let path = tree.root.parent().unwrap().join("microvm.json");
+    fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn vm_json<'a>(run: &'a Run, name: &str) -> &'a Value {
+    run.json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["name"] == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {:#}", run.json["vms"]))
+}
+
+/// Rule 1: the active configuration's `install-microvm-web.service` declares `web`; a
+/// declaration that omits it (`--declared ''`, a stale manifest) is refused as a whole.
+#[test]
+fn units_of_the_configuration_overrule_nothing_but_stop_everything() {
+    let tree = nixos_host();
+    // A store drop-in alone (customising an imperative VM) declares nothing.
+    tree.file(
+        &format!("{SYSTEM_UNITS}/microvm@imp.service.d/overrides.conf"),
+        "[Service]\nCPUQuota=20%\n",
+    );
+    let stale = host_manifest(
+        &tree,
+        r#"{"version":1,"vms":[{"name":"other","autostart":false}]}"#,
+    );
+    let before = tree.snapshot();
+    for (args, source) in [
+        (
+            vec!["--declared", "", "--stop", "--purge-state", "web"],
+            "--declared ''",
+        ),
+        (vec!["--manifest", stale.as_str()], stale.as_str()),
+    ] {
+        let mut full = vec!["prune", "--json"];
+        full.extend_from_slice(&args);
+        let run = tree.run(&full);
+        assert_eq!(run.code, 2, "{:?}: {}", args, run.stderr());
+        assert_eq!(run.json["aborted"], true);
+        assert_eq!(run.plan(), Vec::<Value>::new());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("VM 'web' is declared by the active configuration")
+                && problems.contains("/etc/systemd/system/install-microvm-web.service")
+                && problems.contains(source)
+                && problems.contains("nothing was planned, stopped or deleted"),
+            "{problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{args:?}: something was changed");
+    }
+    let status = tree.run(&["status", "--json", "--declared", ""]);
+    assert_eq!(status.code, 2, "{}", status.stderr());
+    assert_eq!(status.class_of("/var/lib/microvms/web"), "declared");
+    assert_eq!(status.class_of("/var/lib/microvms/imp"), "imperative");
+    // Consistent declarations work as before; the drop-in did not make `imp` declared.
+    let ok = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr());
+    assert_eq!(ok.class_of("/var/lib/microvms/imp"), "imperative");
+}
+
+/// Rule 2: `booted` means the VM may be running; offline, its state is purged only with the
+/// explicit override, and a refusal changes nothing at all.
+#[test]
+fn a_possibly_running_vm_is_not_purged_offline() {
+    let tree = nixos_host();
+    // `gone` went down with the host: `booted` dangles (its runner was garbage-collected).
+    tree.link("/var/lib/microvms/gone/booted", "/nix/store/gone-runner")
+        .file("/var/lib/microvms/gone/gone.img", "disk");
+    let before = tree.snapshot();
+    for args in [
+        &["--purge-state", "old"][..],
+        &["--purge-state", "old", "--stop"][..],
+        &["--purge-state", "gone", "--dry-run"][..],
+    ] {
+        let mut full = vec!["prune", "--json", "--declared", "web"];
+        full.extend_from_slice(args);
+        let run = tree.run(&full);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr());
+        assert_eq!(run.json["aborted"], true);
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("/booted exists")
+                && problems.contains("--purge-state-of-possibly-running")
+                && problems.contains("Nothing was changed"),
+            "{problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{args:?}: something was changed");
+    }
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(vm_json(&status, "old")["booted"], true);
+    assert_eq!(vm_json(&status, "imp")["booted"], false);
+    // The override, named for what it does, lets a person who knows better purge both.
+    let (run, gone) = prune_as_planned(
+        &tree,
+        &[
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+            "--purge-state",
+            "gone",
+            "--purge-state-of-possibly-running",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains("/root/var/lib/microvms/old/old.img (4 bytes)"));
+    assert!(gone.contains("/root/var/lib/microvms/gone/gone.img (4 bytes)"));
+}
+
+impl Tree {
+    /// A VM installed with `microvm.deploy.installOnHost`: `current`, `old`, `booted`, GC roots
+    /// `NAME`, `booted-NAME` and `old-NAME`, no `flake`, no `toplevel`.
+    fn installed_on_host_vm(&self, name: &str) -> &Self {
+        let runner = self.runner(name, &[&format!("vm-{name}0")], &[]);
+        let previous = format!("/nix/store/prev-microvm-qemu-{name}");
+        self.file(&format!("{previous}/bin/microvm-run"), "#!/bin/sh\n");
+        let state = format!("/var/lib/microvms/{name}");
+        let roots = "/nix/var/nix/gcroots/microvm";
+        self.link(&format!("{state}/current"), &runner)
+            .link(&format!("{state}/booted"), &runner)
+            .link(&format!("{state}/old"), &previous)
+            .file(&format!("{state}/{name}.img"), "disk")
+            .link(&format!("{roots}/{name}"), &format!("{state}/current"))
+            .link(
+                &format!("{roots}/booted-{name}"),
+                &format!("{state}/booted"),
+            )
+            .link(&format!("{roots}/old-{name}"), &format!("{state}/old"))
+    }
+}
+
+/// Rule 3: a VM deployed with `installOnHost` is imperative, like one from `microvm -c`.
+#[test]
+fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
+    let tree = nixos_host();
+    tree.installed_on_host_vm("deployed")
+        .file(
+            "/run/systemd/system/microvm@deployed.service.d/override.conf",
+            "[Service]\n",
+        )
+        .link(
+            "/run/systemd/system/microvms.target.wants/microvm@deployed.service",
+            "/etc/systemd/system/microvm@.service",
+        );
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    for path in [
+        "/var/lib/microvms/deployed",
+        "/nix/var/nix/gcroots/microvm/deployed",
+        "/nix/var/nix/gcroots/microvm/booted-deployed",
+        "/nix/var/nix/gcroots/microvm/old-deployed",
+        "/run/systemd/system/microvm@deployed.service.d",
+        "/run/systemd/system/microvms.target.wants/microvm@deployed.service",
+        "vm-deployed0",
+    ] {
+        assert_eq!(status.class_of(path), "imperative", "class of {path}");
+    }
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone.iter().any(|line| line.contains("deployed")),
+        "removed: {gone:?}"
+    );
+    // Its state is purged only on request, like any imperative VM's (offline: with the override).
+    let (run, gone) = prune_as_planned(
+        &tree,
+        &[
+            "--declared",
+            "web",
+            "--purge-state",
+            "deployed",
+            "--purge-state-of-possibly-running",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains(
+        "/root/nix/var/nix/gcroots/microvm/old-deployed -> /var/lib/microvms/deployed/old"
+    ));
+}
+
+/// Rule 4: the manifest's `stateDir` is where the state directories are; GC roots pointing
+/// anywhere else belong to nobody this run knows, and are kept.
+#[test]
+fn the_state_dir_comes_from_the_manifest() {
+    let tree = Tree::new("statedir");
+    let roots = "/nix/var/nix/gcroots/microvm";
+    let runner = tree.runner("imp", &[], &[]);
+    tree.link("/srv/microvms/imp/current", &runner)
+        .file("/srv/microvms/imp/flake", "git+file:///etc/nixos")
+        .link(&format!("{roots}/imp"), "/srv/microvms/imp/current")
+        .link(&format!("{roots}/booted-imp"), "/srv/microvms/imp/booted")
+        .link("/srv/microvms/old/toplevel", "/nix/store/old-nixos-system")
+        .file("/srv/microvms/old/old.img", "disk")
+        .link(&format!("{roots}/old"), "/srv/microvms/old/current")
+        .link(
+            &format!("{roots}/legacy"),
+            "/var/lib/microvms/legacy/current",
+        )
+        .link(&format!("{roots}/foreign"), "/opt/elsewhere/current")
+        .link(&format!("{roots}/relative"), "../../elsewhere");
+    let manifest = host_manifest(
+        &tree,
+        r#"{"version": 1, "stateDir": "/srv/microvms", "vms": []}"#,
+    );
+    let status = tree.run(&["status", "--json", "--manifest", &manifest]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    assert_eq!(status.json["stateDir"], "/srv/microvms");
+    for (path, class) in [
+        ("/srv/microvms/imp", "imperative"),
+        ("/srv/microvms/old", "orphaned"),
+        ("/nix/var/nix/gcroots/microvm/imp", "imperative"),
+        ("/nix/var/nix/gcroots/microvm/booted-imp", "imperative"),
+        ("/nix/var/nix/gcroots/microvm/old", "orphaned"),
+        ("/nix/var/nix/gcroots/microvm/legacy", "unknown"),
+        ("/nix/var/nix/gcroots/microvm/foreign", "unknown"),
+        ("/nix/var/nix/gcroots/microvm/relative", "unknown"),
+    ] {
+        assert_eq!(status.class_of(path), class, "class of {path}");
+    }
+    let (run, _) = prune_as_planned(&tree, &["--manifest", &manifest, "--purge-state", "old"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(
+        planned(&run),
+        pairs(&[
+            ("remove-gc-root", "/nix/var/nix/gcroots/microvm/old"),
+            ("purge-state", "/srv/microvms/old"),
+        ])
+    );
+    // Without "stateDir", the default: the roots into /srv/microvms are then of unknown owner and
+    // kept, and only the one into the default state dir (naming no VM there) goes.
+    let default = host_manifest(&tree, r#"{"version": 1, "vms": []}"#);
+    let (run, _) = prune_as_planned(&tree, &["--manifest", &default]);
+    assert_eq!(run.json["stateDir"], "/var/lib/microvms");
+    assert_eq!(
+        planned(&run),
+        pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/legacy")])
+    );
+    let bad = host_manifest(&tree, r#"{"version": 1, "stateDir": "srv", "vms": []}"#);
+    assert_eq!(tree.run(&["status", "--manifest", &bad]).code, 3);
+}
+
+/// Rule 5, offline half: status shows which VMs list the same interface. (Whether `--stop`
+/// leaves such an orphan running is the planner's unit test and boot scenario 50's case 4.)
+#[test]
+fn a_shared_interface_is_shown_with_both_vms() {
+    let tree = nixos_host();
+    // `old` was renamed to `web`: the declared VM lists the orphan's tap too.
+    fs::write(
+        tree.path("/nix/store/web-microvm-qemu-web/share/microvm/tap-interfaces"),
+        "vm-web0\nvm-old0\n",
+    )
+    .unwrap();
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    let items = status.json["items"].as_array().unwrap();
+    let detail = |vm: &str| {
+        items
+            .iter()
+            .find(|i| i["name"] == "vm-old0" && i["vm"] == vm)
+            .and_then(|i| i["detail"].as_str())
+            .unwrap_or_else(|| panic!("no vm-old0 of {vm}"))
+            .to_owned()
+    };
+    assert!(
+        detail("old").contains("also listed by VM 'web' (declared)"),
+        "{}",
+        detail("old")
+    );
+    assert!(detail("web").contains("also listed by VM 'old' (orphaned)"));
+}
+
+/// Rule 6: `lost+found` and `.snapshots` are file system furniture, not VMs.
+#[test]
+fn file_system_furniture_is_not_a_vm() {
+    let tree = Tree::new("furniture");
+    tree.dir("/var/lib/microvms/lost+found")
+        .file("/var/lib/microvms/.snapshots/1/info.xml", "<snapshot/>")
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        )
+        // Named by a unit, a bare directory is an orphan's after all.
+        .dir("/var/lib/microvms/old");
+    let status = tree.run(&["status", "--json", "--declared", ""]);
+    assert_eq!(status.code, 0, "{:?}", status.problems());
+    assert_eq!(status.class_of("/var/lib/microvms/lost+found"), "not-a-vm");
+    assert_eq!(status.class_of("/var/lib/microvms/.snapshots"), "not-a-vm");
+    assert_eq!(status.class_of("/var/lib/microvms/old"), "orphaned");
+    assert!(status.problems().is_empty(), "{:?}", status.problems());
+    let (run, _) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{:?}", run.problems());
+    assert_eq!(
+        planned(&run),
+        pairs(&[(
+            "remove-drop-in",
+            "/run/systemd/system/microvm@old.service.d"
+        )])
+    );
+    let before = tree.snapshot();
+    for name in [".snapshots", "lost+found"] {
+        let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", name]);
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(problems.contains("is not a VM"), "{problems}");
+        assert_eq!(tree.snapshot(), before, "{name}: something was changed");
+    }
+}
+
+/// A non-UTF-8 argument is a usage error with a message (a non-UTF-8 path is fine).
+#[test]
+fn non_utf8_arguments_do_not_panic() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let tree = Tree::new("nonutf8");
+    let bad = std::ffi::OsStr::from_bytes(b"we\xffb");
+    let run = run_os(
+        &tree.root,
+        [std::ffi::OsStr::new("status"), "--declared".as_ref(), bad].into_iter(),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    assert!(run.stderr().contains("not valid UTF-8"), "{}", run.stderr());
+    let run = run_os(
+        &tree.root,
+        [
+            std::ffi::OsStr::new("status"),
+            "--declared".as_ref(),
+            "".as_ref(),
+            "--manifest".as_ref(),
+            bad,
+        ]
+        .into_iter(),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr());
 }

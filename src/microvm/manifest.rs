@@ -1,4 +1,5 @@
-//! The host manifest: the VMs the NixOS configuration declares, baked in by the module.
+//! The host manifest: the VMs the NixOS configuration declares and where their state lives, baked
+//! in by the module.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +10,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct Raw {
     version: u32,
+    /// `microvm.stateDir`; optional so that manifests from before it was added stay valid.
+    #[serde(rename = "stateDir")]
+    state_dir: Option<String>,
     vms: Vec<RawVm>,
 }
 
@@ -23,20 +27,31 @@ struct RawVm {
 /// Declared VM name -> whether it autostarts (unknown when given with `--declared`).
 pub type Declared = BTreeMap<String, Option<bool>>;
 
+/// microvm.nix's default `microvm.stateDir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/microvms";
+
+/// What the configuration declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub vms: Declared,
+    /// Where the VMs' state directories are (`microvm.stateDir`), absolute, no trailing slash.
+    pub state_dir: String,
+}
+
 /// Reads and validates the host manifest; the error is a complete message.
-pub fn load(path: &Path) -> Result<Declared, String> {
+pub fn load(path: &Path) -> Result<Host, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "cannot read the host manifest {}: {}; pass the file the NixOS module writes, or \
              --declared NAMES",
             path.display(),
-            super::rootfs::io_why(&e)
+            crate::report::io_error_words(&e)
         )
     })?;
     parse(&text).map_err(|why| format!("invalid host manifest {}: {why}", path.display()))
 }
 
-pub fn parse(text: &str) -> Result<Declared, String> {
+pub fn parse(text: &str) -> Result<Host, String> {
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if raw.version != 1 {
         return Err(format!(
@@ -44,6 +59,11 @@ pub fn parse(text: &str) -> Result<Declared, String> {
             raw.version
         ));
     }
+    let state_dir = match raw.state_dir {
+        None => DEFAULT_STATE_DIR.to_owned(),
+        Some(dir) => check_state_dir(&dir)
+            .map_err(|why| format!("\"stateDir\": {dir:?} is not usable: {why}"))?,
+    };
     let mut declared = Declared::new();
     for vm in raw.vms {
         super::names::check_vm_name(&vm.name)
@@ -55,7 +75,32 @@ pub fn parse(text: &str) -> Result<Declared, String> {
             return Err(format!("VM {:?} is listed twice", vm.name));
         }
     }
-    Ok(declared)
+    Ok(Host {
+        vms: declared,
+        state_dir,
+    })
+}
+
+/// A state directory must be a plain absolute path: it is compared with GC root targets.
+pub fn check_state_dir(dir: &str) -> Result<String, String> {
+    let trimmed = dir.trim_end_matches('/');
+    if !dir.starts_with('/') {
+        return Err("it must be an absolute path".into());
+    }
+    if trimmed.is_empty() {
+        return Err("it must not be / itself".into());
+    }
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err("it must not contain empty, `.` or `..` components".into());
+    }
+    if dir.contains('\0') {
+        return Err("it contains a NUL byte".into());
+    }
+    Ok(trimmed.to_owned())
 }
 
 #[cfg(test)]
@@ -69,8 +114,22 @@ mod tests {
                                         { "name": "db", "autostart": false } ] }"#,
         )
         .unwrap();
-        assert_eq!(declared.get("web"), Some(&Some(true)));
-        assert_eq!(declared.get("db"), Some(&Some(false)));
+        assert_eq!(declared.vms.get("web"), Some(&Some(true)));
+        assert_eq!(declared.vms.get("db"), Some(&Some(false)));
+        assert_eq!(declared.state_dir, DEFAULT_STATE_DIR);
+    }
+
+    #[test]
+    fn reads_the_state_dir() {
+        let host = parse(r#"{"version":1,"stateDir":"/srv/microvms/","vms":[]}"#).unwrap();
+        assert_eq!(host.state_dir, "/srv/microvms");
+        for bad in ["srv", "/", "/srv/../etc", "/srv//x"] {
+            let text = format!(r#"{{"version":1,"stateDir":"{bad}","vms":[]}}"#);
+            assert!(
+                parse(&text).unwrap_err().contains("stateDir"),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

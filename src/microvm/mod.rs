@@ -4,19 +4,29 @@
 //! and, unless `--dry-run`, carries it out, so the dry run shows exactly what a real run does.
 //!
 //! The rules, and why:
-//! - A VM is *declared* (named by `--manifest`/`--declared`), *imperative* (its state directory
-//!   has `flake` and no `toplevel`, as `microvm -c` leaves it) or *orphaned* (anything else that
-//!   names it). Names are used verbatim: microvm.nix's templates use `%i`, so a name that systemd
-//!   would have to escape cannot be a working VM; it is an error and left alone.
+//! - A VM is *declared* (named by `--manifest`/`--declared`, or by a store-managed
+//!   `install-microvm-NAME.service` of the active configuration), *imperative* (made by
+//!   `microvm -c`: `flake` and no `toplevel`; or by `microvm.deploy.installOnHost`: no
+//!   `toplevel`, but `old` or GC roots) or *orphaned* (anything else that names it). When the
+//!   configuration's units declare a VM that the given declaration omits, one of the two is wrong:
+//!   that is a usage error, and nothing at all is done. Names are used verbatim: microvm.nix's
+//!   templates use `%i`, so a name that systemd would have to escape cannot be a working VM.
+//! - State lives in the manifest's `stateDir` (default `/var/lib/microvms`). A directory there
+//!   with no `current`, `booted`, `toplevel` or `flake` that nothing names is no VM
+//!   (`lost+found`); a GC root pointing outside the state directory is of unknown owner. Both
+//!   are kept.
 //! - Orphans lose their enablement links, instance unit files and drop-ins in the writable unit
 //!   directories, and their GC roots (symlinks). Shared templates go only when no declared,
 //!   imperative or unclassifiable VM is left. Anything under `/nix/store` or on a read-only mount
 //!   is reported as managed by the NixOS configuration and never touched.
 //! - State directories hold disks: only `--purge-state NAME` deletes one, and any bad name there
-//!   (declared, missing, unclassifiable, running without `--stop`) aborts before any change.
+//!   (declared, missing, not a VM, unclassifiable, possibly running and not stopped in this run)
+//!   aborts before any change. `booted` means "may be running"; offline only
+//!   `--purge-state-of-possibly-running` overrides it.
 //! - systemd and `ip` are used only when `--root` is this system's `/` and systemd runs: failed
 //!   orphan units are reset; running orphans are stopped (and their listed taps deleted) only with
-//!   `--stop`, and otherwise kept whole; one `daemon-reload` follows unit file changes.
+//!   `--stop`, never when one of their interfaces is also a kept VM's (its tap-down would delete
+//!   it), and otherwise kept whole; one `daemon-reload` follows unit file changes.
 //! - A directory that cannot be read (a FIFO or file where a directory belongs, a link loop) makes
 //!   the inventory incomplete, and then `prune` changes nothing at all.
 
@@ -30,14 +40,17 @@ mod rootfs;
 mod scan;
 mod systemd;
 
+use std::ffi::OsString;
+
 use crate::exit::Exit;
+use crate::report::Elapsed;
 
 use args::{ArgsError, Command, DeclaredSource};
 use output::Report;
 use scan::Problem;
 
 /// Entry point for `persist-prep microvm ARGS...`.
-pub fn main(args: &[String]) -> Exit {
+pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
     let args = match args::parse(args) {
         Ok(args) => args,
         Err(ArgsError::Help) => {
@@ -49,50 +62,37 @@ pub fn main(args: &[String]) -> Exit {
             return Exit::Usage;
         }
     };
-    let declared = match &args.declared {
+    let (host, source) = match &args.declared {
         DeclaredSource::Manifest(path) => match manifest::load(path) {
-            Ok(declared) => declared,
+            Ok(host) => (host, format!("the host manifest {}", path.display())),
             Err(message) => {
                 log::error!("{message}");
                 return Exit::InvalidManifest;
             }
         },
-        DeclaredSource::Names(names) => names.iter().map(|n| (n.clone(), None)).collect(),
+        DeclaredSource::Names(names) => (
+            manifest::Host {
+                vms: names.iter().map(|n| (n.clone(), None)).collect(),
+                state_dir: manifest::DEFAULT_STATE_DIR.to_owned(),
+            },
+            format!("--declared '{}'", names.join(",")),
+        ),
     };
+    // Like the core commands: a root that cannot be opened is a failure, not a usage error.
     let root = match rootfs::Root::open(&args.root) {
         Ok(root) => root,
         Err(errno) => {
             log::error!(
                 "cannot open --root {}: {}; give the directory the host's tree is mounted on",
                 args.root.display(),
-                rootfs::why(errno)
+                crate::report::errno_words(errno)
             );
-            return Exit::Usage;
+            return Exit::Failed;
         }
     };
-    let mut report = Report::new(&args, &declared);
-    let live_state = if systemd::is_live(&root) {
-        match systemd::query() {
-            Ok(state) => Some(state),
-            Err(message) => {
-                report.extra_problems.push(Problem {
-                    blocking: true,
-                    ..Problem::error(
-                        None,
-                        None,
-                        format!(
-                            "cannot ask systemd which microvm units run: {message}. prune changes \
-                             nothing without knowing that"
-                        ),
-                    )
-                });
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mut inventory = scan::scan(&root, &declared, live_state.as_ref());
+    let mut report = Report::new(&args, &host.vms);
+    let live_state = query_live(&root, &mut report);
+    let mut inventory = scan::scan(&root, &host, live_state.as_ref());
     inventory.problems.append(&mut report.extra_problems);
     if live_state.is_none() && inventory.problems.iter().all(|p| !p.blocking) {
         log::debug!(
@@ -104,21 +104,63 @@ pub fn main(args: &[String]) -> Exit {
     for problem in &inventory.problems {
         output::log_problem(problem);
     }
-    let exit = match args.command {
-        Command::Status => {
-            report.print_status(&inventory);
-            if inventory.has_errors() {
-                Exit::Failed
-            } else {
-                Exit::Ok
+    let contradictions = plan::contradictions(&inventory, &source);
+    let exit = if contradictions.is_empty() {
+        match args.command {
+            Command::Status => {
+                report.print_status(&inventory);
+                if inventory.has_errors() {
+                    Exit::Failed
+                } else {
+                    Exit::Ok
+                }
             }
+            Command::Prune => prune(&args, &root, &inventory, &mut report),
         }
-        Command::Prune => prune(&args, &root, &inventory, &mut report),
+    } else {
+        if args.command == Command::Status {
+            report.print_status(&inventory);
+        }
+        abort(&mut report, contradictions)
     };
     if args.json {
         report.print_json(&inventory);
     }
     exit
+}
+
+/// Asks systemd, when `--root` is the running system; failing to is a blocking problem.
+fn query_live(root: &rootfs::Root, report: &mut Report) -> Option<systemd::LiveState> {
+    if !systemd::is_live(root) {
+        return None;
+    }
+    match systemd::query() {
+        Ok(state) => Some(state),
+        Err(message) => {
+            report.extra_problems.push(Problem {
+                blocking: true,
+                ..Problem::error(
+                    None,
+                    None,
+                    format!(
+                        "cannot ask systemd which microvm units run: {message}. prune changes \
+                         nothing without knowing that"
+                    ),
+                )
+            });
+            None
+        }
+    }
+}
+
+/// Ends a run that must not act at all: the errors are logged and reported, nothing is done.
+fn abort(report: &mut Report, errors: Vec<Problem>) -> Exit {
+    for error in &errors {
+        output::log_problem(error);
+    }
+    report.aborted = true;
+    report.notes = errors;
+    Exit::Usage
 }
 
 fn prune(
@@ -130,14 +172,10 @@ fn prune(
     let options = plan::Options {
         stop: args.stop,
         purge_state: &args.purge_state,
+        purge_possibly_running: args.purge_possibly_running,
     };
     if let Err(errors) = plan::check_purge(inventory, &options) {
-        for error in &errors {
-            output::log_problem(error);
-        }
-        report.aborted = true;
-        report.notes = errors;
-        return Exit::Usage;
+        return abort(report, errors);
     }
     let plan = plan::build(inventory, &options);
     for note in &plan.notes {
@@ -170,10 +208,10 @@ fn prune(
     let count = |status| report.results.iter().filter(|r| r.status == status).count();
     let failed = count(execute::Status::Failed);
     log::info!(
-        "prune: summary: {} done, {failed} failed, {} skipped in {:.1} ms",
+        "prune: summary: {} done, {failed} failed, {} skipped in {} ms",
         count(execute::Status::Done),
         count(execute::Status::Skipped),
-        started.elapsed().as_secs_f64() * 1000.0
+        Elapsed::since(started)
     );
     if failed > 0 || inventory.has_errors() || plan_errors {
         Exit::Failed

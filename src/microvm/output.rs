@@ -109,16 +109,17 @@ impl Report {
             "command": self.command_name(),
             "root": self.root,
             "live": inv.live,
+            "stateDir": inv.state_dir,
             "declared": self.declared,
             "vms": inv.vms.values().collect::<Vec<_>>(),
             "items": inv.items,
             "problems": inv.problems,
+            "aborted": self.aborted,
+            "notes": self.notes,
         });
         if self.command == Command::Prune {
             let count = |status| self.results.iter().filter(|r| r.status == status).count();
             doc["dryRun"] = json!(self.dry_run);
-            doc["aborted"] = json!(self.aborted);
-            doc["notes"] = json!(self.notes);
             doc["plan"] = json!(self.plan);
             doc["results"] = json!(self.results);
             doc["summary"] = json!({

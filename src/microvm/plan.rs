@@ -113,6 +113,8 @@ impl Step {
 pub struct Options<'a> {
     pub stop: bool,
     pub purge_state: &'a [String],
+    /// `--purge-state-of-possibly-running`: a `booted` link does not stop a purge.
+    pub purge_possibly_running: bool,
 }
 
 /// The steps, and what the admin should know about what is kept.
@@ -122,41 +124,77 @@ pub struct Plan {
     pub notes: Vec<Problem>,
 }
 
+/// The VMs that the configuration's own units declare but the given declaration omits. Each is
+/// an error that stops the whole run: one of the two sources is wrong, and acting on either
+/// could take down a VM that is still wanted.
+pub fn contradictions(inv: &Inventory, source: &str) -> Vec<Problem> {
+    inv.contradictions
+        .iter()
+        .map(|name| {
+            let units = inv
+                .declared_by_units
+                .get(name)
+                .map(|paths| paths.join(", "))
+                .unwrap_or_default();
+            Problem::error(
+                Some(name),
+                None,
+                format!(
+                    "VM '{name}' is declared by the active configuration ({units}, managed by \
+                     the NixOS configuration), but {source} does not name it. One of them is \
+                     wrong, so nothing was planned, stopped or deleted. Fix: give the host \
+                     manifest of the running generation (/etc/persist-prep/microvm.json), or \
+                     add '{name}' to --declared"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Why stopping a running orphan could take a kept VM's network down, if it could: stopping
+/// `microvm@NAME` runs `tap-down` (`ip link delete`) for every interface its runner lists, and
+/// after a rename a declared or imperative VM may list the same name.
+pub fn interface_conflict(inv: &Inventory, vm: &Vm) -> Option<String> {
+    let mut shared = Vec::new();
+    let mut unknown = Vec::new();
+    for other in inv.vms.values().filter(|o| o.name != vm.name) {
+        if !matches!(
+            other.class,
+            VmClass::Declared | VmClass::Imperative | VmClass::Invalid
+        ) {
+            continue;
+        }
+        match (&vm.interfaces, &other.interfaces) {
+            (Some(mine), Some(theirs)) => {
+                for interface in mine
+                    .iter()
+                    .filter(|i| theirs.iter().any(|t| t.name == i.name))
+                {
+                    shared.push(format!("{} (also '{}')", interface.name, other.name));
+                }
+            }
+            (Some(mine), None) if mine.is_empty() => {}
+            (None, Some(theirs)) if theirs.is_empty() => {}
+            _ => unknown.push(other.name.clone()),
+        }
+    }
+    if !shared.is_empty() {
+        Some(format!("it shares {}", shared.join(", ")))
+    } else if !unknown.is_empty() {
+        Some(format!(
+            "its interfaces or those of {} cannot be read, so a shared one cannot be ruled out",
+            unknown.join(", ")
+        ))
+    } else {
+        None
+    }
+}
+
 /// Checks `--purge-state`: any bad name aborts the whole run before anything is changed.
 pub fn check_purge(inv: &Inventory, options: &Options) -> Result<(), Vec<Problem>> {
     let mut errors = Vec::new();
     for name in options.purge_state {
-        let vm = inv.vms.get(name);
-        let reason = match vm {
-            None => Some(format!(
-                "there is no state directory {}/{name}; check the name with `persist-prep microvm \
-                 status`",
-                super::scan::STATE_ROOT
-            )),
-            Some(vm) => match vm.class {
-                VmClass::Declared => Some(format!(
-                    "VM '{name}' is declared in the configuration, and its state directory holds \
-                     its disks. Remove it from `microvm.vms` and switch first, or drop \
-                     --purge-state {name}"
-                )),
-                _ if vm.state_dir.is_none() => Some(format!(
-                    "VM '{name}' has no state directory {}/{name}",
-                    super::scan::STATE_ROOT
-                )),
-                VmClass::Invalid => Some(format!(
-                    "the state directory of '{name}' cannot be handled safely (see the error \
-                     about it); remove it by hand"
-                )),
-                VmClass::Imperative | VmClass::Orphaned if vm.running && !options.stop => {
-                    Some(format!(
-                        "VM '{name}' is running ({}); add --stop to stop it first",
-                        vm.active_units.join(", ")
-                    ))
-                }
-                VmClass::Imperative | VmClass::Orphaned => None,
-            },
-        };
-        if let Some(reason) = reason {
+        if let Some(reason) = purge_refusal(inv, options, name) {
             errors.push(Problem::error(
                 Some(name),
                 None,
@@ -169,6 +207,69 @@ pub fn check_purge(inv: &Inventory, options: &Options) -> Result<(), Vec<Problem
     } else {
         Err(errors)
     }
+}
+
+fn purge_refusal(inv: &Inventory, options: &Options, name: &str) -> Option<String> {
+    let state = &inv.state_dir;
+    if inv.not_vms.contains(name) {
+        return Some(format!(
+            "{state}/{name} is not a VM (it has no current, booted, toplevel or flake, and no \
+             unit or GC root names it); persist-prep does not delete it. Remove it by hand if \
+             you must"
+        ));
+    }
+    let Some(vm) = inv.vms.get(name) else {
+        return Some(format!(
+            "there is no state directory {state}/{name}; check the name with `persist-prep \
+             microvm status`"
+        ));
+    };
+    match vm.class {
+        VmClass::Declared => Some(format!(
+            "VM '{name}' is declared in the configuration, and its state directory holds its \
+             disks. Remove it from `microvm.vms` and switch first, or drop --purge-state {name}"
+        )),
+        _ if vm.state_dir.is_none() => {
+            Some(format!("VM '{name}' has no state directory {state}/{name}"))
+        }
+        VmClass::Invalid => Some(format!(
+            "the state directory of '{name}' cannot be handled safely (see the error about it); \
+             remove it by hand"
+        )),
+        VmClass::Imperative | VmClass::Orphaned => running_refusal(inv, options, vm),
+    }
+}
+
+/// A VM that may be running keeps its disks unless this very run stops it first.
+fn running_refusal(inv: &Inventory, options: &Options, vm: &Vm) -> Option<String> {
+    let name = &vm.name;
+    let stops = options.stop && inv.live;
+    if let (true, Some(why)) = (vm.running, interface_conflict(inv, vm)) {
+        return Some(format!(
+            "VM '{name}' is running and is not stopped by persist-prep: {why}"
+        ));
+    }
+    if vm.running && !stops {
+        return Some(format!(
+            "VM '{name}' is running ({}); add --stop to stop it first",
+            vm.active_units.join(", ")
+        ));
+    }
+    if vm.booted && !stops && !options.purge_possibly_running {
+        let why = if inv.live {
+            "systemd runs none of its units, but a `booted` link can also mean it runs outside \
+             systemd"
+        } else {
+            "--root is not the running system, so systemd cannot be asked"
+        };
+        return Some(format!(
+            "{}/{name}/booted exists: VM '{name}' runs, or ran when the host went down ({why}). \
+             On the running host add --stop to stop it first; offline, if you know that it does \
+             not run, add --purge-state-of-possibly-running",
+            inv.state_dir
+        ));
+    }
+    None
 }
 
 fn removal(item: &Item) -> Option<Step> {
@@ -187,8 +288,22 @@ fn removal(item: &Item) -> Option<Step> {
 }
 
 /// Plans the steps of one VM whose leftovers go; `false` when it must stay (it still runs).
-fn plan_vm(vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
+fn plan_vm(inv: &Inventory, vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
     let mut stopped = Vec::new();
+    if vm.running && options.stop {
+        if let Some(why) = interface_conflict(inv, vm) {
+            plan.notes.push(shared_interface_note(vm, &why));
+            return false;
+        }
+    }
+    if purged && vm.booted && !vm.running && options.stop && inv.live {
+        // `booted` without an active unit: stop anyway, so that the purge below waits for a
+        // clean stop (a failed stop skips it) and nothing of it is left starting.
+        plan.steps.push(Step::Stop {
+            unit: format!("microvm@{}.service", vm.name),
+            vm: vm.name.clone(),
+        });
+    }
     if vm.running {
         if !options.stop {
             plan.notes.push(Problem::warning(
@@ -249,6 +364,23 @@ fn plan_vm(vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
     true
 }
 
+/// A running orphan that is not stopped because of a shared interface: what to do by hand.
+fn shared_interface_note(vm: &Vm, why: &str) -> Problem {
+    let name = &vm.name;
+    Problem::warning(
+        Some(name),
+        None,
+        format!(
+            "VM '{name}' is orphaned and running, but it is not stopped: {why}. Stopping \
+             microvm@{name}.service runs its tap-down, which deletes those interfaces under the \
+             VM that still uses them. Its units, GC roots and state are kept. Fix, at a moment \
+             when that VM may lose its network: `systemctl stop microvm@{name}.service`, then \
+             `systemctl restart` the units of the VM sharing the interface (its tap-up recreates \
+             it), then run prune again"
+        ),
+    )
+}
+
 /// Builds the plan. Call `check_purge` first.
 pub fn build(inv: &Inventory, options: &Options) -> Plan {
     let mut plan = Plan::default();
@@ -268,7 +400,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
         if !gone {
             continue;
         }
-        if plan_vm(vm, purged, options, &mut plan) {
+        if plan_vm(inv, vm, purged, options, &mut plan) {
             going.insert(&vm.name);
         }
     }
@@ -334,6 +466,7 @@ mod tests {
             autostart: None,
             state_dir: Some(format!("/var/lib/microvms/{name}")),
             running: false,
+            booted: false,
             active_units: vec![],
             failed_units: vec![],
             interfaces: Some(vec![]),
@@ -377,6 +510,7 @@ mod tests {
         gone.failed_units = vec!["microvm@gone.service".into()];
         let mut inv = Inventory {
             live: true,
+            state_dir: "/var/lib/microvms".into(),
             ..Inventory::default()
         };
         inv.vms.insert("old".into(), old);
@@ -404,6 +538,7 @@ mod tests {
             &Options {
                 stop: false,
                 purge_state: &[],
+                purge_possibly_running: false,
             },
         );
         assert_eq!(
@@ -424,6 +559,7 @@ mod tests {
             &Options {
                 stop: true,
                 purge_state: &[],
+                purge_possibly_running: false,
             },
         );
         let old = || "old".to_string();
@@ -477,6 +613,7 @@ mod tests {
             &Options {
                 stop: true,
                 purge_state: &[],
+                purge_possibly_running: false,
             },
         );
         assert!(
@@ -500,6 +637,7 @@ mod tests {
                 &Options {
                     stop,
                     purge_state: &names,
+                    purge_possibly_running: false,
                 },
             )
         };
@@ -528,9 +666,110 @@ mod tests {
             &Options {
                 stop: false,
                 purge_state: &names,
+                purge_possibly_running: false,
             },
         );
         assert!(declared.unwrap_err()[0].message.contains("declared"));
+    }
+
+    fn options(stop: bool, purge_state: &[String]) -> Options<'_> {
+        Options {
+            stop,
+            purge_state,
+            purge_possibly_running: false,
+        }
+    }
+
+    #[test]
+    fn an_orphan_sharing_an_interface_with_a_kept_vm_is_not_stopped() {
+        let mut inv = live_inventory();
+        // `old` was renamed to `new`: both runners list vm-old0.
+        let mut new = vm("new", VmClass::Declared);
+        new.interfaces = Some(vec![Interface {
+            name: "vm-old0".into(),
+            kind: "tap",
+            present: Some(true),
+        }]);
+        inv.vms.insert("new".into(), new);
+        let plan = build(&inv, &options(true, &[]));
+        assert!(
+            !plan.steps.iter().any(|s| s.vm() == Some("old")),
+            "{:?}",
+            plan.steps
+        );
+        // The rest goes on: the failed orphan is still reset.
+        assert!(plan.steps.contains(&Step::ResetFailed {
+            unit: "microvm@gone.service".into(),
+            vm: "gone".into()
+        }));
+        let note = &plan.notes[0].message;
+        assert!(note.contains("shares vm-old0 (also 'new')"), "{note}");
+        assert!(
+            note.contains("systemctl stop microvm@old.service"),
+            "{note}"
+        );
+        let purge = ["old".to_owned()];
+        let refused = check_purge(&inv, &options(true, &purge)).unwrap_err();
+        assert!(refused[0].message.contains("is not stopped"), "{refused:?}");
+        // Unreadable interfaces of a kept VM: sharing cannot be ruled out, so no stop either.
+        inv.vms.get_mut("new").unwrap().interfaces = None;
+        assert!(
+            build(&inv, &options(true, &[]))
+                .steps
+                .iter()
+                .all(|s| s.vm() != Some("old"))
+        );
+        // Without a kept VM's interface in common, the orphan is stopped as before.
+        inv.vms.get_mut("new").unwrap().interfaces = Some(vec![]);
+        assert!(
+            build(&inv, &options(true, &[]))
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Stop { vm, .. } if vm == "old"))
+        );
+    }
+
+    #[test]
+    fn a_booted_vm_is_purged_only_after_a_stop_or_with_the_override() {
+        let mut inv = live_inventory();
+        let mut crashed = vm("crashed", VmClass::Orphaned);
+        crashed.booted = true;
+        inv.vms.insert("crashed".into(), crashed);
+        let purge = ["crashed".to_owned()];
+        let refused = check_purge(&inv, &options(false, &purge)).unwrap_err();
+        assert!(refused[0].message.contains("booted"), "{refused:?}");
+        // Live with --stop: stopped first in the same run, then purged.
+        assert!(check_purge(&inv, &options(true, &purge)).is_ok());
+        let steps: Vec<Step> = build(&inv, &options(true, &purge))
+            .steps
+            .into_iter()
+            .filter(|s| s.vm() == Some("crashed"))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                Step::Stop {
+                    unit: "microvm@crashed.service".into(),
+                    vm: "crashed".into()
+                },
+                Step::PurgeState {
+                    path: "/var/lib/microvms/crashed".into(),
+                    vm: "crashed".into()
+                }
+            ]
+        );
+        // Offline --stop stops nothing, so only the override allows the purge.
+        inv.live = false;
+        assert!(check_purge(&inv, &options(true, &purge)).is_err());
+        let overridden = Options {
+            purge_possibly_running: true,
+            ..options(false, &purge)
+        };
+        assert!(check_purge(&inv, &overridden).is_ok());
+        // The override never overrules systemd: a running VM still needs --stop.
+        inv.live = true;
+        inv.vms.get_mut("crashed").unwrap().running = true;
+        assert!(check_purge(&inv, &overridden).is_err());
     }
 
     #[test]
@@ -545,7 +784,8 @@ mod tests {
                 &inv,
                 &Options {
                     stop: true,
-                    purge_state: &[]
+                    purge_state: &[],
+                    purge_possibly_running: false,
                 }
             )
             .steps

@@ -1,33 +1,19 @@
-//! Filesystem access confined to `--root`.
+//! Filesystem access confined to `--root`, for host mode: a thin layer over the rooted helpers in
+//! `crate::fs` that keeps root-relative paths for messages.
 //!
 //! Every path is resolved from a handle on the root with `openat2(RESOLVE_IN_ROOT)`, so an absolute
 //! symlink such as `/etc/systemd/system -> /nix/store/...` in a mounted tree resolves inside that
 //! tree and never on the host. The last component of anything removed is never followed.
 
-use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat, StatVfsMountFlags, StatxFlags,
-};
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType, OFlags, Stat};
 use rustix::io::Errno;
 
-/// The errno in words, without the "(os error N)" suffix.
-pub fn why(errno: Errno) -> String {
-    io_why(&std::io::Error::from_raw_os_error(errno.raw_os_error()))
-}
-
-pub fn io_why(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    match text.find(" (os error") {
-        Some(cut) => text[..cut].to_owned(),
-        None => text,
-    }
-}
+pub use crate::fs::file_type_name as type_name;
 
 /// A failed filesystem operation, with the root-relative path it concerns.
 #[derive(Debug, Clone)]
@@ -39,7 +25,12 @@ pub struct FsError {
 
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, why(self.errno))?;
+        write!(
+            f,
+            "{}: {}",
+            self.path,
+            crate::report::errno_words(self.errno)
+        )?;
         if let Some(note) = &self.note {
             write!(f, " ({note})")?;
         }
@@ -55,28 +46,14 @@ fn fail(path: &str, errno: Errno) -> FsError {
     }
 }
 
-/// A word for a file type, for messages ("a FIFO, not a directory").
-pub fn type_name(file_type: FileType) -> &'static str {
-    match file_type {
-        FileType::RegularFile => "a regular file",
-        FileType::Directory => "a directory",
-        FileType::Symlink => "a symbolic link",
-        FileType::Fifo => "a FIFO",
-        FileType::Socket => "a socket",
-        FileType::CharacterDevice => "a character device",
-        FileType::BlockDevice => "a block device",
-        FileType::Unknown => "a file of unknown type",
-    }
-}
-
 pub fn file_type(stat: &Stat) -> FileType {
     FileType::from_raw_mode(stat.st_mode)
 }
 
-/// One directory entry: its name (when UTF-8) and type (never following symlinks).
+/// One directory entry: its name (`Err` holds a lossy rendering when it is not UTF-8) and type
+/// (never following symlinks).
 pub struct Entry {
     pub name: Result<String, String>,
-    pub raw: Vec<u8>,
     pub file_type: FileType,
 }
 
@@ -106,11 +83,7 @@ pub struct Root {
 
 impl Root {
     pub fn open(path: &Path) -> Result<Self, Errno> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = crate::fs::open_root(path)?;
         let stat = rustix::fs::fstat(&fd)?;
         Ok(Root {
             fd,
@@ -125,14 +98,8 @@ impl Root {
 
     /// Opens a path, following symlinks only inside the root.
     pub fn open_path(&self, path: &str, flags: OFlags) -> Result<OwnedFd, FsError> {
-        rustix::fs::openat2(
-            &self.fd,
-            path,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(|e| fail(path, e))
+        crate::fs::open_in_root_with(&self.fd, path, flags | OFlags::CLOEXEC)
+            .map_err(|e| fail(path, e))
     }
 
     pub fn open_dir(&self, path: &str) -> Result<OwnedFd, FsError> {
@@ -192,11 +159,9 @@ impl Root {
 
     /// Why nothing below this directory may be changed, if that is so.
     pub fn managed(&self, dir: &OwnedFd) -> Option<&'static str> {
-        match rustix::fs::fstatvfs(dir) {
-            Ok(vfs) if vfs.f_flag.contains(StatVfsMountFlags::RDONLY) => {
-                return Some("on a read-only file system");
-            }
-            Ok(_) => {}
+        match crate::fs::on_read_only_fs(dir) {
+            Ok(true) => return Some("on a read-only file system"),
+            Ok(false) => {}
             Err(_) => return Some("on a file system that cannot be inspected"),
         }
         match self.in_store(dir) {
@@ -206,42 +171,14 @@ impl Root {
         }
     }
 
-    /// Walks `..` up to the root, looking for the root's `/nix/store`.
+    /// Whether the directory is the root's `/nix/store` or below it.
     fn in_store(&self, dir: &OwnedFd) -> Result<bool, Errno> {
         let store = match self.open_path("/nix/store", OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => rustix::fs::fstat(&fd)?,
             Err(e) if e.errno == Errno::NOENT || e.errno == Errno::NOTDIR => return Ok(false),
             Err(e) => return Err(e.errno),
         };
-        let store = (store.st_dev, store.st_ino);
-        let mut current = rustix::fs::openat(
-            dir,
-            ".",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for _ in 0..4096 {
-            let stat = rustix::fs::fstat(&current)?;
-            let id = (stat.st_dev, stat.st_ino);
-            if id == store {
-                return Ok(true);
-            }
-            if id == self.id {
-                return Ok(false);
-            }
-            let parent = rustix::fs::openat(
-                &current,
-                "..",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let up = rustix::fs::fstat(&parent)?;
-            if (up.st_dev, up.st_ino) == id {
-                return Ok(false);
-            }
-            current = parent;
-        }
-        Err(Errno::LOOP)
+        crate::fs::is_below(dir, (store.st_dev, store.st_ino), self.id)
     }
 
     /// Opens a path's parent for a change and refuses when the parent is managed.
@@ -271,96 +208,37 @@ impl Root {
     /// Removes a directory and everything in it, staying on its mount and never following links.
     pub fn remove_tree(&self, path: &str) -> Result<(), FsError> {
         let (parent, name) = self.writable_parent(path)?;
-        let top = rustix::fs::openat(
-            &parent,
-            name.as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail(path, e))?;
-        let mount = mount_key(&top).map_err(|e| fail(path, e))?;
-        if mount_key(&parent).map_err(|e| fail(path, e))? != mount {
-            return Err(FsError {
-                path: path.to_owned(),
-                errno: Errno::BUSY,
-                note: Some("it is a mount point; unmount it first".into()),
+        crate::fs::remove_tree_at(&parent, &name).map_err(|e| {
+            let at = if e.entry.is_empty() {
+                path.to_owned()
+            } else {
+                join(path, &e.entry)
+            };
+            let note = (e.errno == Errno::BUSY).then(|| {
+                if e.entry.is_empty() {
+                    "it is a mount point; unmount it first".to_owned()
+                } else {
+                    "a mount point inside; unmount it first".to_owned()
+                }
             });
-        }
-        remove_contents(&top, path, mount)?;
-        drop(top);
-        rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::REMOVEDIR).map_err(|e| fail(path, e))
-    }
-}
-
-/// Identifies the mount a directory is on (mount id where the kernel has it, else the device).
-fn mount_key(fd: &OwnedFd) -> Result<(u64, u64), Errno> {
-    match rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID) {
-        Ok(stx) if stx.stx_mask & StatxFlags::MNT_ID.bits() != 0 => Ok((0, stx.stx_mnt_id)),
-        _ => Ok((1, rustix::fs::fstat(fd)?.st_dev)),
-    }
-}
-
-fn remove_contents(dir: &OwnedFd, path: &str, mount: (u64, u64)) -> Result<(), FsError> {
-    for entry in list_fd(dir, path)? {
-        let name = match &entry.name {
-            Ok(name) | Err(name) => name,
-        };
-        let child = join(path, name);
-        let raw = OsStr::from_bytes(&entry.raw);
-        if entry.file_type == FileType::Directory {
-            let sub = rustix::fs::openat(
-                dir,
-                raw,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| fail(&child, e))?;
-            if mount_key(&sub).map_err(|e| fail(&child, e))? != mount {
-                return Err(FsError {
-                    path: child,
-                    errno: Errno::BUSY,
-                    note: Some("a mount point inside; unmount it first".into()),
-                });
+            FsError {
+                path: at,
+                errno: e.errno,
+                note,
             }
-            remove_contents(&sub, &child, mount)?;
-            rustix::fs::unlinkat(dir, raw, AtFlags::REMOVEDIR).map_err(|e| fail(&child, e))?;
-        } else {
-            rustix::fs::unlinkat(dir, raw, AtFlags::empty()).map_err(|e| fail(&child, e))?;
-        }
+        })
     }
-    Ok(())
 }
 
 /// Lists a directory opened from the root; `path` is only for messages.
 pub fn list_fd(dir: &OwnedFd, path: &str) -> Result<Vec<Entry>, FsError> {
-    let reader = Dir::read_from(dir.as_fd()).map_err(|e| fail(path, e))?;
-    let mut entries = Vec::new();
-    for entry in reader {
-        let entry = entry.map_err(|e| fail(path, e))?;
-        let raw = entry.file_name().to_bytes();
-        if raw == b"." || raw == b".." {
-            continue;
-        }
-        let name =
-            String::from_utf8(raw.to_vec()).map_err(|_| String::from_utf8_lossy(raw).into_owned());
-        let mut file_type = entry.file_type();
-        if file_type == FileType::Unknown {
-            let stat = rustix::fs::statat(dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| fail(path, e))?;
-            file_type = self::file_type(&stat);
-        }
-        entries.push(Entry {
-            name,
-            raw: raw.to_vec(),
-            file_type,
-        });
-    }
-    entries.sort_by(|a, b| sort_key(a).cmp(sort_key(b)));
-    Ok(entries)
-}
-
-fn sort_key(entry: &Entry) -> &str {
-    match &entry.name {
-        Ok(name) | Err(name) => name,
-    }
+    let entries = crate::fs::list_dir(dir).map_err(|e| fail(path, e))?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| Entry {
+            name: String::from_utf8(entry.name)
+                .map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            file_type: entry.file_type,
+        })
+        .collect())
 }

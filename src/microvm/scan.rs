@@ -5,18 +5,16 @@
 //! incomplete, and then `prune` must not act on it at all.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 use serde::Serialize;
 
-use super::manifest::Declared;
+use super::manifest::Host;
 use super::names::{self, UnitName};
 use super::rootfs::{self, FsError, Root, join, type_name};
 use super::systemd::{LiveState, UnitState};
-
-/// Where microvm.nix keeps each VM's state (`microvm.stateDir`'s default).
-pub const STATE_ROOT: &str = "/var/lib/microvms";
 /// Where `microvm -c` and deployments register GC roots.
 pub const GCROOTS: &str = "/nix/var/nix/gcroots/microvm";
 /// The unit directories an administrator or a tool can write to (`systemctl link/enable/edit`,
@@ -52,6 +50,10 @@ pub enum Class {
     StoreManaged,
     /// Bad input (a name or file persist-prep cannot handle safely); never touched.
     Invalid,
+    /// A GC root that points outside the state directory: whose it is cannot be known; kept.
+    Unknown,
+    /// A directory in the state directory that is no VM (`lost+found`, `.snapshots`); kept.
+    NotAVm,
 }
 
 /// One thing found on the host.
@@ -112,6 +114,8 @@ pub struct Vm {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
     pub running: bool,
+    /// The state directory has `booted`: the VM runs, or ran when the host went down.
+    pub booted: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub active_units: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -128,6 +132,7 @@ impl Vm {
             autostart: None,
             state_dir: None,
             running: false,
+            booted: false,
             active_units: Vec::new(),
             failed_units: Vec::new(),
             interfaces: Some(Vec::new()),
@@ -186,6 +191,18 @@ impl Problem {
 pub struct Inventory {
     /// Whether systemd and the network interfaces of this host were consulted.
     pub live: bool,
+    /// The VM state directory (`microvm.stateDir`).
+    pub state_dir: String,
+    /// VMs the active configuration's own units declare (store-managed
+    /// `install-microvm-NAME.service`), with those units' paths.
+    #[serde(skip)]
+    pub declared_by_units: BTreeMap<String, Vec<String>>,
+    /// Of those, the VMs that the given declaration (`--manifest`/`--declared`) omits.
+    #[serde(skip)]
+    pub contradictions: BTreeSet<String>,
+    /// Directories in the state directory that are not VMs.
+    #[serde(skip)]
+    pub not_vms: BTreeSet<String>,
     pub vms: BTreeMap<String, Vm>,
     pub items: Vec<Item>,
     pub problems: Vec<Problem>,
@@ -232,7 +249,7 @@ impl Inventory {
 
 /// How to describe a file that should have been a directory (or could not be read as one).
 fn unreadable(root: &Root, error: &FsError) -> String {
-    let mut text = rootfs::why(error.errno);
+    let mut text = crate::report::errno_words(error.errno);
     if error.errno == Errno::NOTDIR {
         match root.lstat(&error.path) {
             Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
@@ -258,66 +275,103 @@ const STORE_FIX: &str = "managed by the NixOS configuration and never changed by
      to get rid of it, remove the VM from `microvm.vms` (or microvm.nix's host module from \
      `imports`) and switch";
 
-pub fn scan(root: &Root, declared: &Declared, live: Option<&LiveState>) -> Inventory {
+pub fn scan(root: &Root, host: &Host, live: Option<&LiveState>) -> Inventory {
     let mut inv = Inventory {
         live: live.is_some(),
+        state_dir: host.state_dir.clone(),
         ..Inventory::default()
     };
-    for (name, autostart) in declared {
+    for (name, autostart) in &host.vms {
         let mut vm = Vm::new(name, VmClass::Declared);
         vm.autostart = *autostart;
         inv.vms.insert(name.clone(), vm);
     }
-    scan_state(root, &mut inv, live);
-    scan_gcroots(root, &mut inv);
+    let gcroots = read_gcroots(root, &mut inv);
+    let bare = scan_state(root, &mut inv, live, &gcroots);
+    gcroot_items(&mut inv, &gcroots);
     for dir in UNIT_DIRS {
         scan_unit_dir(root, &mut inv, dir);
     }
     if let Some(live) = live {
         scan_live_units(&mut inv, &live.units);
     }
+    resolve_bare_dirs(root, &mut inv, live, bare, &gcroots);
+    units_declare(&mut inv);
+    sync_item_classes(&mut inv);
     add_interface_items(&mut inv);
     finish_templates(&mut inv);
     inv
 }
 
-fn scan_state(root: &Root, inv: &mut Inventory, live: Option<&LiveState>) {
-    match root.lstat(STATE_ROOT) {
-        Ok(None) => return,
+/// A directory in the state directory with none of the entries microvm.nix makes; whether it is
+/// a VM's depends on whether anything else names it, which is known only after the whole scan.
+struct BareDir {
+    name: String,
+    path: String,
+    /// Why the name cannot be a VM's, when it cannot.
+    bad_name: Option<String>,
+}
+
+/// Scans the state directory; returns the bare directories for [`resolve_bare_dirs`].
+fn scan_state(
+    root: &Root,
+    inv: &mut Inventory,
+    live: Option<&LiveState>,
+    gcroots: &[GcRoot],
+) -> Vec<BareDir> {
+    let state_root = inv.state_dir.clone();
+    let mut bare = Vec::new();
+    match root.lstat(&state_root) {
+        Ok(None) => return bare,
         Ok(Some(_)) => {}
         Err(e) => {
             let why = unreadable(root, &e);
-            inv.problem(Problem::blocking(STATE_ROOT, state_root_message(&why)));
-            return;
+            let message = state_root_message(&state_root, &why);
+            inv.problem(Problem::blocking(&state_root, message));
+            return bare;
         }
     }
     let entries = root
-        .open_dir(STATE_ROOT)
-        .and_then(|fd| rootfs::list_fd(&fd, STATE_ROOT));
+        .open_dir(&state_root)
+        .and_then(|fd| rootfs::list_fd(&fd, &state_root));
     let entries = match entries {
         Ok(entries) => entries,
         Err(e) => {
             let why = unreadable(root, &e);
-            inv.problem(Problem::blocking(STATE_ROOT, state_root_message(&why)));
-            return;
+            let message = state_root_message(&state_root, &why);
+            inv.problem(Problem::blocking(&state_root, message));
+            return bare;
         }
     };
     for entry in entries {
         let name = match entry.name {
             Ok(name) => name,
             Err(lossy) => {
-                let path = join(STATE_ROOT, &lossy);
+                let path = join(&state_root, &lossy);
                 invalid_state(inv, &lossy, &path, "its name is not valid UTF-8".into());
                 continue;
             }
         };
-        let path = join(STATE_ROOT, &name);
-        if let Err(why) = names::check_vm_name(&name) {
+        let path = join(&state_root, &name);
+        let bad_name = names::check_vm_name(&name).err();
+        let declared = inv
+            .vms
+            .get(&name)
+            .is_some_and(|vm| vm.class == VmClass::Declared);
+        if entry.file_type == FileType::Directory && !declared && !has_vm_entries(root, &path) {
+            bare.push(BareDir {
+                name,
+                path,
+                bad_name,
+            });
+            continue;
+        }
+        if let Some(why) = bad_name {
             invalid_state(inv, &name, &path, why);
             continue;
         }
         match entry.file_type {
-            FileType::Directory => scan_vm_dir(root, inv, &name, &path, live),
+            FileType::Directory => scan_vm_dir(root, inv, &name, &path, live, gcroots),
             FileType::Symlink => {
                 let target = root.readlink(&path).unwrap_or_else(|e| format!("? ({e})"));
                 let missing = if root.exists(&path).unwrap_or(false) {
@@ -337,11 +391,110 @@ fn scan_state(root: &Root, inv: &mut Inventory, live: Option<&LiveState>) {
             }
         }
     }
+    bare
 }
 
-fn state_root_message(why: &str) -> String {
+/// The entries microvm.nix puts in every VM's state directory, one of which any VM has.
+const VM_ENTRIES: [&str; 4] = ["current", "booted", "toplevel", "flake"];
+
+/// Whether a directory has any of [`VM_ENTRIES`]; one that cannot be opened counts as a VM's
+/// (the scan then reports it), so that an unreadable directory is never called furniture.
+fn has_vm_entries(root: &Root, path: &str) -> bool {
+    let Ok(dir) = root.open_dir(path) else {
+        return true;
+    };
+    VM_ENTRIES.iter().any(|entry| {
+        !matches!(
+            rustix::fs::statat(&dir, *entry, AtFlags::SYMLINK_NOFOLLOW),
+            Err(Errno::NOENT)
+        )
+    })
+}
+
+/// A bare directory that a unit, GC root or the declaration names is an (orphaned or invalid)
+/// VM's; any other is file system furniture such as `lost+found`, mentioned and kept.
+fn resolve_bare_dirs(
+    root: &Root,
+    inv: &mut Inventory,
+    live: Option<&LiveState>,
+    bare: Vec<BareDir>,
+    gcroots: &[GcRoot],
+) {
+    for dir in bare {
+        let named = inv.vms.contains_key(&dir.name);
+        match (named, dir.bad_name) {
+            (true, Some(why)) => invalid_state(inv, &dir.name, &dir.path, why),
+            (true, None) => scan_vm_dir(root, inv, &dir.name, &dir.path, live, gcroots),
+            (false, _) => {
+                log::debug!(
+                    "{}: no {} and nothing names it, so it is not a VM; left alone",
+                    dir.path,
+                    VM_ENTRIES.join(", ")
+                );
+                inv.not_vms.insert(dir.name.clone());
+                inv.items.push(Item {
+                    kind: Kind::StateDir,
+                    class: Class::NotAVm,
+                    name: dir.name,
+                    path: Some(dir.path),
+                    vm: None,
+                    detail: Some(format!(
+                        "no {} and no unit or GC root names it: not a VM",
+                        VM_ENTRIES.join(", ")
+                    )),
+                    shared: false,
+                });
+            }
+        }
+    }
+}
+
+/// Store-managed `install-microvm-NAME.service` units exist only for VMs in `microvm.vms`: such a
+/// VM is declared whatever `--manifest`/`--declared` says, and a declaration that omits it is
+/// recorded as a contradiction. Drop-ins alone do not count: a configuration may customise
+/// `microvm@NAME` for an imperative VM.
+fn units_declare(inv: &mut Inventory) {
+    let found: Vec<(String, String)> = inv
+        .items
+        .iter()
+        .filter(|i| i.kind == Kind::UnitFile && i.class == Class::StoreManaged)
+        .filter(|i| i.name.starts_with(names::INSTALL_PREFIX))
+        .filter_map(|i| Some((i.vm.clone()?, i.path.clone()?)))
+        .collect();
+    for (vm, path) in found {
+        inv.declared_by_units
+            .entry(vm.clone())
+            .or_default()
+            .push(path);
+        let entry = inv
+            .vms
+            .entry(vm.clone())
+            .or_insert_with(|| Vm::new(&vm, VmClass::Declared));
+        if entry.class != VmClass::Declared && entry.class != VmClass::Invalid {
+            entry.class = VmClass::Declared;
+            inv.contradictions.insert(vm);
+        }
+    }
+}
+
+/// Gives every VM's item the class its VM ended up with (the scan learns some late).
+fn sync_item_classes(inv: &mut Inventory) {
+    for item in &mut inv.items {
+        let Some(vm) = item.vm.as_deref().and_then(|vm| inv.vms.get(vm)) else {
+            continue;
+        };
+        if matches!(
+            item.class,
+            Class::Declared | Class::Imperative | Class::Orphaned | Class::Invalid
+        ) {
+            item.class = vm.class.item_class();
+        }
+    }
+}
+
+fn state_root_message(state_root: &str, why: &str) -> String {
     format!(
-        "cannot read the VM state directory {STATE_ROOT}: {why}. Without it imperative VMs cannot \
+        "cannot read the VM state directory {state_root}: {why}. Without it imperative VMs cannot \
          be told from orphans, so prune changes nothing. Fix: make it a readable directory, or \
          remove it if this host has no VMs"
     )
@@ -400,18 +553,25 @@ fn invalid_state(inv: &mut Inventory, name: &str, path: &str, why: String) {
     });
 }
 
-/// A state directory is imperative when `microvm -c` made it (a `flake` and no `toplevel`).
-fn classify_state(declared: bool, toplevel: bool, flake: bool) -> VmClass {
-    if declared {
-        VmClass::Declared
-    } else if flake && !toplevel {
+/// Imperative: made by `microvm -c` (a `flake`, no `toplevel`) or by
+/// `microvm.deploy.installOnHost` (neither, but `old` or GC roots, which the host module's
+/// `install-microvm-NAME` never makes). `deployed` is that `old` or GC root.
+fn classify_state(toplevel: bool, flake: bool, deployed: bool) -> VmClass {
+    if !toplevel && (flake || deployed) {
         VmClass::Imperative
     } else {
         VmClass::Orphaned
     }
 }
 
-fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: Option<&LiveState>) {
+fn scan_vm_dir(
+    root: &Root,
+    inv: &mut Inventory,
+    name: &str,
+    path: &str,
+    live: Option<&LiveState>,
+    gcroots: &[GcRoot],
+) {
     let dir = match root.open_dir(path) {
         Ok(dir) => dir,
         Err(e) => {
@@ -427,24 +587,68 @@ fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: O
     };
     let toplevel = has("toplevel").is_some();
     let flake = has("flake").is_some();
-    let declared = inv
+    let deployed = has("old").is_some()
+        || gcroots
+            .iter()
+            .any(|g| gcroot_vm(&inv.state_dir, &g.target) == Some(name));
+    let class = if inv
         .vms
         .get(name)
-        .is_some_and(|vm| vm.class == VmClass::Declared);
-    let class = classify_state(declared, toplevel, flake);
-    let mut details = Vec::new();
-    if toplevel {
-        details.push("toplevel".to_owned());
-    }
-    if flake {
-        details.push("flake".to_owned());
-    }
-    // The runner links: `booted` is what runs (tap-down uses it), `current` what starts next.
+        .is_some_and(|vm| vm.class == VmClass::Declared)
+    {
+        VmClass::Declared
+    } else {
+        classify_state(toplevel, flake, deployed)
+    };
+    let booted = has("booted").is_some();
+    let mut details: Vec<String> = [("toplevel", toplevel), ("flake", flake)]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(entry, _)| (*entry).to_owned())
+        .collect();
+    let (runners, mut unknown_interfaces) = runner_links(root, inv, name, path, &mut details);
+    let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
+    unknown_interfaces |= unreadable_list;
+    let vm = inv
+        .vms
+        .entry(name.to_owned())
+        .or_insert_with(|| Vm::new(name, class));
+    vm.class = class;
+    vm.state_dir = Some(path.to_owned());
+    vm.booted = booted;
+    vm.interfaces = if unknown_interfaces && runners.is_empty() {
+        None
+    } else {
+        Some(interfaces)
+    };
+    inv.items.push(Item {
+        kind: Kind::StateDir,
+        class: class.item_class(),
+        name: name.to_owned(),
+        path: Some(path.to_owned()),
+        vm: Some(name.to_owned()),
+        detail: (!details.is_empty()).then(|| details.join(", ")),
+        shared: false,
+    });
+}
+
+/// The runner links that resolve: `booted` is what runs (tap-down uses it), `current` what starts
+/// next. The flag says that a link exists but cannot be followed.
+fn runner_links(
+    root: &Root,
+    inv: &mut Inventory,
+    name: &str,
+    path: &str,
+    details: &mut Vec<String>,
+) -> (Vec<String>, bool) {
     let mut runners = Vec::new();
     let mut unknown_interfaces = false;
     for link in ["booted", "current"] {
         let link_path = join(path, link);
-        let Some(kind) = has(link) else { continue };
+        let Ok(Some(stat)) = root.lstat(&link_path) else {
+            continue;
+        };
+        let kind = rootfs::file_type(&stat);
         let target = if kind == FileType::Symlink {
             root.readlink(&link_path).ok()
         } else {
@@ -488,28 +692,7 @@ fn scan_vm_dir(root: &Root, inv: &mut Inventory, name: &str, path: &str, live: O
             }
         }
     }
-    let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
-    unknown_interfaces |= unreadable_list;
-    let vm = inv
-        .vms
-        .entry(name.to_owned())
-        .or_insert_with(|| Vm::new(name, class));
-    vm.class = class;
-    vm.state_dir = Some(path.to_owned());
-    vm.interfaces = if unknown_interfaces && runners.is_empty() {
-        None
-    } else {
-        Some(interfaces)
-    };
-    inv.items.push(Item {
-        kind: Kind::StateDir,
-        class: class.item_class(),
-        name: name.to_owned(),
-        path: Some(path.to_owned()),
-        vm: Some(name.to_owned()),
-        detail: (!details.is_empty()).then(|| details.join(", ")),
-        shared: false,
-    });
+    (runners, unknown_interfaces)
 }
 
 /// Reads the tap/macvtap interfaces the runners list; `true` when a list could not be read.
@@ -566,34 +749,32 @@ fn read_interfaces(
     (interfaces, unknown)
 }
 
-/// Which VM a GC root belongs to: its target (`/var/lib/microvms/NAME/current`), else its name
-/// (`NAME`, `booted-NAME`, `old-NAME`).
-fn gcroot_vm(inv: &Inventory, entry: &str, target: &str) -> String {
-    if let Some(rest) = target
-        .strip_prefix(STATE_ROOT)
-        .and_then(|r| r.strip_prefix('/'))
-    {
-        if let Some(vm) = rest.split('/').next().filter(|vm| !vm.is_empty()) {
-            return vm.to_owned();
-        }
-    }
-    let stripped = ["booted-", "old-"]
-        .iter()
-        .find_map(|prefix| entry.strip_prefix(prefix));
-    match stripped {
-        Some(rest) if inv.vms.contains_key(rest) || !inv.vms.contains_key(entry) => rest.to_owned(),
-        _ => entry.to_owned(),
-    }
+/// Which VM a GC root belongs to: the one whose state directory its target is in
+/// (`<stateDir>/NAME/current`); `None` when the target is anywhere else.
+fn gcroot_vm<'a>(state_root: &str, target: &'a str) -> Option<&'a str> {
+    let rest = target.strip_prefix(state_root)?.strip_prefix('/')?;
+    rest.split('/')
+        .next()
+        .filter(|vm| !vm.is_empty() && *vm != "." && *vm != "..")
 }
 
-fn scan_gcroots(root: &Root, inv: &mut Inventory) {
+/// A GC root symlink, read but not yet classified.
+struct GcRoot {
+    name: String,
+    path: String,
+    target: String,
+}
+
+/// Lists the GC roots; entries that are not symlinks with UTF-8 names are reported at once.
+fn read_gcroots(root: &Root, inv: &mut Inventory) -> Vec<GcRoot> {
+    let mut found = Vec::new();
     match root.lstat(GCROOTS) {
-        Ok(None) => return,
+        Ok(None) => return found,
         Ok(Some(_)) => {}
         Err(e) => {
             let why = unreadable(root, &e);
             inv.problem(Problem::blocking(GCROOTS, gcroots_message(&why)));
-            return;
+            return found;
         }
     }
     let entries = match root
@@ -604,7 +785,7 @@ fn scan_gcroots(root: &Root, inv: &mut Inventory) {
         Err(e) => {
             let why = unreadable(root, &e);
             inv.problem(Problem::blocking(GCROOTS, gcroots_message(&why)));
-            return;
+            return found;
         }
     };
     for entry in entries {
@@ -635,22 +816,37 @@ fn scan_gcroots(root: &Root, inv: &mut Inventory) {
             });
             continue;
         }
-        let target = match root.readlink(&path) {
-            Ok(target) => target,
-            Err(e) => {
-                inv.problem(Problem::blocking(&path, gcroots_message(&e.to_string())));
-                continue;
-            }
+        match root.readlink(&path) {
+            Ok(target) => found.push(GcRoot { name, path, target }),
+            Err(e) => inv.problem(Problem::blocking(&path, gcroots_message(&e.to_string()))),
+        }
+    }
+    found
+}
+
+/// Classifies the GC roots by their targets. One pointing outside the state directory may be
+/// another tool's, or point to a state directory this run does not know: it is kept.
+fn gcroot_items(inv: &mut Inventory, gcroots: &[GcRoot]) {
+    for GcRoot { name, path, target } in gcroots {
+        let vm = gcroot_vm(&inv.state_dir, target).map(str::to_owned);
+        let (class, detail) = match &vm {
+            Some(vm) => (inv.vm_class(vm).item_class(), format!("-> {target}")),
+            None => (
+                Class::Unknown,
+                format!(
+                    "-> {target}, outside the state directory {}; whose it is is unknown, so it \
+                     is kept",
+                    inv.state_dir
+                ),
+            ),
         };
-        let vm = gcroot_vm(inv, &name, &target);
-        let class = inv.vm_class(&vm).item_class();
         inv.items.push(Item {
             kind: Kind::GcRoot,
             class,
-            name,
-            path: Some(path),
-            vm: Some(vm),
-            detail: Some(format!("-> {target}")),
+            name: name.clone(),
+            path: Some(path.clone()),
+            vm,
+            detail: Some(detail),
             shared: false,
         });
     }
@@ -883,13 +1079,27 @@ fn add_interface_items(inv: &mut Inventory) {
                 Some(false) => "absent",
                 None => "presence not checked (not the running system)",
             };
+            let mut detail = format!("{}, {presence}", interface.kind);
+            // After a rename two VMs list one name; stopping either deletes it (tap-down).
+            for other in inv.vms.values().filter(|o| o.name != vm.name) {
+                if other
+                    .interfaces
+                    .iter()
+                    .flatten()
+                    .any(|i| i.name == interface.name)
+                {
+                    let class = serde_json::to_value(other.class).unwrap_or_default();
+                    let class = class.as_str().unwrap_or("");
+                    let _ = write!(detail, "; also listed by VM '{}' ({class})", other.name);
+                }
+            }
             items.push(Item {
                 kind: Kind::Interface,
                 class: vm.class.item_class(),
                 name: interface.name.clone(),
                 path: None,
                 vm: Some(vm.name.clone()),
-                detail: Some(format!("{}, {presence}", interface.kind)),
+                detail: Some(detail),
                 shared: false,
             });
         }

@@ -45,7 +45,12 @@ pub fn query() -> Result<LiveState, String> {
             "install-microvm-*",
         ])
         .output()
-        .map_err(|e| format!("cannot run systemctl: {}", super::rootfs::io_why(&e)))?;
+        .map_err(|e| {
+            format!(
+                "cannot run systemctl: {}",
+                crate::report::io_error_words(&e)
+            )
+        })?;
     if !output.status.success() {
         return Err(format!(
             "`systemctl list-units` failed ({}): {}",
@@ -55,7 +60,12 @@ pub fn query() -> Result<LiveState, String> {
     }
     let units = parse_list_units(&String::from_utf8_lossy(&output.stdout));
     let interfaces = std::fs::read_dir("/sys/class/net")
-        .map_err(|e| format!("cannot list /sys/class/net: {}", super::rootfs::io_why(&e)))?
+        .map_err(|e| {
+            format!(
+                "cannot list /sys/class/net: {}",
+                crate::report::io_error_words(&e)
+            )
+        })?
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect();
@@ -84,10 +94,12 @@ pub fn parse_list_units(text: &str) -> Vec<UnitState> {
 
 /// Runs a command; the error carries its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {}", super::rootfs::io_why(&e)))?;
+    let output = Command::new(program).args(args).output().map_err(|e| {
+        format!(
+            "cannot run {program}: {}",
+            crate::report::io_error_words(&e)
+        )
+    })?;
     if output.status.success() {
         Ok(())
     } else {

@@ -20,6 +20,15 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Skips a test whose prerequisite `why` describes is missing, unless CI demands everything run.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("PERSIST_PREP_REQUIRE_ALL").is_none(),
+        "PERSIST_PREP_REQUIRE_ALL is set but a prerequisite is missing: {why}"
+    );
+    eprintln!("SKIP: {why}");
+}
+
 /// A scratch directory removed on drop (after unmounting anything a test left).
 pub struct Scratch {
     pub dir: PathBuf,

@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034
-description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs"
+description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs; an orphan sharing a tap with a declared VM (a rename) is neither stopped nor purged, and nothing of the declared VM is touched"
 units=(report persist-volume microvm)
 # The stand-in template goes to the vendor directory: prune only changes writable directories.
 files=(
@@ -55,5 +55,20 @@ expect_markers=(
     "microvm tap vm-old0 exists=no"
     "microvm dropins old="
     "microvm second exit=0 plan: 0 steps"
+    "microvm shared setup tap=created"
+    "microvm shared before unit=microvm@fw.service active=active load=loaded listed=1"
+    "microvm shared before unit=microvm@firewall.service active=active load=loaded listed=1"
+    "microvm shared exit=0"
+    "microvm shared-out plan: 0 steps"
+    "microvm shared-out warning: VM 'fw' is orphaned and running, but it is not stopped: it shares vm-fw0 \(also 'firewall'\).*systemctl stop microvm@fw\.service.*"
+    "microvm shared-purge exit=2"
+    "microvm shared-purge-out error: --purge-state fw: VM 'fw' is running and is not stopped by persist-prep: it shares vm-fw0 \(also 'firewall'\)\. Nothing was changed"
+    "microvm shared after unit=microvm@fw.service active=active load=loaded listed=1"
+    "microvm shared after unit=microvm@firewall.service active=active load=loaded listed=1"
+    "microvm shared after unit=microvm-tap-interfaces@fw.service active=active load=loaded listed=1"
+    "microvm shared tap vm-fw0 exists=yes"
+    "microvm shared path=/var/lib/microvms/firewall exists=yes"
+    "microvm shared path=/var/lib/microvms/fw exists=yes"
+    "microvm shared path=/run/systemd/system/microvm@fw.service.d exists=yes"
 )
 expect_console=('!Ordering cycle|ordering cycle')
