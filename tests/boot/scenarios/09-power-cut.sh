@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034,SC2154  # scenario_dir comes from lib/scenario.sh
 description="power cut in the middle of apply (thousands of directories, non-root owners, deferred owners), then again between apply and finish: the next boot leaves the volume exactly as declared, with no leftover"
-# The manifest: 2000 entries (4080 directories with parents, both sides), every 16th owned by
+# The manifest: 2000 entries (4120 directories with parents, both sides), every 16th owned by
 # "late", a name that only the stand-in activation creates. Sized so that apply takes seconds
 # under TCG and the cut lands inside it.
 entries=2000
