@@ -132,3 +132,59 @@ check_fsck() { # the guest powered off cleanly: every image is a consistent file
         else record FAIL fsck "$(basename "$img")" "e2fsck -fn reports problems"; fi
     done
 }
+
+# shellcheck disable=SC2154 # tree_images, tree_names: scenario variables (lib/scenario.sh)
+# check_tree DIR IMGDIR LABEL [--pending-ok] : every directory the scenario's manifest declares,
+# with its parents, on the images in IMGDIR (tree_images), by lib/tree-judge: owner and mode of
+# each, and no name in them that is neither declared nor seeded (a leftover). One check; the
+# judge's full output goes to DIR/tree-LABEL.txt.
+check_tree() {
+    local dir=$1 imgdir=$2 label=$3 args=() spec out rc
+    shift 3
+    for spec in "${tree_images[@]}"; do
+        args+=(--image "${spec%%:*}=$imgdir/${spec%%:*}.img:${spec#*:}")
+        [[ -d $dir/${spec%%:*}-tree ]] && args+=(--seed "${spec%%:*}=$dir/${spec%%:*}-tree")
+    done
+    for spec in "${tree_names[@]}"; do args+=(--names "$spec"); done
+    out=$dir/tree-${label// /-}.txt
+    "$BOOT_DIR/lib/tree-judge" --manifest "$dir/stage/etc/persist-prep/manifest.json" "${args[@]}" "$@" > "$out" 2>&1
+    rc=$?
+    local stats
+    stats=$(sed -n 's/^stats //p' "$out" | tr '\n' ';' | sed 's/;$//; s/;/; /g')
+    if ((rc == 0)); then
+        record ok tree "$label: every declared directory and parent ${*:+(absent or pending allowed) }as declared, no extra name ($stats)"
+    else
+        record FAIL tree "$label: every declared directory and parent as declared, no extra name" \
+            "$stats; $(sed -n 's/^problem //p' "$out" | head -n 3 | tr '\n' ';')"
+    fi
+}
+
+# check_landing DIR N MODE some|all : where cut N landed, on copies of the images as the next
+# boot's kernel will find them (journal replayed by e2fsck). At every instant a declared path is
+# absent or has its final owner and mode (a deferred one: root-owned, its mode), so that is
+# checked here too; "some" requires the cut to have landed mid-apply (some but not all declared
+# paths on disk), "all" that apply had finished.
+check_landing() {
+    local dir=$1 n=$2 mode=$3 want=$4 spec cdir=$1/cut$2
+    rm -rf "$cdir"
+    mkdir -p "$cdir"
+    for spec in "${tree_images[@]}"; do
+        cp --sparse=always "$dir/${spec%%:*}.img" "$cdir/"
+        e2fsck -fy "$cdir/${spec%%:*}.img" > "$cdir/${spec%%:*}.fsck" 2>&1
+        echo "rc=$?" >> "$cdir/${spec%%:*}.fsck"
+    done
+    check_tree "$dir" "$cdir" "cut $n" --pending-ok
+    local present declared
+    read -r present declared < <(awk '/^stats / {
+            for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } }
+        END { print v["final"] + v["pending"] + v["wrong"], v["declared"] }' "$dir/tree-cut-$n.txt")
+    local where="$present of $declared declared paths on disk"
+    if [[ $want == some ]] && ((present > 0 && present < declared)); then
+        record ok landing "cut $n ($mode) landed mid-apply: $where"
+    elif [[ $want == all ]] && ((present == declared && declared > 0)); then
+        record ok landing "cut $n ($mode) landed after apply: $where"
+    else
+        record FAIL landing "cut $n ($mode) landed where asked ($want)" "$where"
+    fi
+    rm -f "$cdir"/*.img
+}

@@ -29,6 +29,12 @@ base_initrd() {
         echo "format=$BASE_FORMAT kver=$kv tools=$GUEST_TOOLS"
         dpkg-query -W -f='${Package}=${Version}\n' dracut-core systemd udev
         printf 'setting %s\n' "$@"
+        # A setting that names a file (persist_prep_manifest=...): its content is an input too.
+        local s f
+        for s in "$@"; do
+            f=${s#*=} f=${f//\"/}
+            [[ $f == /* && -f $f ]] && sha256sum "$f" | cut -d' ' -f1
+        done
         sha256sum "$(binary_path)" "$BASE_MANIFEST" | cut -d' ' -f1
         (cd "$REPO_DIR/initrd" && find -L dracut persist-prep*.service stop-boot -type f |
             LC_ALL=C sort | xargs sha256sum)

@@ -6,9 +6,10 @@
 scenario_defaults() {
     description=""
     dracut_settings=()        # extra dracut.conf lines; each distinct set gets its own cached base
-    manifest=base.json        # under manifests/; becomes /etc/persist-prep/manifest.json
+    manifest=base.json        # under manifests/ (or absolute); becomes /etc/persist-prep/manifest.json
     units=(report persist-volume) # unit groups under units/, copied to /etc/systemd/system
-    binds=()                  # paths bind-mounted from /persist, as impermanence's initrd mounts
+    binds=()                  # paths bind-mounted from $bind_storage, as impermanence's initrd mounts
+    bind_storage=/persist     # the storage the binds come from
     files=()                  # "SRC:DEST": extra files (SRC relative to tests/boot) in the initrd
     cmdline=""                # extra kernel command line
     shell=0                   # rd.shell value: 1 lets emergency mode give a shell
@@ -23,6 +24,13 @@ scenario_defaults() {
     expect_markers=() expect_disk=() expect_unchanged_from=""
     control_of=""             # a control: boot that scenario with control_cmdline added; the
     control_cmdline=""        # control passes only when that scenario's checks FAIL then
+    cut_boots=()              # "MODE:some|all": boots before the judged one, each with
+                              # pp_test.cut=MODE, whose power is cut at the console's "@@PPT cut-now"
+    tree_images=()            # "IMAGE:MOUNTPOINT": judge the whole declared tree on these images
+    # shellcheck disable=SC2034 # read by check_tree (lib/check.sh)
+    tree_names=()             # "NAME=UID:GID": ids of names that resolve only after activation
+    guest_env=()              # "KEY=VALUE" lines added to the guest's /etc/pp-test/scenario.env
+    prepare() { :; }          # called before the images are made, in $scenario_dir
     seed_root() { mkdir -p "$1/etc" "$1/persist"; echo 'ID=persist-prep-boot-test' > "$1/etc/os-release"; }
     seed_persist() { :; }
 }
@@ -35,12 +43,12 @@ write_bind_unit() { # write_bind_unit STAGE PATH
 # Test harness only: bind mount as impermanence generates it for paths needed in the initrd.
 # No ordering against persist-prep here: that comes from persist-prep's own drop-in.
 [Unit]
-Description=Bind /sysroot/persist$2 to /sysroot$2
+Description=Bind /sysroot$bind_storage$2 to /sysroot$2
 DefaultDependencies=no
 Before=initrd-fs.target
 
 [Mount]
-What=/sysroot/persist$2
+What=/sysroot$bind_storage$2
 Where=/sysroot$2
 Type=none
 Options=bind
@@ -60,6 +68,8 @@ run_scenario() (
     mkdir -p "$dir"
     CHECKS=$dir/checks
     : > "$CHECKS"
+    # shellcheck disable=SC2034 # for the scenario file: where it may write (prepare, manifest)
+    scenario_dir=$dir
     scenario_defaults
     # shellcheck source=/dev/null
     source "$file"
@@ -73,6 +83,8 @@ run_scenario() (
         images_from="" expect_unchanged_from=""
     fi
     echo "$description" > "$dir/description"
+    prepare
+    [[ $manifest == /* ]] || manifest=$BOOT_DIR/manifests/$manifest
 
     # 1. Disk images.
     if [[ -n $images_from ]]; then
@@ -91,7 +103,7 @@ run_scenario() (
     base=$(base_initrd "${dracut_settings[@]}") || { echo "FAIL base initrd" > "$dir/verdict"; return; }
     local stage=$dir/stage group unit spec p
     mkdir -p "$stage/etc/systemd/system" "$stage/etc/persist-prep" "$stage/etc/pp-test" "$stage/usr/lib/pp-test"
-    cp "$BOOT_DIR/manifests/$manifest" "$stage/etc/persist-prep/manifest.json"
+    cp "$manifest" "$stage/etc/persist-prep/manifest.json"
     for group in "${units[@]}"; do cp "$BOOT_DIR/units/$group"/* "$stage/etc/systemd/system/"; done
     for p in "${binds[@]}"; do
         write_bind_unit "$stage" "$p"
@@ -107,6 +119,7 @@ run_scenario() (
         printf 'PPT_SCENARIO=%q\n' "$name"
         printf 'PPT_UNITS=%q\n' "${report_units[*]}"
         printf 'PPT_STAT_PATHS=%q\n' "${stat_paths[*]}"
+        printf '%s\n' "${guest_env[@]}"
     } > "$stage/etc/pp-test/scenario.env"
     enable_units "$stage"
     write_cpio "$stage" "$dir/extra.cpio"
@@ -138,6 +151,8 @@ run_scenario() (
     local kcmd="console=ttyS0 root=/dev/vda rootfstype=ext4 rw panic=-1 rd.shell=$shell rd.emergency=poweroff"
     kcmd+=" systemd.show_status=1 systemd.log_color=0 $cmdline"
     local t0=$SECONDS
+    cut_boots "$dir" "$kcmd" "${disks[@]}"
+    rm -f "$dir/cut"
     watchdog=$(boot_vm "$dir" "$kcmd" "$timeout" "${disks[@]}")
     echo "$((SECONDS - t0))" > "$dir/boot-seconds"
     if [[ $watchdog == ok ]]; then record ok boot "guest powered off by itself"
@@ -157,6 +172,7 @@ run_scenario() (
     check_markers "$dir/markers" "${expect_markers[@]}"
     check_disk "$dir" "${expect_disk[@]}"
     check_fsck "$dir"
+    ((${#tree_images[@]})) && check_tree "$dir" "$dir" final
     disk_fingerprint "$dir" "${expect_disk[@]}" > "$dir/fingerprint"
     if [[ -n $expect_unchanged_from ]]; then
         if diff -u "$WORK_DIR/$expect_unchanged_from/fingerprint" "$dir/fingerprint" > "$dir/fingerprint.diff"; then
@@ -196,3 +212,24 @@ run_scenario() (
         echo "FAIL $failed of $total checks failed, first: ${first#FAIL }" > "$dir/verdict"
     fi
 )
+
+# cut_boots DIR CMDLINE DISK... : the scenario's cut_boots, in order, on the same images: each boot
+# gets pp_test.cut=MODE, and its power is cut (SIGKILL of QEMU) once the guest prints "@@PPT
+# cut-now". Then the images are judged as the next boot will find them (check_landing).
+cut_boots() {
+    local dir=$1 kcmd=$2 n=0 spec mode want verdict t0
+    shift 2
+    for spec in "${cut_boots[@]}"; do
+        n=$((n + 1)) mode=${spec%%:*} want=${spec#*:}
+        echo '@@PPT cut-now' > "$dir/cut"
+        t0=$SECONDS
+        verdict=$(boot_vm "$dir" "$kcmd pp_test.cut=$mode" "$timeout" "$@")
+        mv "$dir/console.log" "$dir/console-cut$n.log"
+        echo "$((SECONDS - t0))" > "$dir/cut$n-seconds"
+        local at
+        at=$(markers "$dir/console-cut$n.log" | grep -m1 '^cut-now ')
+        if [[ $verdict == cut ]]; then record ok cut "boot $n ($mode): power cut at \"${at}\" after $((SECONDS - t0)) s"
+        else record FAIL cut "boot $n ($mode): power cut" "the guest never asked for it (watchdog: $verdict)"; fi
+        check_landing "$dir" "$n" "$mode" "$want"
+    done
+}

@@ -42,9 +42,21 @@ harness_selftest() (
     chmod 0755 "$dir/tree/d"
     make_image "$dir/tree" "$dir/t.img" 4M t
     check_disk "$dir" "t /d mode=700" "t /missing type=directory" "t /d absent"
+    # The tree judge: a declared directory with a wrong mode and a name nobody declared (as a
+    # leftover temporary name would be), judged as after a boot and as right after a power cut.
+    mkdir -p "$dir/stage/etc/persist-prep" "$dir/t2-tree/s/a" "$dir/t2-tree/s/.a.tmp"
+    chmod 0755 "$dir/t2-tree/s" "$dir/t2-tree/s/a"
+    printf '{"version":1,"storages":[{"path":"/s","directories":[{"path":"/a","uid":0,"gid":0,"mode":"0750"}]}]}\n' \
+        > "$dir/stage/etc/persist-prep/manifest.json"
+    make_image "$dir/t2-tree" "$dir/t2.img" 4M t2
+    rm -rf "$dir/t2-tree"
+    # shellcheck disable=SC2034 # read by check_tree
+    local tree_images=("t2:/") tree_names=()
+    check_tree "$dir" "$dir" selftest
+    check_tree "$dir" "$dir" selftest-cut --pending-ok
     local judged
     judged=$(grep -c '^FAIL' "$CHECKS")
-    ((judged == 6)) || problems+=("only $judged of 6 bad inputs judged FAIL: $(grep '^ok' "$CHECKS" | tr '\n' ';')")
+    ((judged == 8)) || problems+=("only $judged of 8 bad inputs judged FAIL: $(grep '^ok' "$CHECKS" | tr '\n' ';')")
 
-    if ((${#problems[@]})); then echo "FAIL ${problems[*]}"; else echo "PASS verify and judges reject 8 known-bad inputs"; fi
+    if ((${#problems[@]})); then echo "FAIL ${problems[*]}"; else echo "PASS verify and judges reject 10 known-bad inputs"; fi
 )
