@@ -246,6 +246,66 @@ fn parse_check_can_fail() {
     );
 }
 
+/// `nixpkgs-fmt` (crates.io) is installed by `tests/setup`, so its absence fails under
+/// `PERSIST_PREP_REQUIRE_ALL=1`.
+fn have_nixpkgs_fmt() -> bool {
+    let found = Command::new("nixpkgs-fmt")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !require_all(),
+            "nixpkgs-fmt is missing and PERSIST_PREP_REQUIRE_ALL=1 (cargo install --locked nixpkgs-fmt)"
+        );
+        eprintln!(
+            "SKIP: nixpkgs-fmt not found (cargo install --locked nixpkgs-fmt); Nix formatting not checked"
+        );
+    }
+    found
+}
+
+#[test]
+fn every_nix_file_is_formatted() {
+    if !have_nixpkgs_fmt() {
+        return;
+    }
+    let files = tracked_nix_files();
+    assert!(files.len() >= 4, "too few .nix files found: {files:?}");
+    let out = Command::new("nixpkgs-fmt")
+        .arg("--check")
+        .args(&files)
+        .output()
+        .expect("run nixpkgs-fmt --check");
+    assert!(
+        out.status.success(),
+        "unformatted .nix files (run nixpkgs-fmt on them):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn format_check_can_fail() {
+    if !have_nixpkgs_fmt() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("persist-prep-nixfmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ugly.nix");
+    std::fs::write(&file, "{a=1;\n      b =   2;}\n").unwrap();
+    let out = Command::new("nixpkgs-fmt")
+        .arg("--check")
+        .arg(&file)
+        .output()
+        .expect("run nixpkgs-fmt --check");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        !out.status.success(),
+        "nixpkgs-fmt --check accepted unformatted Nix"
+    );
+}
+
 #[test]
 fn generator_gives_expected_manifests() {
     if !have_nix() {

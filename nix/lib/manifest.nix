@@ -193,13 +193,14 @@ let
             {
               storage = s.path;
               kind = "dir";
-              entry = owner {
-                user = d.user or "root";
-                group = d.group or "root";
-                mode = d.mode or "0755";
-                uid = d.uid or null;
-                gid = d.gid or null;
-              } // {
+              entry = owner
+                {
+                  user = d.user or "root";
+                  group = d.group or "root";
+                  mode = d.mode or "0755";
+                  uid = d.uid or null;
+                  gid = d.gid or null;
+                } // {
                 path = normalize d.path;
                 parent = owner (rootPerms // removeAttrs (d.parent or { }) [ "_module" ]);
                 origin = d.origin or "${prefix}.directories";

@@ -23,8 +23,8 @@ in
   assertions = map (a: a.message) failed;
   initrdServices = { inherit (c.boot.initrd.systemd.services) persist-prep persist-prep-finish; }
     // lib.optionalAttrs (c.boot.initrd.systemd.services ? initrd-cleanup) {
-      inherit (c.boot.initrd.systemd.services) initrd-cleanup;
-    };
+    inherit (c.boot.initrd.systemd.services) initrd-cleanup;
+  };
   inherit (c.boot.initrd.systemd) contents extraBin;
   services = c.systemd.services;
   etc = c.environment.etc;
