@@ -1082,3 +1082,48 @@ var/cache|0:0 755|0:0 755
 ";
     assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
 }
+
+/// The Home Manager manifest applied to an empty root gives what impermanence's activation gives
+/// for `home.persistence`: homes user-owned 0700 under root-owned parents, entries and their
+/// missing parents owned by the user and their group, a file's `parentDirectory` with its mode,
+/// on the volume and as mount points; a storage of its own for a second user.
+#[test]
+fn home_manager_manifest_applies_like_impermanence() {
+    if !have_nix() || !common::require_root() {
+        return;
+    }
+    let got = generate(&repo().join("tests/nix/cases/home-manager"));
+    let scratch = common::Scratch::new("nix-home-manager");
+    scratch.manifest(&got["manifest"].to_string());
+    std::fs::create_dir_all(scratch.root().join("persist")).unwrap();
+    let run = scratch.in_namespace(
+        r#"mount -t tmpfs none "$ROOT/persist"
+        "$BIN" apply --root "$ROOT" --state-dir "$STATE" --manifest "$MANIFEST" >/dev/null 2>&1 || echo "APPLY-EXIT=$?"
+        test -e "$STATE/deferred.json" && echo DEFERRED
+        cd "$ROOT"
+        for p in home home/alice home/alice/.ssh home/alice/.local home/alice/.local/share/keyrings \
+                 home/alice/.config home/alice/.config/gh; do
+            echo "$p|$(stat -c '%u:%g %a' "persist/$p")|$(stat -c '%u:%g %a' "$p")"
+        done
+        for p in srv srv/carol srv/carol/.gnupg; do
+            echo "$p|$(stat -c '%U:%g %a' "persist/carol/$p")|$(stat -c '%U:%g %a' "$p")"
+        done
+        test -e home/alice/.cache && echo DISABLED-STORAGE-USED
+        true"#,
+    );
+    // carol has no static uid: deferred, root-owned meanwhile, with the group's static gid.
+    let want = "\
+DEFERRED
+home|0:0 755|0:0 755
+home/alice|1000:100 700|1000:100 700
+home/alice/.ssh|1000:100 700|1000:100 700
+home/alice/.local|1000:100 755|1000:100 755
+home/alice/.local/share/keyrings|1000:100 755|1000:100 755
+home/alice/.config|1000:100 755|1000:100 755
+home/alice/.config/gh|1000:100 700|1000:100 700
+srv|root:0 755|root:0 755
+srv/carol|root:50 700|root:50 700
+srv/carol/.gnupg|root:50 700|root:50 700
+";
+    assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
+}
