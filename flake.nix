@@ -15,7 +15,12 @@
     in
     {
       packages = forAll (pkgs: rec {
-        persist-prep = pkgs.pkgsStatic.callPackage ./nix/package.nix { };
+        persist-prep = pkgs.pkgsStatic.callPackage ./nix/package.nix {
+          # passthru.tests; lazy, so building the package does not evaluate them.
+          vmTests = import ./nix/tests { inherit pkgs impermanence; module = self.nixosModules.default; };
+        };
+        # The initrd's build, without the microvm host mode.
+        persist-prep-initrd = persist-prep.initrd;
         default = persist-prep;
       });
 

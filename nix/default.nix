@@ -9,7 +9,7 @@
 , impermanence ? builtins.fetchTarball "https://github.com/nix-community/impermanence/archive/7b1d382faf603b6d264f58627330f9faa5cba149.tar.gz"
 }:
 let
-  package = pkgs.pkgsStatic.callPackage ./package.nix { };
+  package = pkgs.pkgsStatic.callPackage ./package.nix { vmTests = tests; };
   module = { lib, ... }: {
     imports = [ ./module.nix ];
     boot.initrd.persist-prep.package = lib.mkDefault package;

@@ -1,5 +1,6 @@
 # NixOS module for persist-prep: bakes a manifest from impermanence's `environment.persistence`
-# (and from its own `storages`) into the systemd initrd, and runs persist-prep there after the
+# (with its Home Manager users' `home.persistence`), from preservation's `preservation.preserveAt`
+# and from its own `storages` into the systemd initrd, and runs persist-prep there after the
 # persistent volumes are mounted and before any bind mount needs a source.
 #
 # The unit ordering mirrors initrd/persist-prep.service, persist-prep-finish.service and
@@ -36,12 +37,12 @@ let
     user = mkOption { type = types.str; default = "root"; description = "Owner name."; };
     group = mkOption { type = types.str; default = "root"; description = "Group name."; };
     uid = mkOption {
-      type = types.nullOr types.int;
+      type = types.nullOr types.ints.u32;
       default = null;
       description = "Numeric owner; when null it comes from `users.users.<user>.uid` or `ids.uids`, else the binary resolves the name at boot.";
     };
     gid = mkOption {
-      type = types.nullOr types.int;
+      type = types.nullOr types.ints.u32;
       default = null;
       description = "Numeric group; when null it comes from `users.groups.<group>.gid` or `ids.gids`, else the binary resolves the name at boot.";
     };
@@ -119,9 +120,23 @@ let
   };
 
   hasPersistence = options ? environment && options.environment ? persistence;
+  hasHomeManager = options ? home-manager && options.home-manager ? users;
+  hasPreservation = options ? preservation && options.preservation ? preserveAt;
+
+  # Impermanence's Home Manager module declares `home.persistence` in every Home Manager user
+  # (through home-manager.sharedModules); its entries are relative to `home.homeDirectory`.
+  homeManagerUsers = lib.mapAttrs
+    (_: u: {
+      inherit (u.home) username;
+      home = u.home.homeDirectory;
+      persistence = u.home.persistence or { };
+    })
+    config.home-manager.users;
 
   generated = generator.generate {
     persistence = if cfg.fromImpermanence && hasPersistence then config.environment.persistence else { };
+    homeManager = if cfg.fromImpermanence && hasHomeManager then homeManagerUsers else { };
+    preservation = if cfg.fromPreservation && hasPreservation && config.preservation.enable then config.preservation.preserveAt else { };
     extraStorages = map plainStorage (lib.attrValues cfg.storages);
     inherit (config) fileSystems;
     users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) config.users.users;
@@ -130,7 +145,8 @@ let
     pathsNeededForBoot = utils.pathsNeededForBoot or generator.defaultPathsNeededForBoot;
   };
 
-  manifestFile = pkgs.writeText "persist-prep-manifest.json" (builtins.toJSON cfg.manifest);
+  json = pkgs.formats.json { };
+  manifestFile = json.generate "persist-prep-manifest.json" cfg.manifest;
 
   # Bind mounts declared for the initrd by other means (preservation, hand-written units), except
   # those a storage itself needs.
@@ -144,10 +160,11 @@ let
 
   hostManifest = {
     version = 1;
+    stateDir = config.microvm.stateDir or "/var/lib/microvms";
     vms = map (name: { inherit name; autostart = builtins.elem name (config.microvm.autostart or [ ]); })
       (builtins.attrNames (config.microvm.vms or { }));
   };
-  hostManifestFile = pkgs.writeText "persist-prep-microvm.json" (builtins.toJSON hostCfg.manifest);
+  hostManifestFile = json.generate "persist-prep-microvm.json" hostCfg.manifest;
 in
 {
   options.boot.initrd.persist-prep = {
@@ -157,13 +174,26 @@ in
       type = types.package;
       default = pkgs.persist-prep or (pkgs.pkgsStatic.callPackage ./package.nix { });
       defaultText = literalExpression "pkgs.persist-prep or (pkgs.pkgsStatic.callPackage ./nix/package.nix { })";
-      description = "The persist-prep package; a static build keeps the initrd small.";
+      description = "The persist-prep package; a static build keeps the initrd small. The host's units run it.";
+    };
+
+    initrdPackage = mkOption {
+      type = types.package;
+      default = cfg.package.initrd or cfg.package;
+      defaultText = literalExpression "config.boot.initrd.persist-prep.package.initrd or config.boot.initrd.persist-prep.package";
+      description = "The build that goes into the initrd: nix/package.nix's `initrd`, built without the microvm host mode the initrd never runs.";
     };
 
     fromImpermanence = mkOption {
       type = types.bool;
       default = true;
-      description = "Derive entries from impermanence's `environment.persistence` when that option exists.";
+      description = "Derive entries from impermanence's `environment.persistence`, and from the Home Manager users' `home.persistence`, when those options exist.";
+    };
+
+    fromPreservation = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Derive entries from preservation's `preservation.preserveAt` when preservation is imported and enabled.";
     };
 
     storages = mkOption {
@@ -192,21 +222,33 @@ in
     };
 
     manifest = mkOption {
-      type = types.attrs;
+      type = json.type;
       readOnly = true;
       default = generated.manifest;
-      defaultText = literalExpression "generated from environment.persistence and storages";
+      defaultText = literalExpression "generated from environment.persistence, home-manager.users.<name>.home.persistence, preservation.preserveAt and storages";
       description = "The generated manifest, as written to /etc/persist-prep/manifest.json in the initrd.";
+    };
+
+    manifestFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = manifestFile;
+      defaultText = literalExpression "a store path holding the manifest as JSON";
+      description = ''
+        The manifest alone, as a file in the store: the one the initrd gets. Build it from an
+        installer and prepare the new volume before the first boot with
+        `persist-prep apply --root /mnt --manifest "$(nix build --print-out-paths .#nixosConfigurations.<host>.config.boot.initrd.persist-prep.manifestFile)"`.
+      '';
     };
   };
 
   options.services.persist-prep.microvm-prune = {
     enable = mkEnableOption "removal of what microvm.nix leaves behind for VMs no longer in `microvm.vms`, after each configuration switch";
     manifest = mkOption {
-      type = types.attrs;
+      type = json.type;
       readOnly = true;
       default = hostManifest;
-      defaultText = literalExpression "generated from microvm.vms and microvm.autostart";
+      defaultText = literalExpression "generated from microvm.stateDir, microvm.vms and microvm.autostart";
       description = "The host manifest given to `persist-prep microvm prune --manifest`, also at /etc/persist-prep/microvm.json.";
     };
     extraArgs = mkOption {
@@ -232,7 +274,7 @@ in
       boot.initrd.systemd = {
         contents."/etc/persist-prep/manifest.json".source = manifestFile;
         # On the initrd's PATH, so that `persist-prep check` works in the emergency shell.
-        extraBin.persist-prep = "${cfg.package}/bin/persist-prep";
+        extraBin.persist-prep = "${cfg.initrdPackage}/bin/persist-prep";
 
         services.persist-prep = {
           description = "Create missing persistent directories (persist-prep)";

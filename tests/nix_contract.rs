@@ -44,26 +44,26 @@ fn have_nix() -> bool {
     found
 }
 
-/// The optional evaluation inputs; CI cannot fetch them, so they never fail a run by absence.
-fn eval_inputs() -> Option<(String, String)> {
-    let lib = std::env::var("PERSIST_PREP_NIXPKGS_LIB").ok();
-    let imp = std::env::var("PERSIST_PREP_IMPERMANENCE").ok();
-    match (lib, imp) {
-        (Some(lib), Some(imp))
-            if Path::new(&lib).join("lib/default.nix").is_file()
-                && Path::new(&imp).join("nixos.nix").is_file() =>
-        {
-            Some((lib, imp))
-        }
-        _ => {
-            eprintln!(
-                "SKIP: module evaluation needs PERSIST_PREP_NIXPKGS_LIB (a nixpkgs.lib checkout, \
-                 holding lib/) and PERSIST_PREP_IMPERMANENCE (an impermanence checkout, holding \
-                 nixos.nix); see nix/README.md"
-            );
-            None
-        }
+/// The optional evaluation inputs (nixpkgs.lib, impermanence, preservation); CI cannot fetch
+/// them, so they never fail a run by absence.
+fn eval_inputs() -> Option<(String, String, String)> {
+    let var = |name: &str, holds: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|dir| Path::new(dir).join(holds).is_file())
+    };
+    let lib = var("PERSIST_PREP_NIXPKGS_LIB", "lib/default.nix");
+    let imp = var("PERSIST_PREP_IMPERMANENCE", "nixos.nix");
+    let pres = var("PERSIST_PREP_PRESERVATION", "module.nix");
+    if let (Some(lib), Some(imp), Some(pres)) = (lib, imp, pres) {
+        return Some((lib, imp, pres));
     }
+    eprintln!(
+        "SKIP: module evaluation needs PERSIST_PREP_NIXPKGS_LIB (a nixpkgs.lib checkout, holding \
+         lib/), PERSIST_PREP_IMPERMANENCE (an impermanence checkout, holding nixos.nix) and \
+         PERSIST_PREP_PRESERVATION (a preservation checkout, holding module.nix); see nix/README.md"
+    );
+    None
 }
 
 /// Evaluates `expr` (a function of the `--argstr` names) strictly to JSON.
@@ -246,6 +246,66 @@ fn parse_check_can_fail() {
     );
 }
 
+/// `nixpkgs-fmt` (crates.io) is installed by `tests/setup`, so its absence fails under
+/// `PERSIST_PREP_REQUIRE_ALL=1`.
+fn have_nixpkgs_fmt() -> bool {
+    let found = Command::new("nixpkgs-fmt")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !require_all(),
+            "nixpkgs-fmt is missing and PERSIST_PREP_REQUIRE_ALL=1 (cargo install --locked nixpkgs-fmt)"
+        );
+        eprintln!(
+            "SKIP: nixpkgs-fmt not found (cargo install --locked nixpkgs-fmt); Nix formatting not checked"
+        );
+    }
+    found
+}
+
+#[test]
+fn every_nix_file_is_formatted() {
+    if !have_nixpkgs_fmt() {
+        return;
+    }
+    let files = tracked_nix_files();
+    assert!(files.len() >= 4, "too few .nix files found: {files:?}");
+    let out = Command::new("nixpkgs-fmt")
+        .arg("--check")
+        .args(&files)
+        .output()
+        .expect("run nixpkgs-fmt --check");
+    assert!(
+        out.status.success(),
+        "unformatted .nix files (run nixpkgs-fmt on them):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn format_check_can_fail() {
+    if !have_nixpkgs_fmt() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("persist-prep-nixfmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ugly.nix");
+    std::fs::write(&file, "{a=1;\n      b =   2;}\n").unwrap();
+    let out = Command::new("nixpkgs-fmt")
+        .arg("--check")
+        .arg(&file)
+        .output()
+        .expect("run nixpkgs-fmt --check");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        !out.status.success(),
+        "nixpkgs-fmt --check accepted unformatted Nix"
+    );
+}
+
 #[test]
 fn generator_gives_expected_manifests() {
     if !have_nix() {
@@ -367,14 +427,20 @@ fn evaluated_fixtures_match_impermanence() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some((lib, imp, pres)) = eval_inputs() else {
         return;
     };
     for dir in case_dirs("cases").into_iter().chain(case_dirs("invalid")) {
         let got = eval_ok(
-            r#"{ lib, imp, dir }: (import (/. + dir + "/../../case.nix") {
-                 lib = import (/. + lib + "/lib"); impermanence = imp; dir = /. + dir; }).generatorArgs"#,
-            &[("lib", &lib), ("imp", &imp), ("dir", dir.to_str().unwrap())],
+            r#"{ lib, imp, pres, dir }: (import (/. + dir + "/../../case.nix") {
+                 lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres;
+                 dir = /. + dir; }).generatorArgs"#,
+            &[
+                ("lib", &lib),
+                ("imp", &imp),
+                ("pres", &pres),
+                ("dir", dir.to_str().unwrap()),
+            ],
         );
         assert_eq!(
             got,
@@ -385,27 +451,26 @@ fn evaluated_fixtures_match_impermanence() {
     }
 }
 
-const CASE: &str = r#"{ lib, imp, dir, extra }:
+const CASE: &str = r#"{ lib, imp, pres, dir, extra }:
   import (/. + dir + "/../../case.nix") {
-    lib = import (/. + lib + "/lib"); impermanence = imp; dir = /. + dir;
+    lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres; dir = /. + dir;
     extra = builtins.fromJSON extra;
   }"#;
 
+/// The optional checkouts: nixpkgs.lib, impermanence, preservation.
+type Inputs = (String, String, String);
+
 /// Evaluates `select` with the attributes of `tests/nix/case.nix`'s result in scope; `extra` is
 /// more configuration, as JSON.
-fn eval_case(
-    lib: &str,
-    imp: &str,
-    dir: &Path,
-    extra: &Value,
-    select: &str,
-) -> Result<Value, String> {
+fn eval_case(inputs: &Inputs, dir: &Path, extra: &Value, select: &str) -> Result<Value, String> {
+    let (lib, imp, pres) = inputs;
     let extra = extra.to_string();
     eval(
-        &format!("{{ lib, imp, dir, extra }}@args: with (({CASE}) args); {select}"),
+        &format!("{{ lib, imp, pres, dir, extra }}@args: with (({CASE}) args); {select}"),
         &[
             ("lib", lib),
             ("imp", imp),
+            ("pres", pres),
             ("dir", dir.to_str().unwrap()),
             ("extra", &extra),
         ],
@@ -417,13 +482,12 @@ fn module_writes_expected_manifest_and_assertions() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some(inputs) = eval_inputs() else {
         return;
     };
     for dir in case_dirs("cases") {
         let got = eval_case(
-            &lib,
-            &imp,
+            &inputs,
             &dir,
             &serde_json::json!({}),
             "{ inherit manifest problems; }",
@@ -450,13 +514,12 @@ fn module_units_mirror_the_initrd_unit() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some(inputs) = eval_inputs() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let got = eval_case(
-        &lib,
-        &imp,
+        &inputs,
         &dir,
         &serde_json::json!({}),
         "{ inherit initrdServices services contents extraBin assertions; }",
@@ -506,11 +569,14 @@ fn module_units_mirror_the_initrd_unit() {
             .map(|s| s.ends_with("-persist-prep-manifest.json")),
         Some(true)
     );
+    // The initrd gets the feature-less build, the host's units the full one.
     assert!(
         got["extraBin"]["persist-prep"]
             .as_str()
             .unwrap()
-            .ends_with("/bin/persist-prep")
+            .ends_with("-persist-prep-initrd-0.1.0/bin/persist-prep"),
+        "{}",
+        got["extraBin"]
     );
 
     let finish = &got["initrdServices"]["persist-prep-finish"];
@@ -518,6 +584,14 @@ fn module_units_mirror_the_initrd_unit() {
     assert!(after.contains(&"initrd-nixos-activation.service".to_owned()));
     assert!(strings(&finish["before"]).contains(&"initrd-switch-root.target".to_owned()));
     let late = &got["services"]["persist-prep-finish-late"];
+    assert!(
+        late["serviceConfig"]["ExecStart"]
+            .as_str()
+            .unwrap()
+            .contains("-persist-prep-0.1.0/bin/persist-prep finish"),
+        "{}",
+        late["serviceConfig"]
+    );
     assert!(strings(&late["after"]).contains(&"systemd-sysusers.service".to_owned()));
     assert!(strings(&late["after"]).contains(&"userborn.service".to_owned()));
     assert!(strings(&late["before"]).contains(&"sysinit.target".to_owned()));
@@ -529,13 +603,12 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some(inputs) = eval_inputs() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let stop = eval_case(
-        &lib,
-        &imp,
+        &inputs,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.persist-prep.unitConfig",
@@ -546,8 +619,7 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     // OnFailure alone does not stop the boot (the boot tests showed switch-root goes on):
     // initrd-cleanup must require persist-prep, as initrd/stop-boot/ does for dracut.
     let cleanup = eval_case(
-        &lib,
-        &imp,
+        &inputs,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.initrd-cleanup",
@@ -561,15 +633,14 @@ fn module_failure_action_and_systemd_initrd_assertion() {
         cleanup["after"],
         serde_json::json!(["persist-prep.service"])
     );
-    let default = eval_case(&lib, &imp, &dir, &serde_json::json!({}), "initrdServices").unwrap();
+    let default = eval_case(&inputs, &dir, &serde_json::json!({}), "initrdServices").unwrap();
     assert!(
         default.get("initrd-cleanup").is_none(),
         "continue must leave initrd-cleanup alone"
     );
 
     let scripted = eval_case(
-        &lib,
-        &imp,
+        &inputs,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "systemd": { "enable": false } } } }),
         "assertions",
@@ -587,17 +658,16 @@ fn module_microvm_prune_service() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some(inputs) = eval_inputs() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let extra = serde_json::json!({
         "services": { "persist-prep": { "microvm-prune": { "enable": true, "extraArgs": ["--stop"] } } },
-        "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"] },
+        "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"], "stateDir": "/srv/microvms" },
     });
     let got = eval_case(
-        &lib,
-        &imp,
+        &inputs,
         &dir,
         &extra,
         "{ inherit services etc assertions; }",
@@ -614,12 +684,19 @@ fn module_microvm_prune_service() {
     assert!(!unit["restartTriggers"].as_array().unwrap().is_empty());
     assert_eq!(got["assertions"], serde_json::json!([]));
     // The host manifest the service reads: declared VMs and which autostart.
-    let manifest = eval_case(&lib, &imp, &dir, &extra, "hostManifest");
+    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest");
     assert_eq!(
         manifest.unwrap(),
-        serde_json::json!({ "version": 1, "vms": [
+        serde_json::json!({ "version": 1, "stateDir": "/srv/microvms", "vms": [
             { "name": "db", "autostart": false }, { "name": "web", "autostart": true } ] })
     );
+    // microvm.nix's default state directory when the configuration leaves it alone.
+    let extra = serde_json::json!({
+        "services": { "persist-prep": { "microvm-prune": { "enable": true } } },
+        "microvm": { "vms": { "web": {} } },
+    });
+    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest").unwrap();
+    assert_eq!(manifest["stateDir"], "/var/lib/microvms");
 }
 
 /// nix/package.nix with a stand-in `buildRustPackage` that returns its arguments, and flake.nix's
@@ -629,10 +706,11 @@ const PACKAGE_AND_FLAKE: &str = r#"{ repo, lib, imp }:
     l = import (/. + lib + "/lib");
     pkgs = {
       lib = l;
-      pkgsStatic.callPackage = f: _: import f { lib = l; rustPlatform.buildRustPackage = a: a // { type = "derivation"; }; };
+      pkgsStatic.callPackage = f: args:
+        import f ({ lib = l; rustPlatform.buildRustPackage = a: a // a.passthru or { } // { type = "derivation"; }; } // args);
       testers.runNixOSTest = t: t;
     };
-    drv = pkgs.pkgsStatic.callPackage (/. + repo + "/nix/package.nix") { };
+    drv = pkgs.pkgsStatic.callPackage (/. + repo + "/nix/package.nix") { vmTests.a-test = { }; };
     flake = import (/. + repo + "/flake.nix");
     outputs = flake.outputs {
       self = outputs;
@@ -641,7 +719,9 @@ const PACKAGE_AND_FLAKE: &str = r#"{ repo, lib, imp }:
     };
   in {
     package = {
-      inherit (drv) pname version doCheck;
+      inherit (drv) pname version doCheck cargoTestFlags buildNoDefaultFeatures;
+      initrd = { inherit (drv.initrd) pname doCheck buildNoDefaultFeatures; };
+      tests = builtins.attrNames drv.tests;
       lockFile = toString drv.cargoLock.lockFile;
       meta = { inherit (drv.meta) description mainProgram platforms; license = drv.meta.license.spdxId; };
     };
@@ -649,6 +729,8 @@ const PACKAGE_AND_FLAKE: &str = r#"{ repo, lib, imp }:
       inputs = builtins.attrNames flake.inputs;
       packages = builtins.attrNames outputs.packages.x86_64-linux;
       defaultPname = outputs.packages.x86_64-linux.default.pname;
+      initrdPname = outputs.packages.x86_64-linux.persist-prep-initrd.pname;
+      packageTests = builtins.attrNames outputs.packages.x86_64-linux.default.tests;
       module = builtins.isFunction outputs.nixosModules.default;
       checks = builtins.attrNames outputs.checks.x86_64-linux;
       testNames = map (n: outputs.checks.x86_64-linux.${n}.name)
@@ -661,7 +743,7 @@ fn package_and_flake_outputs() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some((lib, imp, _)) = eval_inputs() else {
         return;
     };
     let repo = repo();
@@ -675,6 +757,15 @@ fn package_and_flake_outputs() {
     );
     let package = &got["package"];
     assert_eq!(package["pname"], "persist-prep");
+    // The unit tests need no root: the full build runs them, the initrd build only builds.
+    assert_eq!(package["doCheck"], true);
+    assert_eq!(package["cargoTestFlags"], serde_json::json!(["--bins"]));
+    assert_eq!(package["buildNoDefaultFeatures"], false);
+    assert_eq!(
+        package["initrd"],
+        serde_json::json!({ "pname": "persist-prep-initrd", "doCheck": false, "buildNoDefaultFeatures": true })
+    );
+    assert_eq!(package["tests"], serde_json::json!(["a-test"]));
     assert_eq!(package["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(package["meta"]["license"], "MIT");
     assert_eq!(package["meta"]["mainProgram"], "persist-prep");
@@ -701,9 +792,14 @@ fn package_and_flake_outputs() {
     );
     assert_eq!(
         flake["packages"],
-        serde_json::json!(["default", "persist-prep"])
+        serde_json::json!(["default", "persist-prep", "persist-prep-initrd"])
     );
     assert_eq!(flake["defaultPname"], "persist-prep");
+    assert_eq!(flake["initrdPname"], "persist-prep-initrd");
+    assert_eq!(
+        flake["packageTests"],
+        serde_json::json!(["persist-prep-first-boot", "persist-prep-missing-mount"])
+    );
     assert_eq!(flake["module"], true);
     assert_eq!(
         flake["checks"],
@@ -738,7 +834,7 @@ fn vm_test_machines_evaluate() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp)) = eval_inputs() else {
+    let Some((lib, imp, _)) = eval_inputs() else {
         return;
     };
     let repo = repo();
@@ -843,4 +939,191 @@ var/lib/nixos|0:0 755|0:0 755
         "{label} manifest; stderr:\n{}",
         run.stderr
     );
+}
+
+/// Numeric ids are `types.ints.u32`: a negative or too large id fails evaluation instead of
+/// reaching the binary.
+#[test]
+fn module_ids_are_u32() {
+    if !have_nix() {
+        return;
+    }
+    let Some(inputs) = eval_inputs() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    for uid in [-1_i64, 4_294_967_296] {
+        let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
+            "/persist": { "directories": [ { "path": "/var/lib/x", "uid": uid } ] } } } } } });
+        let err = eval_case(&inputs, &dir, &extra, "manifest").expect_err("uid accepted");
+        assert!(err.contains("32 bit unsigned integer"), "uid {uid}: {err}");
+    }
+    let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
+        "/persist": { "directories": [ { "path": "/var/lib/x", "uid": 4_294_967_295_u32 } ] } } } } } });
+    let manifest = eval_case(&inputs, &dir, &extra, "manifest").unwrap();
+    assert!(manifest.to_string().contains("4294967295"));
+}
+
+/// preservation's own initrd mounts (`inInitrd`, a directory and a file) come after persist-prep,
+/// as impermanence's do; a disabled preservation contributes nothing.
+#[test]
+fn module_orders_before_preservation_mounts() {
+    if !have_nix() {
+        return;
+    }
+    let Some(inputs) = eval_inputs() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/preservation");
+    let before = eval_case(
+        &inputs,
+        &dir,
+        &serde_json::json!({}),
+        "initrdServices.persist-prep.before",
+    )
+    .unwrap();
+    let before: Vec<&str> = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for unit in [
+        "sysroot-var-lib-nixos.mount",
+        "sysroot-etc-machine\\x2did.mount",
+        "systemd-tmpfiles-setup-sysroot.service",
+    ] {
+        assert!(before.contains(&unit), "Before= lacks {unit}: {before:?}");
+    }
+    let off = eval_case(
+        &inputs,
+        &dir,
+        &serde_json::json!({ "preservation": { "enable": false } }),
+        "{ inherit manifest warnings; }",
+    )
+    .unwrap();
+    assert_eq!(off["manifest"]["storages"], serde_json::json!([]));
+    let off = eval_case(
+        &inputs,
+        &dir,
+        &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "fromPreservation": false } } } }),
+        "manifest",
+    )
+    .unwrap();
+    assert_eq!(off["storages"], serde_json::json!([]));
+}
+
+/// A masked tmpfiles mode (`~0755`) depends on what exists; the build refuses it, naming the
+/// entry. A create-only one (`:0700`) is what persist-prep does anyway.
+#[test]
+fn generator_refuses_masked_preservation_modes() {
+    if !have_nix() {
+        return;
+    }
+    let got = eval_ok(
+        r#"{ repo }: (import (/. + repo + "/nix/lib/manifest.nix")).generate {
+              fileSystems."/persist" = { neededForBoot = true; };
+              preservation."/persist".directories = [
+                { directory = "/var/lib/a"; mode = "~0755"; }
+                { directory = "/var/lib/b"; mode = ":0700"; }
+              ];
+            }"#,
+        &[("repo", repo().to_str().unwrap())],
+    );
+    let problems = got["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let problem = problems[0].as_str().unwrap();
+    assert!(
+        problem.contains("preservation.preserveAt.\"/persist\".directories (/var/lib/a)")
+            && problem.contains("\"~0755\""),
+        "{problem}"
+    );
+    let dirs = &got["manifest"]["storages"][0]["directories"];
+    assert_eq!(dirs[1]["path"], "/var/lib/b");
+    assert_eq!(dirs[1]["mode"], "0700");
+}
+
+/// The preservation manifest applied to an empty root: declared owners and modes on both sides,
+/// a `configureParent` parent with its own mode, and for `how = "symlink"` entries only the
+/// parents of the source, never the source itself nor anything at the link's place.
+#[test]
+fn preservation_manifest_applies_as_declared() {
+    if !have_nix() || !common::require_root() {
+        return;
+    }
+    let got = generate(&repo().join("tests/nix/cases/preservation"));
+    let scratch = common::Scratch::new("nix-preservation");
+    scratch.manifest(&got["manifest"].to_string());
+    std::fs::create_dir_all(scratch.root().join("persist")).unwrap();
+    let run = scratch.in_namespace(
+        r#"mount -t tmpfs none "$ROOT/persist"
+        "$BIN" apply --root "$ROOT" --state-dir "$STATE" --manifest "$MANIFEST" >/dev/null 2>&1 || echo "APPLY-EXIT=$?"
+        cd "$ROOT"
+        for p in var/lib/private etc/NetworkManager etc/NetworkManager/system-connections \
+                 var/lib/secrets home/alice home/alice/.ssh home/alice/.local/share var/cache; do
+            echo "$p|$(stat -c '%u:%g %a' "persist/$p")|$(stat -c '%u:%g %a' "$p")"
+        done
+        for p in var/cache/big etc/wpa_supplicant.conf home/alice/.local/share/Steam home/alice/.bashrc \
+                 var/lib/secrets/token etc/machine-id; do
+            test -e "persist/$p" && echo "SOURCE-MADE $p"
+            test -e "$p" && echo "TARGET-MADE $p"
+        done
+        true"#,
+    );
+    let want = "\
+var/lib/private|0:0 700|0:0 700
+etc/NetworkManager|0:0 750|0:0 750
+etc/NetworkManager/system-connections|0:0 700|0:0 700
+var/lib/secrets|0:0 700|0:0 700
+home/alice|1000:100 700|1000:100 700
+home/alice/.ssh|1000:100 700|1000:100 700
+home/alice/.local/share|1000:100 755|1000:100 755
+var/cache|0:0 755|0:0 755
+";
+    assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
+}
+
+/// The Home Manager manifest applied to an empty root gives what impermanence's activation gives
+/// for `home.persistence`: homes user-owned 0700 under root-owned parents, entries and their
+/// missing parents owned by the user and their group, a file's `parentDirectory` with its mode,
+/// on the volume and as mount points; a storage of its own for a second user.
+#[test]
+fn home_manager_manifest_applies_like_impermanence() {
+    if !have_nix() || !common::require_root() {
+        return;
+    }
+    let got = generate(&repo().join("tests/nix/cases/home-manager"));
+    let scratch = common::Scratch::new("nix-home-manager");
+    scratch.manifest(&got["manifest"].to_string());
+    std::fs::create_dir_all(scratch.root().join("persist")).unwrap();
+    let run = scratch.in_namespace(
+        r#"mount -t tmpfs none "$ROOT/persist"
+        "$BIN" apply --root "$ROOT" --state-dir "$STATE" --manifest "$MANIFEST" >/dev/null 2>&1 || echo "APPLY-EXIT=$?"
+        test -e "$STATE/deferred.json" && echo DEFERRED
+        cd "$ROOT"
+        for p in home home/alice home/alice/.ssh home/alice/.local home/alice/.local/share/keyrings \
+                 home/alice/.config home/alice/.config/gh; do
+            echo "$p|$(stat -c '%u:%g %a' "persist/$p")|$(stat -c '%u:%g %a' "$p")"
+        done
+        for p in srv srv/carol srv/carol/.gnupg; do
+            echo "$p|$(stat -c '%U:%g %a' "persist/carol/$p")|$(stat -c '%U:%g %a' "$p")"
+        done
+        test -e home/alice/.cache && echo DISABLED-STORAGE-USED
+        true"#,
+    );
+    // carol has no static uid: deferred, root-owned meanwhile, with the group's static gid.
+    let want = "\
+DEFERRED
+home|0:0 755|0:0 755
+home/alice|1000:100 700|1000:100 700
+home/alice/.ssh|1000:100 700|1000:100 700
+home/alice/.local|1000:100 755|1000:100 755
+home/alice/.local/share/keyrings|1000:100 755|1000:100 755
+home/alice/.config|1000:100 755|1000:100 755
+home/alice/.config/gh|1000:100 700|1000:100 700
+srv|root:0 755|root:0 755
+srv/carol|root:50 700|root:50 700
+srv/carol/.gnupg|root:50 700|root:50 700
+";
+    assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
 }

@@ -5,7 +5,8 @@
 # always be tested.
 #
 # `generate` takes data shaped like an evaluated NixOS configuration (impermanence's
-# `config.environment.persistence`, `config.fileSystems`, `config.users`, `config.ids`) plus
+# `config.environment.persistence`, the Home Manager users' `home.persistence`, preservation's
+# `config.preservation.preserveAt`, `config.fileSystems`, `config.users`, `config.ids`) plus
 # persist-prep's own extra storages, and returns
 #   { manifest; problems; storagePaths; mountUnitPaths; }
 # where `manifest` is the version-1 manifest (ready for builtins.toJSON), `problems` lists
@@ -15,6 +16,7 @@
 let
   inherit (builtins)
     attrNames
+    dirOf
     concatLists
     concatStringsSep
     elem
@@ -58,6 +60,8 @@ let
 
   generate =
     { persistence ? { }
+    , homeManager ? { }
+    , preservation ? { }
     , extraStorages ? [ ]
     , fileSystems ? { }
     , users ? { }
@@ -87,102 +91,216 @@ let
       groupOfUser = user: users.${user}.group or user;
       homeOfUser = user: users.${user}.home or "/home/${user}";
 
-      # One persistent-storage attribute of impermanence, flattened into tagged records
-      # { storage; kind = "dir" | "file"; entry; }, in the order impermanence creates them.
+      # Impermanence's Home Manager module leaves the group null ("Home Manager doesn't seem to
+      # know about the user's group"); its NixOS side fills in the user's group, and so do we.
+      withGroup = p: p // { group = if p.group or null == null then groupOfUser p.user else p.group; };
+
+      # An evaluated entry is an attribute set; a bare string is accepted for hand-written input.
+      asDir = d: if isString d then { directory = d; } else d;
+      asFile = f: if isString f then { file = f; } else f;
+
+      # Impermanence's entries of one level (system, a user, or a Home Manager user) as tagged
+      # records { storage; kind = "dir" | "file"; entry; }, in the order impermanence creates them.
+      # `home`: null for system entries; `defaults`: the owner of the level the entries live at.
+      dirRecord = { home, defaults, origin, storageDefault }: d0:
+        let
+          d = asDir d0;
+          perms = withGroup (d.defaultPerms or defaults);
+          user = d.user or defaults.user;
+        in
+        {
+          storage = d.persistentStoragePath or storageDefault;
+          kind = "dir";
+          entry = {
+            path = normalize (d.dirPath or (if home == null then d.directory else joinPaths home d.directory));
+            parent = owner perms;
+            inherit origin;
+          } // owner (withGroup {
+            inherit user;
+            group = d.group or defaults.group;
+            mode = d.mode or defaults.mode;
+          });
+        };
+
+      # A file gives a file entry whose missing ancestors get the parent directory's
+      # defaultPerms, plus a directory entry for the parent itself when its declared
+      # attributes differ from those (impermanence creates it on both sides, like a directory).
+      fileRecords = { home, defaults, origin, storageDefault }: f0:
+        let
+          f = asFile f0;
+          pd = f.parentDirectory or { };
+          perms = withGroup (pd.defaultPerms or defaults);
+          filePath = normalize (f.filePath or (if home == null then f.file else joinPaths home f.file));
+          parentPath = normalize (pd.dirPath or (substring 0 (stringLength filePath - stringLength (baseNameOf filePath)) filePath));
+          declared = withGroup {
+            user = pd.user or perms.user;
+            group = pd.group or perms.group;
+            mode = pd.mode or perms.mode;
+          };
+          storage = f.persistentStoragePath or storageDefault;
+        in
+        [{
+          inherit storage;
+          kind = "file";
+          entry = { path = filePath; parent = owner perms; inherit origin; };
+        }]
+        ++ optional (parentPath != "/" && owner declared != owner perms) {
+          inherit storage;
+          kind = "dir";
+          # Yields to a declared directory or home at the same path, as in impermanence,
+          # where the declared one is created first and the parent then exists.
+          implicit = true;
+          entry = owner declared // {
+            path = parentPath;
+            parent = owner perms;
+            origin = "${origin} (parentDirectory of ${filePath})";
+          };
+        };
+
+      # The entries of one user, from `environment.persistence.<s>.users.<name>` or from Home
+      # Manager's `home.persistence.<s>`: impermanence creates each home user-owned 0700, its
+      # ancestors root root 0755, and the user's entries below it.
+      userLevelRecords = { uname, home, originBase, storageDefault, level }:
+        let
+          ctx = {
+            inherit home storageDefault;
+            defaults = { user = uname; group = groupOfUser uname; mode = "0755"; };
+          };
+          dirs = map (dirRecord (ctx // { origin = "${originBase}.directories"; })) (level.directories or [ ]);
+          files = concatLists (map (fileRecords (ctx // { origin = "${originBase}.files"; })) (level.files or [ ]));
+          entryHome = e: (asDir e).home or home;
+          homes = map
+            (e: {
+              storage = (asDir e).persistentStoragePath or storageDefault;
+              kind = "dir";
+              entry = owner { user = uname; group = groupOfUser uname; mode = "0700"; } // {
+                path = normalize (entryHome e);
+                parent = owner rootPerms;
+                origin = originBase;
+              };
+            })
+            ((level.directories or [ ]) ++ (level.files or [ ]));
+        in
+        homes ++ dirs ++ files;
+
+      # One persistent-storage attribute of impermanence's `environment.persistence`.
       fromPersistence = name: cfg:
         let
           storageDefault = cfg.persistentStoragePath or name;
           prefix = "environment.persistence.${quote name}";
-
-          # An evaluated entry is an attribute set; a bare string is accepted for hand-written input.
-          asDir = d: if isString d then { directory = d; } else d;
-          asFile = f: if isString f then { file = f; } else f;
-
-          # `home`: null for system entries; `defaults`: the owner of the level the entries live at.
-          dirRecord = { home, defaults, origin }: d0:
-            let
-              d = asDir d0;
-              perms = d.defaultPerms or defaults;
-              group = d.group or defaults.group;
-              user = d.user or defaults.user;
-            in
-            {
-              storage = d.persistentStoragePath or storageDefault;
-              kind = "dir";
-              entry = {
-                path = normalize (d.dirPath or (if home == null then d.directory else joinPaths home d.directory));
-                parent = owner perms;
-                inherit origin;
-              } // owner {
-                inherit user;
-                group = if group == null then groupOfUser user else group;
-                mode = d.mode or defaults.mode;
-              };
-            };
-
-          # A file gives a file entry whose missing ancestors get the parent directory's
-          # defaultPerms, plus a directory entry for the parent itself when its declared
-          # attributes differ from those (impermanence creates it on both sides, like a directory).
-          fileRecords = { home, defaults, origin }: f0:
-            let
-              f = asFile f0;
-              pd = f.parentDirectory or { };
-              perms = pd.defaultPerms or defaults;
-              filePath = normalize (f.filePath or (if home == null then f.file else joinPaths home f.file));
-              parentPath = normalize (pd.dirPath or (substring 0 (stringLength filePath - stringLength (baseNameOf filePath)) filePath));
-              declared = {
-                user = pd.user or perms.user;
-                group = let g = pd.group or perms.group; in if g == null then groupOfUser (pd.user or perms.user) else g;
-                mode = pd.mode or perms.mode;
-              };
-              storage = f.persistentStoragePath or storageDefault;
-            in
-            [{
-              inherit storage;
-              kind = "file";
-              entry = { path = filePath; parent = owner perms; inherit origin; };
-            }]
-            ++ optional (parentPath != "/" && owner declared != owner perms) {
-              inherit storage;
-              kind = "dir";
-              # Yields to a declared directory or home at the same path, as in impermanence,
-              # where the declared one is created first and the parent then exists.
-              implicit = true;
-              entry = owner declared // {
-                path = parentPath;
-                parent = owner perms;
-                origin = "${origin} (parentDirectory of ${filePath})";
-              };
-            };
-
-          system = { home = null; defaults = rootPerms; };
-
-          userRecords = uname: ucfg:
-            let
-              home = homeOfUser uname;
-              ctx = { inherit home; defaults = { user = uname; group = groupOfUser uname; mode = "0755"; }; };
-              dirs = map (dirRecord (ctx // { origin = "${prefix}.users.${uname}.directories"; })) (ucfg.directories or [ ]);
-              files = concatLists (map (fileRecords (ctx // { origin = "${prefix}.users.${uname}.files"; })) (ucfg.files or [ ]));
-              entryHome = e: (asDir e).home or home;
-              # Impermanence creates each home user-owned 0700, its ancestors root root 0755.
-              homes = map
-                (e: {
-                  storage = (asDir e).persistentStoragePath or storageDefault;
-                  kind = "dir";
-                  entry = owner { user = uname; group = groupOfUser uname; mode = "0700"; } // {
-                    path = normalize (entryHome e);
-                    parent = owner rootPerms;
-                    origin = "${prefix}.users.${uname}";
-                  };
-                })
-                ((ucfg.directories or [ ]) ++ (ucfg.files or [ ]));
-            in
-            homes ++ dirs ++ files;
+          system = { home = null; defaults = rootPerms; inherit storageDefault; };
+          userRecords = uname: userLevelRecords {
+            inherit uname storageDefault;
+            home = homeOfUser uname;
+            originBase = "${prefix}.users.${uname}";
+            level = cfg.users.${uname};
+          };
         in
         if !(cfg.enable or true) then [ ] else
         map (dirRecord (system // { origin = "${prefix}.directories"; })) (cfg.directories or [ ])
         ++ concatLists (map (fileRecords (system // { origin = "${prefix}.files"; })) (cfg.files or [ ]))
-        ++ concatLists (map (u: userRecords u cfg.users.${u}) (attrNames (cfg.users or { })));
+        ++ concatLists (map userRecords (attrNames (cfg.users or { })));
+
+      # One Home Manager user's `home.persistence` (impermanence's home-manager.nix): paths
+      # relative to `home.homeDirectory`, owned by `home.username`, in the storage named
+      # without the home (impermanence adds the home itself).
+      fromHomeManager = name: hm:
+        let
+          uname = hm.username or name;
+          storageRecords = s:
+            let cfg = hm.persistence.${s}; in
+            if !(cfg.enable or true) then [ ] else
+            userLevelRecords {
+              inherit uname;
+              home = hm.home or (homeOfUser uname);
+              originBase = "home-manager.users.${name}.home.persistence.${quote s}";
+              storageDefault = cfg.persistentStoragePath or s;
+              level = cfg;
+            };
+        in
+        concatLists (map storageRecords (attrNames (hm.persistence or { })));
+
+      # One `preservation.preserveAt.<name>` (nix-community/preservation). Its tmpfiles rules
+      # create missing ancestors root root 0755, each entry with its user, group and mode on both
+      # sides, its parent with `parent.*` when `configureParent`, and each user's home with
+      # `homeMode` on the storage. A `symlink` entry is a link on the root to its source: the
+      # source needs its parents (a file entry) and never becomes a directory or mount point here.
+      fromPreservation = name: cfg:
+        let
+          storage = cfg.persistentStoragePath or name;
+          prefix = "preservation.preserveAt.${quote name}";
+          # `:` (create-only) is what persist-prep always does; `~` (masked) depends on what
+          # exists, which a manifest cannot say. "700" (NixOS's homeMode) is "0700".
+          tmpfilesMode = m0:
+            let m = if substring 0 1 m0 == ":" then substring 1 (stringLength m0) m0 else m0; in
+            if builtins.match "[0-7]{3}" m != null then "0${m}" else m;
+          entryRecords = { origin0, kind }: e0:
+            let
+              e = if kind == "dir" then asDir e0 else asFile e0;
+              path = normalize (if kind == "dir" then e.directory else e.file);
+              how = e.how or "bindmount";
+              # Preservation adds the directories between a home and a user's paths itself.
+              origin = if how == "_intermediate" then "${origin0} (between the home and a user path)" else origin0;
+              asDirectory = kind == "dir" && how != "symlink";
+              parentPath = dirOf path;
+              p = e.parent or { };
+              where = "${origin} (${path})";
+            in
+            [{
+              inherit storage;
+              kind = if asDirectory then "dir" else "file";
+              entry = { inherit path origin; parent = owner rootPerms; }
+              // optionalAttrs asDirectory (owner {
+                user = e.user or "root";
+                group = e.group or "root";
+                mode = tmpfilesMode (e.mode or "0755");
+              });
+              problems = optional (asDirectory && substring 0 1 (e.mode or "") == "~")
+                "persist-prep: ${where} has the masked tmpfiles mode ${quote e.mode}, whose result depends on what exists; persist-prep creates directories with one declared mode. Give an octal mode such as \"0755\".";
+            }]
+            ++ optional ((e.configureParent or false) && parentPath != "/") {
+              inherit storage;
+              kind = "dir";
+              implicit = true;
+              entry = owner
+                {
+                  user = p.user or "root";
+                  group = p.group or "root";
+                  mode = tmpfilesMode (p.mode or "0755");
+                } // {
+                path = parentPath;
+                parent = owner rootPerms;
+                origin = "${origin} (parent of ${path})";
+              };
+            };
+          level = { originBase, directories ? [ ], files ? [ ], ... }:
+            concatLists (map (entryRecords { origin0 = "${originBase}.directories"; kind = "dir"; }) directories)
+            ++ concatLists (map (entryRecords { origin0 = "${originBase}.files"; kind = "file"; }) files);
+          userRecords = uname:
+            let
+              u = cfg.users.${uname};
+              username = u.username or uname;
+              entries = (u.directories or [ ]) ++ (u.files or [ ]);
+            in
+            optional (entries != [ ])
+              {
+                inherit storage;
+                kind = "dir";
+                entry = owner
+                  {
+                    user = username;
+                    group = u.homeGroup or (groupOfUser username);
+                    mode = tmpfilesMode (u.homeMode or "0700");
+                  } // {
+                  path = normalize (u.home or (homeOfUser username));
+                  parent = owner rootPerms;
+                  origin = "${prefix}.users.${uname}";
+                };
+              }
+            ++ level (u // { originBase = "${prefix}.users.${uname}"; });
+        in
+        level (cfg // { originBase = prefix; })
+        ++ concatLists (map userRecords (attrNames (cfg.users or { })));
 
       # persist-prep's own storages, already shaped like the manifest: entries default to root root 0755.
       fromExtra = s:
@@ -193,13 +311,14 @@ let
             {
               storage = s.path;
               kind = "dir";
-              entry = owner {
-                user = d.user or "root";
-                group = d.group or "root";
-                mode = d.mode or "0755";
-                uid = d.uid or null;
-                gid = d.gid or null;
-              } // {
+              entry = owner
+                {
+                  user = d.user or "root";
+                  group = d.group or "root";
+                  mode = d.mode or "0755";
+                  uid = d.uid or null;
+                  gid = d.gid or null;
+                } // {
                 path = normalize d.path;
                 parent = owner (rootPerms // removeAttrs (d.parent or { }) [ "_module" ]);
                 origin = d.origin or "${prefix}.directories";
@@ -221,7 +340,10 @@ let
 
       allRecords =
         concatLists (map (n: fromPersistence n persistence.${n}) (attrNames persistence))
+        ++ concatLists (map (n: fromHomeManager n homeManager.${n}) (attrNames homeManager))
+        ++ concatLists (map (n: fromPreservation n preservation.${n}) (attrNames preservation))
         ++ concatLists (map fromExtra extraStorages);
+      sourceProblems = concatLists (map (r: r.problems or [ ]) allRecords);
 
       explicitDirPaths = map (r: r.entry.path) (filter (r: r.kind == "dir" && !(r.implicit or false)) allRecords);
       records = filter (r: !(r.implicit or false) || !(elem r.entry.path explicitDirPaths)) allRecords;
@@ -298,7 +420,7 @@ let
     in
     {
       manifest = { version = 1; inherit storages; };
-      problems = notNeededForBoot ++ conflicts ++ overlaps;
+      problems = sourceProblems ++ notNeededForBoot ++ conflicts ++ overlaps;
       inherit storagePaths;
       mountUnitPaths = filter (p: !(elem p storagePaths) && !(builtins.any (s: contains p s) storagePaths)) (unique (map (e: e.path) allDirs));
     };

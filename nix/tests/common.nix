@@ -33,6 +33,6 @@
       { directory = "/var/lib/svc"; user = "svc"; group = "svc"; mode = "u=rwx,g=rx,o="; }
     ];
     files = [ "/etc/machine-id" ];
-    users.alice.directories = [ { directory = ".ssh"; mode = "0700"; } ];
+    users.alice.directories = [{ directory = ".ssh"; mode = "0700"; }];
   };
 }

@@ -4,7 +4,7 @@
 
   nodes.machine = { lib, pkgs, ... }: {
     imports = [ (import ./common.nix { inherit module impermanence; }) ];
-    virtualisation.emptyDiskImages = [ { size = 256; driveConfig.deviceExtraOpts.serial = "persist"; } ];
+    virtualisation.emptyDiskImages = [{ size = 256; driveConfig.deviceExtraOpts.serial = "persist"; }];
     # The blank disk gets a file system just before its first mount; persist-prep then meets an
     # empty persistent volume, the case that goes wrong without it.
     boot.initrd.systemd.services.format-persist = {

@@ -1,10 +1,10 @@
 # Evaluates one case directory through impermanence's real options and nix/module.nix (offline,
 # with nixpkgs' lib only; see eval.nix). Used by tests/nix_contract.rs and tests/nix/regenerate.
-#   lib, impermanence: as in eval.nix;  dir: the case directory;  extra: more config to merge
-{ lib, impermanence, dir, extra ? { } }:
+#   lib, impermanence, preservation: as in eval.nix;  dir: the case directory;  extra: more config to merge
+{ lib, impermanence, preservation ? null, dir, extra ? { } }:
 let
   e = import ./eval.nix {
-    inherit lib impermanence;
+    inherit lib impermanence preservation;
     withModule = true;
     config = {
       imports = [ (dir + "/config.nix") extra ];
@@ -23,8 +23,8 @@ in
   assertions = map (a: a.message) failed;
   initrdServices = { inherit (c.boot.initrd.systemd.services) persist-prep persist-prep-finish; }
     // lib.optionalAttrs (c.boot.initrd.systemd.services ? initrd-cleanup) {
-      inherit (c.boot.initrd.systemd.services) initrd-cleanup;
-    };
+    inherit (c.boot.initrd.systemd.services) initrd-cleanup;
+  };
   inherit (c.boot.initrd.systemd) contents extraBin;
   services = c.systemd.services;
   etc = c.environment.etc;

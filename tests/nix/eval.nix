@@ -7,9 +7,10 @@
 #
 #   lib           nixpkgs' lib/ directory (nix-community/nixpkgs.lib), imported
 #   impermanence  impermanence's checkout (its nixos.nix), or null
+#   preservation  nix-community/preservation's checkout (its module.nix), or null
 #   withModule    also import ../../nix/module.nix
 #   config        the NixOS-style configuration under test (an attribute set or module)
-{ lib, impermanence ? null, withModule ? false, config }:
+{ lib, impermanence ? null, preservation ? null, withModule ? false, config }:
 let
   inherit (lib) mkOption types;
 
@@ -22,11 +23,36 @@ let
     writeText = name: _: "/nix/store/00000000000000000000000000000000-${name}";
     bash = "/nix/store/00000000000000000000000000000000-bash";
     util-linux = "/nix/store/00000000000000000000000000000000-util-linux";
+    # nixpkgs' pkgs-lib/formats.nix: the JSON value type, and a file in the store.
+    formats.json = {}: {
+      type =
+        let
+          valueType = types.nullOr
+            (types.oneOf [
+              types.bool
+              types.int
+              types.float
+              types.str
+              types.path
+              (types.attrsOf valueType)
+              (types.listOf valueType)
+            ]) // { description = "JSON value"; };
+        in
+        valueType;
+      generate = name: _: "/nix/store/00000000000000000000000000000000-${name}";
+    };
     persist-prep = {
       name = "persist-prep-0.1.0";
       outPath = "/nix/store/00000000000000000000000000000000-persist-prep-0.1.0";
       meta.mainProgram = "persist-prep";
       type = "derivation";
+      # nix/package.nix's feature-less build, for the initrd.
+      initrd = {
+        name = "persist-prep-initrd-0.1.0";
+        outPath = "/nix/store/00000000000000000000000000000000-persist-prep-initrd-0.1.0";
+        meta.mainProgram = "persist-prep";
+        type = "derivation";
+      };
     };
   };
 
@@ -47,13 +73,27 @@ let
     };
   }));
 
+  # Home Manager's NixOS module reduced to what impermanence uses (home-manager's
+  # nixos/common.nix): each user is a submodule of the shared modules, with `home.username` and
+  # `home.homeDirectory` taken from `users.users.<name>`.
+  homeManagerUser = osConfig: { name, ... }: {
+    options.home.username = mkOption { type = types.str; };
+    options.home.homeDirectory = mkOption { type = types.path; };
+    options.assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+    config.home.username = osConfig.users.users.${name}.name;
+    config.home.homeDirectory = osConfig.users.users.${name}.home;
+    config._module.args.pkgs = pkgs;
+  };
+
   stubs = { config, ... }: {
     options = {
       users.users = mkOption {
         default = { };
         type = types.attrsOf (types.submodule ({ name, config, ... }: {
           options = {
+            name = mkOption { type = types.str; default = name; };
             uid = mkOption { type = types.nullOr types.int; default = null; };
+            homeMode = mkOption { type = types.strMatching "[0-7]{1,5}"; default = "700"; };
             isNormalUser = mkOption { type = types.bool; default = false; };
             isSystemUser = mkOption { type = types.bool; default = false; };
             group = mkOption { type = types.str; default = if config.isNormalUser then "users" else ""; };
@@ -91,6 +131,14 @@ let
       environment.etc = mkOption { type = types.attrsOf types.anything; default = { }; };
       assertions = mkOption { type = types.listOf types.anything; default = [ ]; };
       warnings = mkOption { type = types.listOf types.str; default = [ ]; };
+      home-manager.sharedModules = mkOption { type = types.listOf types.raw; default = [ ]; };
+      home-manager.users = mkOption {
+        default = { };
+        type = types.attrsOf (types.submoduleWith {
+          modules = [ (homeManagerUser config) ] ++ config.home-manager.sharedModules;
+        });
+      };
+      microvm.stateDir = mkOption { type = types.path; default = "/var/lib/microvms"; };
       microvm.vms = mkOption { type = types.attrsOf types.anything; default = { }; };
       microvm.autostart = mkOption { type = types.listOf types.str; default = [ ]; };
     };
@@ -102,6 +150,7 @@ let
   evaluated = lib.evalModules {
     modules = [ stubs config ]
       ++ lib.optional (impermanence != null) (/. + "${toString impermanence}/nixos.nix")
+      ++ lib.optional (preservation != null) (/. + "${toString preservation}/module.nix")
       ++ lib.optional withModule ../../nix/module.nix;
   };
   c = evaluated.config;
@@ -120,6 +169,22 @@ let
   storage = s: pick [ "enable" "persistentStoragePath" ] s // entries s // {
     users = lib.mapAttrs (_: entries) s.users;
   };
+  homeManagerUsers = lib.mapAttrs
+    (_: u: {
+      inherit (u.home) username;
+      home = u.home.homeDirectory;
+      persistence = lib.mapAttrs (_: s: pick [ "enable" "persistentStoragePath" ] s // entries s) (u.home.persistence or { });
+    })
+    c.home-manager.users;
+
+  # preservation's evaluated entries, with exactly the attributes the generator reads; the
+  # intermediate directories preservation adds for user paths are plain sets without `parent`.
+  preserved = e: pick [ "directory" "file" "how" "user" "group" "mode" "configureParent" "inInitrd" "createLinkTarget" ] e
+    // { parent = perms (e.parent or { }); };
+  preservedEntries = s: { directories = map preserved s.directories; files = map preserved s.files; };
+  preservedStorage = s: pick [ "persistentStoragePath" ] s // preservedEntries s // {
+    users = lib.mapAttrs (_: u: pick [ "username" "home" "homeMode" "homeGroup" ] u // preservedEntries u) s.users;
+  };
 in
 {
   inherit (evaluated) config options;
@@ -127,6 +192,8 @@ in
   # What nix/module.nix hands to the generator, for comparison with a case's evaluated.json.
   generatorArgs = {
     persistence = lib.mapAttrs (_: storage) (c.environment.persistence or { });
+    homeManager = homeManagerUsers;
+    preservation = if c.preservation.enable or false then lib.mapAttrs (_: preservedStorage) c.preservation.preserveAt else { };
     fileSystems = c.fileSystems;
     users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) c.users.users;
     groups = lib.mapAttrs (_: g: { inherit (g) gid; }) c.users.groups;

@@ -23,6 +23,6 @@
     directories = [ "/var/lib/ancient" ];
   };
   environment.persistence."/scratch" = {
-    directories = [ { directory = "/var/tmp"; mode = "1777"; } ];
+    directories = [{ directory = "/var/tmp"; mode = "1777"; }];
   };
 }

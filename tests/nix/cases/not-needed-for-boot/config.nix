@@ -4,6 +4,6 @@
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/persist" = { device = "/dev/vda2"; fsType = "ext4"; };
   fileSystems."/nix" = { device = "/dev/vda3"; fsType = "ext4"; };
-  environment.persistence."/persist".directories = [ { directory = "/var/lib/private"; mode = "0700"; } ];
-  environment.persistence."/nix/persist".directories = [ { directory = "/var/lib/private"; mode = "0755"; } ];
+  environment.persistence."/persist".directories = [{ directory = "/var/lib/private"; mode = "0700"; }];
+  environment.persistence."/nix/persist".directories = [{ directory = "/var/lib/private"; mode = "0755"; }];
 }

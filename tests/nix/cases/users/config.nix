@@ -19,6 +19,6 @@
       # The parent of .netrc is the home itself, which keeps its 0700.
       files = [ ".screenrc" ".config/app/token" { file = ".netrc"; parentDirectory.mode = "0700"; } ];
     };
-    users.bob.files = [ { file = ".gnupg/pubring.kbx"; parentDirectory.mode = "0700"; } ];
+    users.bob.files = [{ file = ".gnupg/pubring.kbx"; parentDirectory.mode = "0700"; }];
   };
 }
