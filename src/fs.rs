@@ -285,6 +285,34 @@ pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
+/// Removes a tree of empty directories that an interrupted run of ours left. Anything in it
+/// that is not a directory stops the removal: a file or a link is data, and is never removed.
+pub fn remove_empty_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    match remove_empty(&dir, name) {
+        Err(Errno::NOTEMPTY | Errno::EXIST) => {}
+        other => return other,
+    }
+    let fd = open_child(&dir, name)?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let child = entry.file_name().to_string_lossy().into_owned();
+        if child == "." || child == ".." {
+            continue;
+        }
+        if entry.file_type() != rustix::fs::FileType::Directory
+            || entry.file_name().to_str().is_err()
+        {
+            return Err(Errno::NOTEMPTY);
+        }
+        children.push(child);
+    }
+    for child in children {
+        remove_empty_tree(&fd, &child)?;
+    }
+    remove_empty(dir, name)
+}
+
 /// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.
 /// `Ok(None)` when `wait` is false and another run holds it.
 pub fn lock(root: impl AsFd, exclusive: bool, wait: bool) -> Result<Option<OwnedFd>, Errno> {

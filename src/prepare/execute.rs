@@ -23,6 +23,10 @@ struct Link {
     path: String,
     fd: Option<OwnedFd>,
     traits: Traits,
+    /// The temporary name a stage stands under until it is placed.
+    disk_name: Option<String>,
+    /// The entries that made something in this stage, which fail if it cannot be placed.
+    members: Vec<usize>,
 }
 
 /// Where a directory is: the link whose handle reaches it, and the path from there.
@@ -33,8 +37,10 @@ struct Located {
     traits: Traits,
 }
 
-/// What a parent directory means for the directories made in it.
+/// What a parent directory means for the directories made in it. Four independent facts,
+/// each asked at a different step of `make`, so flags rather than a state machine.
 #[derive(Clone, Copy, Default)]
+#[allow(clippy::struct_excessive_bools)]
 struct Traits {
     /// New directories below it get exactly the owner and mode `mkdir` is given.
     plain: bool,
@@ -42,6 +48,8 @@ struct Traits {
     private: bool,
     /// This run made it, so nothing an earlier run left can be in it.
     fresh: bool,
+    /// It is in a stage that is not placed yet, so nobody sees what is made in it.
+    staged: bool,
 }
 
 pub struct Executor<'a> {
@@ -54,6 +62,9 @@ pub struct Executor<'a> {
     /// The side's base carries the pending mark already (set before a deferred directory).
     marked: [bool; 2],
     pub pending: Vec<Pending>,
+    /// Entries (by index in their storage) whose stage could not be placed.
+    failures: Vec<(usize, Problem)>,
+    storage_path: String,
 }
 
 fn index(side: Side) -> usize {
@@ -87,6 +98,8 @@ impl<'a> Executor<'a> {
             bases: [None, None],
             marked: [false, false],
             pending: Vec::new(),
+            failures: Vec::new(),
+            storage_path: String::new(),
         }
     }
 
@@ -98,24 +111,21 @@ impl<'a> Executor<'a> {
             let storage = s.storage;
             self.chains = [Vec::new(), Vec::new()];
             self.marked[0] = false;
+            self.storage_path.clone_from(&storage.path);
+            let mut stage = None;
             let base = match &s.state {
-                StorageState::Ok => {
-                    fs::open_in_root(self.root, &storage.path).map_err(|errno| Problem::Errno {
+                StorageState::Ok => fs::open_in_root(self.root, &storage.path)
+                    .map(|fd| existing("/", fd))
+                    .map_err(|errno| Problem::Errno {
                         action: "open",
                         path: format!("{}{}", self.root_display, storage.path),
                         errno,
-                    })
-                }
-                StorageState::Missing => self.make_storage(s.create.as_ref(), storage),
+                    }),
+                StorageState::Missing => self.make_storage(s.create.as_ref(), storage, &mut stage),
                 _ => continue,
             };
             match base {
-                Ok(fd) => {
-                    if s.state == StorageState::Missing {
-                        s.state = StorageState::Created;
-                    }
-                    self.bases[0] = Some(existing("/", fd));
-                }
+                Ok(link) => self.bases[0] = Some(link),
                 Err(problem) => {
                     s.state = StorageState::Failed(problem);
                     for e in &mut s.entries {
@@ -124,28 +134,67 @@ impl<'a> Executor<'a> {
                     continue;
                 }
             }
-            for e in &mut s.entries {
+            for (idx, e) in s.entries.iter_mut().enumerate() {
                 if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
                     || e.actions.is_empty()
                 {
                     continue;
                 }
-                let result = self.entry(storage, e.entry, &e.actions);
+                let result = self.entry(storage, idx, e.entry, &e.actions);
                 e.state = after(
                     std::mem::replace(&mut e.state, EntryState::Present),
                     &e.actions,
                     result,
                 );
             }
+            self.settle(Side::Storage, 0);
+            self.settle(Side::Root, 0);
+            if let Some(stage) = stage {
+                self.place_storage(s, &stage);
+            } else if s.state == StorageState::Missing {
+                s.state = StorageState::Created;
+            }
+            for (idx, problem) in std::mem::take(&mut self.failures) {
+                if let Some(e) = s.entries.get_mut(idx) {
+                    e.state = EntryState::Failed(problem);
+                }
+            }
         }
     }
 
-    /// Makes the storage directory's missing part, root root 0755, and opens it.
+    /// Places a storage directory made as a stage, with everything made below it.
+    fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
+        self.bases[0] = None;
+        let shown = format!("{}{}", self.root_display, stage.path);
+        match fs::place(&stage.parent, &stage.tmp, &stage.leaf) {
+            Ok(()) => {
+                log::info!(
+                    "created storage directory {} (root:root 0755)",
+                    escape::text(&shown)
+                );
+                s.state = StorageState::Created;
+            }
+            Err(errno) => {
+                let problem = place_problem(&shown, errno);
+                for e in &mut s.entries {
+                    if e.actions.iter().any(|a| a.dir.side == Side::Storage) {
+                        e.state = EntryState::Failed(problem.clone());
+                    }
+                }
+                s.state = StorageState::Failed(problem);
+            }
+        }
+    }
+
+    /// Makes the storage directory's missing part, root root 0755, and opens it. Its first
+    /// new component becomes a stage when its parent allows (see `make`), so that the whole
+    /// storage appears at its path only once everything in it is made.
     fn make_storage(
         &mut self,
         create: Option<&super::plan::StorageCreate>,
         storage: &Storage,
-    ) -> Result<OwnedFd, Problem> {
+        stage: &mut Option<StorageStage>,
+    ) -> Result<Link, Problem> {
         let create = create.ok_or(Problem::Errno {
             action: "create",
             path: storage.path.clone(),
@@ -172,36 +221,48 @@ impl<'a> Executor<'a> {
                 own: false,
             };
             let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            self.make(pfd, "", parent.traits, name, &dir, &shown(&path))?;
-            let fd = fs::open_child(pfd, name).map_err(|errno| Problem::Errno {
-                action: "open",
-                path: shown(&path),
-                errno,
-            })?;
-            log::info!(
-                "created storage directory {} (root:root 0755)",
-                escape::text(&shown(&path))
-            );
-            parent = Link {
-                path: path.clone(),
-                fd: Some(fd),
-                traits: Traits {
-                    plain: parent.traits.plain,
-                    private: true,
-                    fresh: true,
-                },
+            let (_, staged_as) = self.make(pfd, "", parent.traits, name, &dir, &shown(&path))?;
+            let on_disk = staged_as.clone().unwrap_or_else(|| name.clone());
+            let fd = fs::open_child(pfd, &on_disk)
+                .map_err(|errno| open_problem(&shown(&path), errno))?;
+            if staged_as.is_none() && !parent.traits.staged {
+                log::info!(
+                    "created storage directory {} (root:root 0755)",
+                    escape::text(&shown(&path))
+                );
+            }
+            let traits = Traits {
+                plain: parent.traits.plain,
+                private: true,
+                fresh: true,
+                staged: parent.traits.staged || staged_as.is_some(),
             };
+            let old = std::mem::replace(
+                &mut parent,
+                Link {
+                    path: path.clone(),
+                    fd: Some(fd),
+                    traits,
+                    disk_name: None,
+                    members: Vec::new(),
+                },
+            );
+            if let (Some(tmp), Some(parent_fd)) = (staged_as, old.fd) {
+                *stage = Some(StorageStage {
+                    parent: parent_fd,
+                    tmp,
+                    leaf: name.clone(),
+                    path: path.clone(),
+                });
+            }
         }
-        parent.fd.ok_or(Problem::Errno {
-            action: "open",
-            path: shown(&storage.path),
-            errno: Errno::NOENT,
-        })
+        Ok(parent)
     }
 
     fn entry(
         &mut self,
         storage: &Storage,
+        idx: usize,
         entry: &Entry,
         actions: &[Action],
     ) -> Result<(), Problem> {
@@ -230,7 +291,11 @@ impl<'a> Executor<'a> {
                     }
                     let traits = at.traits;
                     let pfd = self.link_fd(dir.side, at.at);
-                    if let Some(made) = self.make(pfd, &at.rel, traits, name, dir, &shown)? {
+                    let (made, staged_as) = self.make(pfd, &at.rel, traits, name, dir, &shown)?;
+                    if traits.staged {
+                        self.join_stage(dir.side, idx);
+                    }
+                    if let Some(made) = made {
                         let (storage, entry) = context;
                         let mut p = super::plan::pending_of(
                             storage,
@@ -250,7 +315,14 @@ impl<'a> Executor<'a> {
                             plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
                             private: dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
                             fresh: true,
+                            staged: traits.staged || staged_as.is_some(),
                         },
+                        members: if staged_as.is_some() {
+                            vec![idx]
+                        } else {
+                            Vec::new()
+                        },
+                        disk_name: staged_as,
                     });
                 }
                 ActionKind::GiveOwner => {
@@ -274,6 +346,7 @@ impl<'a> Executor<'a> {
     /// link there. That saves an open and a close per directory on a first boot.
     fn parent(&mut self, side: Side, path: &str, shown: &str) -> Result<Located, Problem> {
         if path == "/" {
+            self.settle(side, 0);
             let traits = self.link(side, None).map(|l| l.traits).unwrap_or_default();
             return Ok(Located {
                 at: None,
@@ -286,7 +359,7 @@ impl<'a> Executor<'a> {
             .iter()
             .take_while(|l| crate::manifest::contains(&l.path, path))
             .count();
-        self.chains[i].truncate(keep);
+        self.settle(side, keep);
         if self.chains[i].last().is_some_and(|l| l.path == path) {
             return self.reach(side, keep - 1, shown);
         }
@@ -324,12 +397,11 @@ impl<'a> Executor<'a> {
         let mut from = top;
         let mut rel = String::new();
         for k in top.map_or(0, |t| t + 1)..=at {
-            let name = self.chains[i][k]
-                .path
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let link = &self.chains[i][k];
+            let name = match &link.disk_name {
+                Some(tmp) => tmp.clone(),
+                None => link.path.rsplit('/').next().unwrap_or("").to_owned(),
+            };
             rel.push_str(&name);
             if self.chains[i][k].traits.private {
                 rel.push('/');
@@ -361,8 +433,13 @@ impl<'a> Executor<'a> {
             .map_or(self.root, AsFd::as_fd)
     }
 
-    /// Makes one directory so that it appears with its final owner and mode; for a deferred
-    /// owner, says what identifies it.
+    /// Makes one directory so that it appears with its final owner and mode. Inside a stage
+    /// (a new subtree that still stands under its temporary name) it is made at its name at
+    /// once. In a directory that existed before and that only root can write to, it starts a
+    /// stage: it is made under its temporary name, and its subtree below it, and the whole is
+    /// renamed into place when the executor leaves it. Anywhere else it is made under a
+    /// temporary name and renamed into place at once. Returns what identifies a deferred
+    /// owner, and the temporary name when it started a stage.
     fn make(
         &self,
         parent: BorrowedFd<'_>,
@@ -371,63 +448,145 @@ impl<'a> Executor<'a> {
         leaf: &str,
         dir: &Dir,
         shown: &str,
-    ) -> Result<Option<Made>, Problem> {
+    ) -> Result<(Option<Made>, Option<String>), Problem> {
+        let name = format!("{rel}{leaf}");
+        if traits.staged {
+            return Ok((self.make_final(parent, &name, traits, dir, shown)?, None));
+        }
         let leaf_tmp = temp_name(leaf);
         let tmp = format!("{rel}{leaf_tmp}");
-        let name = &format!("{rel}{leaf}")[..];
         if !traits.fresh {
             // A killed run may have left its temporary directory here, whichever way this
-            // run makes the directory; it goes only if it is empty.
-            match fs::remove_empty(parent, &tmp) {
+            // run makes the directory; it goes only if nothing but empty directories is in it.
+            let leftover = leftover_path(shown, &leaf_tmp);
+            match fs::remove_empty_tree(parent, &tmp) {
                 Ok(()) => log::info!(
-                    "removed {}, left empty by an interrupted persist-prep run",
-                    escape::text(&leftover_path(shown, &leaf_tmp))
+                    "removed {}, left by an interrupted persist-prep run",
+                    escape::text(&leftover)
                 ),
                 Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
-                    return Err(Problem::Leftover {
-                        path: leftover_path(shown, &leaf_tmp),
-                    });
+                    return Err(Problem::Leftover { path: leftover });
                 }
                 // Nothing there, or a file system that refuses (read-only): mkdir says why.
                 Err(_) => {}
             }
+            if traits.private {
+                let made = self.make_final(parent, &tmp, traits, dir, shown)?;
+                return Ok((made, Some(leaf_tmp)));
+            }
         }
-        let exact = traits.plain
-            && dir.uid == Some(self.euid)
-            && dir.gid == Some(self.egid)
-            && dir.attrs.mode & 0o6000 == 0;
-        if exact {
-            return fs::make_child(parent, name, dir.attrs.mode)
-                .map(|()| None)
+        if self.exact(traits, dir) {
+            return fs::make_child(parent, &name, dir.attrs.mode)
+                .map(|()| (None, None))
                 .map_err(|errno| create_problem(shown, errno));
         }
         Self::make_temp(parent, &tmp, &leaf_tmp, shown)?;
-        let finished = if dir.deferred() || !traits.private {
-            self.finish_temp_by_handle(parent, &tmp, dir, shown)
-        } else {
-            let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
-            fs::set_child_owner_mode(parent, &tmp, uid, gid, dir.attrs.mode)
-                .map(|()| None)
-                .map_err(|errno| Problem::Errno {
-                    action: "set owner and mode of",
-                    path: shown.to_owned(),
-                    errno,
-                })
-        };
-        let placed = finished.and_then(|made| {
-            fs::place(parent, &tmp, name)
-                .map(|()| made)
-                .map_err(|errno| match errno {
-                    Errno::EXIST => Problem::Replaced {
-                        path: shown.to_owned(),
-                    },
-                    errno => create_problem(shown, errno),
-                })
-        });
+        let placed = self
+            .finish_temp(parent, &tmp, traits, dir, shown)
+            .and_then(|made| {
+                fs::place(parent, &tmp, &name)
+                    .map(|()| (made, None))
+                    .map_err(|errno| place_problem(shown, errno))
+            });
         if placed.is_err() {
             let _ = fs::remove_empty(parent, &tmp);
         }
         placed
+    }
+
+    /// True when `mkdir` alone makes the directory exactly as declared.
+    fn exact(&self, traits: Traits, dir: &Dir) -> bool {
+        traits.plain
+            && dir.uid == Some(self.euid)
+            && dir.gid == Some(self.egid)
+            && dir.attrs.mode & 0o6000 == 0
+    }
+
+    /// Makes a directory at a name nobody looks at yet, and gives it its attributes.
+    fn make_final(
+        &self,
+        parent: BorrowedFd<'_>,
+        path: &str,
+        traits: Traits,
+        dir: &Dir,
+        shown: &str,
+    ) -> Result<Option<Made>, Problem> {
+        let mode = if self.exact(traits, dir) {
+            dir.attrs.mode
+        } else {
+            0o700
+        };
+        fs::make_child(parent, path, mode).map_err(|errno| create_problem(shown, errno))?;
+        if mode == dir.attrs.mode && self.exact(traits, dir) {
+            return Ok(None);
+        }
+        self.finish_temp(parent, path, traits, dir, shown)
+    }
+
+    /// Gives a private directory just made its owner and mode: by name where only root can
+    /// write to the parent, else through a handle; a deferred owner always takes the handle,
+    /// which its mark needs.
+    fn finish_temp(
+        &self,
+        parent: BorrowedFd<'_>,
+        tmp: &str,
+        traits: Traits,
+        dir: &Dir,
+        shown: &str,
+    ) -> Result<Option<Made>, Problem> {
+        if dir.deferred() || !traits.private {
+            return self.finish_temp_by_handle(parent, tmp, dir, shown);
+        }
+        let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
+        fs::set_child_owner_mode(parent, tmp, uid, gid, dir.attrs.mode)
+            .map(|()| None)
+            .map_err(|errno| Problem::Errno {
+                action: "set owner and mode of",
+                path: shown.to_owned(),
+                errno,
+            })
+    }
+
+    /// Renames the stage that link `k` of a side started into place, then drops the links
+    /// from `keep` on. A stage that cannot be placed fails the entries that made it.
+    fn settle(&mut self, side: Side, keep: usize) {
+        let i = index(side);
+        while self.chains[i].len() > keep {
+            let k = self.chains[i].len() - 1;
+            if let Some(tmp) = self.chains[i][k].disk_name.take() {
+                let path = self.chains[i][k].path.clone();
+                let leaf = path.rsplit('/').next().unwrap_or("").to_owned();
+                let up = k.checked_sub(1);
+                if let Err(errno) = fs::place(self.link_fd(side, up), &tmp, &leaf) {
+                    let shown = self.shown_on(side, &path);
+                    let problem = place_problem(&shown, errno);
+                    for &member in &self.chains[i][k].members {
+                        self.failures.push((member, problem.clone()));
+                    }
+                }
+            }
+            self.chains[i].pop();
+        }
+    }
+
+    /// Counts an entry among those that made something in the stage it works in.
+    fn join_stage(&mut self, side: Side, idx: usize) {
+        if let Some(top) = self.chains[index(side)]
+            .iter_mut()
+            .rev()
+            .find(|l| l.disk_name.is_some())
+        {
+            if top.members.last() != Some(&idx) {
+                top.members.push(idx);
+            }
+        }
+    }
+
+    fn shown_on(&self, side: Side, path: &str) -> String {
+        match side {
+            Side::Storage => format!("{}{}{path}", self.root_display, self.storage_path),
+            Side::Root => format!("{}{path}", self.root_display),
+        }
     }
 
     /// Makes the temporary directory, removing an empty one that a killed run left.
@@ -525,6 +684,14 @@ fn after(before: EntryState, actions: &[Action], result: Result<(), Problem>) ->
     }
 }
 
+/// A storage directory made under a temporary name, placed once its entries are made.
+struct StorageStage {
+    parent: OwnedFd,
+    tmp: String,
+    leaf: String,
+    path: String,
+}
+
 /// What identifies a directory made with a deferred owner.
 struct Made {
     meta: fs::Meta,
@@ -545,7 +712,10 @@ fn existing(path: &str, fd: OwnedFd) -> Link {
             plain,
             private,
             fresh: false,
+            staged: false,
         },
+        disk_name: None,
+        members: Vec::new(),
     }
 }
 
@@ -591,6 +761,15 @@ fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Res
 fn leftover_path(shown: &str, tmp: &str) -> String {
     let (dir, _) = shown.rsplit_once('/').unwrap_or(("", shown));
     format!("{dir}/{tmp}")
+}
+
+fn place_problem(shown: &str, errno: Errno) -> Problem {
+    match errno {
+        Errno::EXIST => Problem::Replaced {
+            path: shown.to_owned(),
+        },
+        errno => create_problem(shown, errno),
+    }
 }
 
 fn create_problem(shown: &str, errno: Errno) -> Problem {
