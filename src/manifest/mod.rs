@@ -235,6 +235,13 @@ fn normalise(path: &str) -> Result<String, &'static str> {
     if path.contains('\0') {
         return Err("the path contains a NUL byte");
     }
+    let clean = path.len() > 1
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && !path.split('/').any(|c| c == "." || c == "..");
+    if clean {
+        return Ok(path.to_owned());
+    }
     let mut out = String::with_capacity(path.len());
     for component in path.split('/').filter(|c| !c.is_empty()) {
         if component == ".." {
@@ -254,8 +261,23 @@ fn normalise(path: &str) -> Result<String, &'static str> {
 
 /// Ancestors first: sorting by a key with `/` as the lowest byte orders by component, so that
 /// `/a/b` comes before `/a-b`; the sort is stable among equal paths.
-fn sort_entries(entries: &mut [Entry]) {
-    entries.sort_by_cached_key(|e| e.path.replace('/', "\0"));
+fn sort_entries(entries: &mut Vec<Entry>) {
+    if entries.is_sorted_by(|a, b| path_order(&a.path, &b.path).is_le()) {
+        return;
+    }
+    // Entries are large: sort their indices (stably), then move each entry once.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|&i, &j| path_order(&entries[i].path, &entries[j].path));
+    let mut slots: Vec<Option<Entry>> = std::mem::take(entries).into_iter().map(Some).collect();
+    entries.extend(order.into_iter().filter_map(|i| slots[i].take()));
+}
+
+/// Compares paths as if `/` were the lowest byte, without building keys.
+fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let key = |c: Option<&u8>| c.map(|&c| if c == b'/' { 0 } else { u16::from(c) + 1 });
+    key(a.get(same)).cmp(&key(b.get(same)))
 }
 
 /// True when `ancestor` is `path` or one of its ancestors (both normalised).

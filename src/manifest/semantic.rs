@@ -1,7 +1,7 @@
 //! The semantic pass: from the typed manifest to validated values, with every problem collected
 //! at once and each one naming its entry (where it stands, its path, the option it came from).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::{self, Display};
 
 use serde_json::Number;
@@ -271,7 +271,7 @@ impl Checker {
 
     /// Checks that need the whole manifest: duplicates and entries clashing with storages.
     fn cross_check(&mut self, manifest: &Manifest) {
-        let mut seen_storages: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut seen_storages: HashMap<&str, usize> = HashMap::new();
         for (i, storage) in manifest.storages.iter().enumerate() {
             if let Some(first) = seen_storages.insert(&storage.path, i) {
                 self.error(
@@ -283,7 +283,8 @@ impl Checker {
                 );
             }
         }
-        let mut seen: BTreeMap<&str, (&Storage, &Entry)> = BTreeMap::new();
+        let mut seen: HashMap<&str, (&Storage, &Entry)> =
+            HashMap::with_capacity(manifest.storages.iter().map(|s| s.entries.len()).sum());
         for storage in &manifest.storages {
             for entry in &storage.entries {
                 self.overlaps(manifest, entry);
