@@ -772,5 +772,219 @@ mod tests {
                 }
             }
         }
+
+        /// Modes that are wrong whatever else the entry says.
+        const BAD_MODES: [&str; 3] = ["9", "", "u=rwz"];
+
+        /// A field drawn from a pool of good and bad values, or left out.
+        fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = Option<Value>> {
+            prop::option::of(prop::sample::select(pool).prop_map(Value::from))
+        }
+
+        fn id() -> impl Strategy<Value = Option<Value>> {
+            prop::option::of(prop::sample::select(vec![
+                Value::Null,
+                Value::from(0),
+                Value::from(0),
+                Value::from(1000),
+                Value::from(1000),
+                Value::from(-1),
+                Value::from(4_294_967_294_u64),
+                Value::from(4_294_967_295_u64),
+                Value::from(1e20),
+                Value::from(1.5),
+            ]))
+        }
+
+        // Good values come several times, so that a fair share of manifests is accepted.
+        const PATHS: &[&str] = &[
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/b",
+            "/c/d",
+            "/e",
+            "/f/g",
+            "/h",
+            "/i/j/k",
+            "/l",
+            "//m//",
+            "/ü",
+            "rel",
+            "",
+            "/",
+            "/a/../b",
+            "/./x",
+            "/persist/x",
+            "/nix",
+            "/a\n<0>x",
+        ];
+        const NAMES: &[&str] = &[
+            "root",
+            "root",
+            "root",
+            "u",
+            "u",
+            "ü",
+            "4294967294",
+            "1000",
+            "a b",
+            "",
+            "4294967295",
+            ":x",
+            "x\ty",
+        ];
+
+        /// Owner and mode fields with random values; `mode` is always there for directories.
+        fn attrs(mode: bool) -> impl Strategy<Value = serde_json::Map<String, Value>> {
+            let modes: &'static [&'static str] = &[
+                "0755", "0755", "0700", "0700", "2750", "u=rwx", "a+x", "07777", "9", "", "u=rwz",
+                "17777",
+            ];
+            (
+                pick(NAMES),
+                pick(NAMES),
+                id(),
+                id(),
+                pick(modes),
+                prop::sample::select(modes),
+            )
+                .prop_map(move |(user, group, uid, gid, m, forced)| {
+                    let mut o = serde_json::Map::new();
+                    for (k, v) in [("user", user), ("group", group), ("uid", uid), ("gid", gid)] {
+                        if let Some(v) = v {
+                            o.insert(k.into(), v);
+                        }
+                    }
+                    match (mode, m) {
+                        (true, _) => {
+                            o.insert("mode".into(), forced.into());
+                        }
+                        (false, Some(m)) => {
+                            o.insert("mode".into(), m);
+                        }
+                        (false, None) => {}
+                    }
+                    o
+                })
+        }
+
+        fn entry(directory: bool) -> impl Strategy<Value = Value> {
+            (
+                prop::sample::select(PATHS),
+                attrs(directory),
+                prop::option::of(attrs(false)),
+                pick(&["opt.a", "opt.b\n"]),
+            )
+                .prop_map(move |(path, own, parent, origin)| {
+                    let mut o = if directory {
+                        own
+                    } else {
+                        serde_json::Map::new()
+                    };
+                    o.insert("path".into(), path.into());
+                    if let Some(p) = parent {
+                        o.insert("parent".into(), Value::Object(p));
+                    }
+                    if let Some(origin) = origin {
+                        o.insert("origin".into(), origin);
+                    }
+                    Value::Object(o)
+                })
+        }
+
+        /// Mostly entries that are fine on their own, with the odd random one.
+        fn mostly_good(directory: bool) -> impl Strategy<Value = Value> {
+            let good = (
+                prop::sample::select(&PATHS[..12]),
+                prop::sample::select(&["root", "u", "ü"][..]),
+                prop::sample::select(&["0755", "0700"][..]),
+            )
+                .prop_map(move |(path, user, mode)| {
+                    if directory {
+                        serde_json::json!({"path": path, "user": user, "group": "root", "mode": mode})
+                    } else {
+                        serde_json::json!({"path": path})
+                    }
+                });
+            prop_oneof![4 => good, 1 => entry(directory)]
+        }
+
+        fn storage() -> impl Strategy<Value = Value> {
+            (
+                prop::sample::select(&["/persist", "/persist", "/nix/persist", "/nix/persist", "rel", "/", "/persist/"][..]),
+                pick(&["/", "/nix", "/nix", "/ni", "rel", "/persist"]),
+                prop::collection::vec(mostly_good(true), 0..5),
+                prop::collection::vec(mostly_good(false), 0..3),
+            )
+                .prop_map(|(path, mount_point, directories, files)| {
+                    let mut o = serde_json::json!({"path": path, "directories": directories, "files": files});
+                    if let Some(mp) = mount_point {
+                        o["mountPoint"] = mp;
+                    }
+                    o
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Manifests of the right shape with random values: the semantic pass never panics,
+            /// a rejection always says why, every message names its place and is one line, and
+            /// an accepted manifest holds only what the rules allow.
+            #[test]
+            fn semantic_pass_never_panics_and_always_explains(
+                version in prop::sample::select(vec![1, 1, 1, 2]),
+                storages in prop::collection::vec(storage(), 0..3),
+            ) {
+                let doc = serde_json::json!({"version": version, "storages": storages});
+                let text = doc.to_string();
+                match parse(&text) {
+                    Err(errors) => {
+                        prop_assert!(!errors.is_empty());
+                        for e in &errors {
+                            prop_assert!(e.starts_with("manifest.") || e.starts_with("storages["), "{e}");
+                            prop_assert!(!e.contains(char::is_control), "{e:?}");
+                        }
+                        // Every entry whose mode is wrong on its own is named: one problem does
+                        // not hide another.
+                        for (i, s) in storages.iter().enumerate() {
+                            for (j, d) in s["directories"].as_array().unwrap().iter().enumerate() {
+                                if BAD_MODES.contains(&d["mode"].as_str().unwrap()) {
+                                    let at = format!("storages[{i}].directories[{j}] ");
+                                    prop_assert!(errors.iter().any(|e| e.starts_with(&at) && e.contains(".mode:")), "{at} in {errors:#?}");
+                                }
+                            }
+                        }
+                    }
+                    Ok(m) => {
+                        prop_assert_eq!(version, 1);
+                        for s in &m.storages {
+                            prop_assert!(s.path.starts_with('/') && s.path != "/");
+                            if let Some(mp) = &s.mount_point {
+                                prop_assert!(contains(mp, &s.path));
+                            }
+                            for e in &s.entries {
+                                prop_assert!(e.path.starts_with('/') && e.path != "/" && !e.path.contains("//"));
+                                for other in &m.storages {
+                                    prop_assert!(!contains(&e.path, &other.path) && !contains(&other.path, &e.path));
+                                }
+                                let attrs = e.attrs.iter().chain(std::iter::once(&e.parent));
+                                for a in attrs {
+                                    for o in [&a.user, &a.group] {
+                                        prop_assert!(valid_name(&o.name), "{o:?}");
+                                        prop_assert!(o.id != Some(u32::MAX));
+                                    }
+                                    prop_assert!(a.mode <= 0o7777);
+                                }
+                            }
+                            for pair in s.entries.windows(2) {
+                                prop_assert!(!contains(&pair[1].path, &pair[0].path) || pair[0].path == pair[1].path);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

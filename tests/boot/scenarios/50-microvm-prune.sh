@@ -70,5 +70,7 @@ expect_markers=(
     "microvm shared path=/var/lib/microvms/firewall exists=yes"
     "microvm shared path=/var/lib/microvms/fw exists=yes"
     "microvm shared path=/run/systemd/system/microvm@fw.service.d exists=yes"
+    "microvm shared tap-down rc=0"
+    "microvm shared control tap vm-fw0 exists=no unit=microvm-tap-interfaces@fw.service active=inactive load=loaded listed=[01]"
 )
 expect_console=('!Ordering cycle|ordering cycle')
