@@ -50,6 +50,8 @@ fn an_owner_deferred_on_a_boot_cut_short_arrives_on_a_later_boot() {
     add_svc_user(&s);
     s.run(&["finish"]).assert_code(0);
     assert_eq!(stat(&source), (0o750, 4001, 4001));
+    // The mount point made on a later boot waited for the owner with its source.
+    assert_eq!(stat(s.root().join("var/lib/svc")), (0o750, 4001, 4001));
     s.run(&["check"]).assert_code(0);
 }
 

@@ -467,6 +467,8 @@ impl<'a> Planner<'a> {
         let mut source_attrs = None;
         if entry.kind == Kind::Directory && exists {
             match self.judge(storage, entry, &mut plan) {
+                // A source that still waits for its owner: the mount point waits with it.
+                Ok(_) if plan.state == EntryState::Deferred => {}
                 Ok(meta) => source_attrs = Some(attrs_of_meta(meta)),
                 Err(errno) => {
                     plan.state = EntryState::Failed(Problem::Errno {
