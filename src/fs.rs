@@ -37,13 +37,18 @@ pub fn open_in_root(root: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
 
 /// Opens a regular file inside the root for reading, symlinks resolved within the root.
 pub fn read_in_root(root: impl AsFd, path: &str) -> Result<Vec<u8>, Errno> {
+    // Non-blocking, and only a regular file: a FIFO planted at etc/passwd must not hang the boot.
     let fd = openat2(
         root,
         relative(path),
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
         IN_ROOT,
     )?;
+    if rustix::fs::FileType::from_raw_mode(fstat(&fd)?.st_mode) != rustix::fs::FileType::RegularFile
+    {
+        return Err(Errno::INVAL);
+    }
     let mut file = std::fs::File::from(fd);
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut data)

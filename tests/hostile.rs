@@ -259,3 +259,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fifo_planted_as_passwd_does_not_hang_apply() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("fifo-passwd");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/svc","user":"svc","group":"svc","mode":"0750"}]}]}"#,
+    );
+    std::fs::create_dir_all(s.root().join("etc")).unwrap();
+    let fifo = s.root().join("etc/passwd");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let run = std::process::Command::new("timeout")
+        .args(["10", common::BIN, "apply", "--manifest"])
+        .arg(s.dir.join("manifest.json"))
+        .arg("--root")
+        .arg(s.root())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

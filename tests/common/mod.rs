@@ -59,6 +59,7 @@ impl Scratch {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
             .env_remove("PERSIST_PREP_LOG");
         if args[0] != "validate" {
             cmd.arg("--root")
