@@ -11,9 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
-use common::{BIN, Scratch, require_root};
+use common::{Scratch, require_root};
 
 /// Non-root owners, a set-group-id mode, root-owned parents, a deferred owner and a file.
 const MANIFEST: &str = r#"{"version":1,"storages":[{"path":"/persist","directories":[
@@ -80,18 +79,13 @@ fn call_counts() -> BTreeMap<String, usize> {
     let s = Scratch::new("faults-count");
     prepare(&s);
     let log = s.dir.join("strace.log");
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
-        .arg(&log)
-        .arg("-e")
-        .arg(format!("trace={}", CALLS.join(",")))
-        .arg(BIN)
-        .args(["apply", "--manifest"])
-        .arg(s.dir.join("manifest.json"))
-        .arg("--root")
-        .arg(s.root())
-        .arg("--state-dir")
-        .arg(s.state())
+    let trace = format!("trace={}", CALLS.join(","));
+    let log_path = log.display().to_string();
+    let out = s
+        .wrapped(
+            &["strace", "-f", "-qq", "-o", &log_path, "-e", &trace],
+            "apply",
+        )
         .output()
         .expect("strace runs (apt-get install strace)");
     assert!(
@@ -112,17 +106,12 @@ fn call_counts() -> BTreeMap<String, usize> {
 }
 
 fn apply_killed_at(s: &Scratch, call: &str, n: usize) -> bool {
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null"])
-        .arg("-e")
-        .arg(format!("inject={call}:signal=KILL:when={n}"))
-        .arg(BIN)
-        .args(["apply", "--manifest"])
-        .arg(s.dir.join("manifest.json"))
-        .arg("--root")
-        .arg(s.root())
-        .arg("--state-dir")
-        .arg(s.state())
+    let inject = format!("inject={call}:signal=KILL:when={n}");
+    let out = s
+        .wrapped(
+            &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject],
+            "apply",
+        )
         .env("PERSIST_PREP_LOG", "off")
         .output()
         .unwrap();

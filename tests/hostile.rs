@@ -279,15 +279,7 @@ fn a_fifo_planted_as_passwd_does_not_hang_apply() {
             .unwrap()
             .success()
     );
-    let run = std::process::Command::new("timeout")
-        .args(["10", common::BIN, "apply", "--manifest"])
-        .arg(s.dir.join("manifest.json"))
-        .arg("--root")
-        .arg(s.root())
-        .arg("--state-dir")
-        .arg(s.state())
-        .output()
-        .unwrap();
+    let run = s.wrapped(&["timeout", "10"], "apply").output().unwrap();
     assert_eq!(
         run.status.code(),
         Some(0),

@@ -72,6 +72,24 @@ impl Scratch {
         }
         Run::from(cmd.output().unwrap())
     }
+    /// The binary run through `wrapper` (strace, timeout) on this scratch tree, for
+    /// `wrapper... persist-prep COMMAND --manifest M --root R --state-dir S`.
+    pub fn wrapped(&self, wrapper: &[&str], command: &str) -> Command {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(BIN)
+            .arg(command)
+            .arg("--manifest")
+            .arg(self.dir.join("manifest.json"))
+            .arg("--root")
+            .arg(self.root())
+            .arg("--state-dir")
+            .arg(self.state())
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
     /// Runs a shell script in a private mount namespace; `$BIN`, `$ROOT`, `$STATE`, `$MANIFEST` are set.
     pub fn in_namespace(&self, script: &str) -> Run {
         let out = Command::new("unshare")
