@@ -133,7 +133,7 @@ check_fsck() { # the guest powered off cleanly: every image is a consistent file
     done
 }
 
-# shellcheck disable=SC2154 # tree_images, tree_names: scenario variables (lib/scenario.sh)
+# shellcheck disable=SC2154 # tree_images, tree_names, tree_allow: scenario variables (lib/scenario.sh)
 # check_tree DIR IMGDIR LABEL [--pending-ok] : every directory the scenario's manifest declares,
 # with its parents, on the images in IMGDIR (tree_images), by lib/tree-judge: owner and mode of
 # each, and no name in them that is neither declared nor seeded (a leftover). One check; the
@@ -146,6 +146,7 @@ check_tree() {
         [[ -d $dir/${spec%%:*}-tree ]] && args+=(--seed "${spec%%:*}=$dir/${spec%%:*}-tree")
     done
     for spec in "${tree_names[@]}"; do args+=(--names "$spec"); done
+    for spec in "${tree_allow[@]}"; do args+=(--allow "$spec"); done
     out=$dir/tree-${label// /-}.txt
     "$BOOT_DIR/lib/tree-judge" --manifest "$dir/stage/etc/persist-prep/manifest.json" "${args[@]}" "$@" > "$out" 2>&1
     rc=$?

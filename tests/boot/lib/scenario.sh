@@ -29,6 +29,8 @@ scenario_defaults() {
     tree_images=()            # "IMAGE:MOUNTPOINT": judge the whole declared tree on these images
     # shellcheck disable=SC2034 # read by check_tree (lib/check.sh)
     tree_names=()             # "NAME=UID:GID": ids of names that resolve only after activation
+    # shellcheck disable=SC2034 # read by check_tree (lib/check.sh)
+    tree_allow=()             # globs of names the tree judge accepts anywhere (none: all are extras)
     guest_env=()              # "KEY=VALUE" lines added to the guest's /etc/pp-test/scenario.env
     prepare() { :; }          # called before the images are made, in $scenario_dir
     seed_root() { mkdir -p "$1/etc" "$1/persist"; echo 'ID=persist-prep-boot-test' > "$1/etc/os-release"; }

@@ -51,7 +51,7 @@ harness_selftest() (
     make_image "$dir/t2-tree" "$dir/t2.img" 4M t2
     rm -rf "$dir/t2-tree"
     # shellcheck disable=SC2034 # read by check_tree
-    local tree_images=("t2:/") tree_names=()
+    local tree_images=("t2:/") tree_names=() tree_allow=()
     check_tree "$dir" "$dir" selftest
     check_tree "$dir" "$dir" selftest-cut --pending-ok
     local judged
