@@ -287,3 +287,66 @@ fn a_fifo_planted_as_passwd_does_not_hang_apply() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+#[test]
+fn a_user_who_swaps_a_new_directory_for_a_link_cannot_steer_a_write_outside() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("swap-race");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/home/alice","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"},
+        {"path":"/home/alice/x","user":"root","group":"root","mode":"0755"},
+        {"path":"/home/alice/x/y","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}]}]}"#,
+    );
+    let alice = s.root().join("persist/home/alice");
+    std::fs::create_dir_all(&alice).unwrap();
+    std::os::unix::fs::chown(&alice, Some(1000), Some(1000)).unwrap();
+    let outside = s.dir.join("OUTSIDE");
+    std::fs::create_dir(&outside).unwrap();
+    // Every mkdirat after the first few waits, so that the user's swap lands in between.
+    let mut apply = s
+        .wrapped(
+            &[
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "inject=mkdirat:delay_enter=1500000:when=3+",
+            ],
+            "apply",
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let swap = format!(
+        "cd '{}' && mv x x.old && ln -s '{}' x",
+        alice.display(),
+        outside.display()
+    );
+    let swapped = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &swap,
+        ])
+        .status()
+        .unwrap();
+    apply.wait().unwrap();
+    assert!(swapped.success());
+    let leaked: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "apply wrote outside the root: {leaked:?}"
+    );
+}

@@ -313,7 +313,11 @@ impl<'a> Executor<'a> {
                         fd: None,
                         traits: Traits {
                             plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
-                            private: dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+                            // Private only below a private parent: a root-only directory
+                            // inside a user's one can be swapped for a link by that user.
+                            private: traits.private
+                                && dir.uid == Some(0)
+                                && dir.attrs.mode & 0o022 == 0,
                             fresh: true,
                             staged: traits.staged || staged_as.is_some(),
                         },
