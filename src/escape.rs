@@ -36,7 +36,13 @@ pub fn bytes(bytes: &[u8]) -> String {
 }
 
 fn needs_escape(c: char) -> bool {
-    c == '\\' || c.is_control()
+    c == '\\' || c.is_control() || is_bidi_control(c)
+}
+
+/// Bidirectional overrides and isolates: not control characters, but they make a line display
+/// in another order than it reads, which can disguise a path.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn push_char(out: &mut String, c: char) {
@@ -45,7 +51,7 @@ fn push_char(out: &mut String, c: char) {
         '\t' => out.push_str("\\t"),
         '\r' => out.push_str("\\r"),
         '\\' => out.push_str("\\\\"),
-        c if c.is_control() => {
+        c if c.is_control() || is_bidi_control(c) => {
             let mut buf = [0; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
                 let _ = write!(out, "\\x{b:02x}");
@@ -70,6 +76,11 @@ mod tests {
             text("a\n<0>persist-prep: b\t\\\u{1b}[31m\u{85}"),
             "a\\n<0>persist-prep: b\\t\\\\\\x1b[31m\\xc2\\x85"
         );
+    }
+
+    #[test]
+    fn bidirectional_overrides_are_escaped() {
+        assert_eq!(text("/a\u{202e}b"), "/a\\xe2\\x80\\xaeb");
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn parse_options(parser: &mut lexopt::Parser, allowed: &[&str]) -> Result<Parsed
         dry_run: false,
         json: false,
     };
+    let mut seen: Vec<String> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| arg_error(&e))? {
         let flag = match arg {
             Long("help") | Short('h') => return Ok(Parsed::Help),
@@ -113,6 +114,12 @@ fn parse_options(parser: &mut lexopt::Parser, allowed: &[&str]) -> Result<Parsed
                 ));
             }
         };
+        // A flag given twice is most likely a unit line duplicated by mistake: say so rather
+        // than let one of the two silently win.
+        if seen.contains(&flag) {
+            return Err(format!("--{flag} is given more than once"));
+        }
+        seen.push(flag.clone());
         match flag.as_str() {
             "manifest" => options.manifest = path_value(parser, &flag)?,
             "root" => options.root = path_value(parser, &flag)?,

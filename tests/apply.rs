@@ -636,6 +636,8 @@ fn usage_errors_exit_2() {
         vec![],
         vec!["bogus"],
         vec!["apply", "--nope"],
+        vec!["apply", "--json", "--json"],
+        vec!["apply", "--root=/a", "--root", "/b"],
         vec!["apply", "--root"],
         vec!["check", "--dry-run"],
     ] {
