@@ -515,13 +515,10 @@ impl<'a> Executor<'a> {
         dir: &Dir,
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
-        let mode = if self.exact(traits, dir) {
-            dir.attrs.mode
-        } else {
-            0o700
-        };
+        let exact = self.exact(traits, dir);
+        let mode = if exact { dir.attrs.mode } else { 0o700 };
         fs::make_child(parent, path, mode).map_err(|errno| create_problem(shown, errno))?;
-        if mode == dir.attrs.mode && self.exact(traits, dir) {
+        if exact {
             return Ok(None);
         }
         self.finish_temp(parent, path, traits, dir, shown)
