@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use lexopt::{Arg, Parser, ValueExt as _};
 
 pub const USAGE: &str = "\
-usage: persist-prep microvm status [--root DIR] (--manifest PATH | --declared NAMES) [--json]
-       persist-prep microvm prune  [--root DIR] (--manifest PATH | --declared NAMES) [--json]
+usage: persist-prep microvm status [--root DIR] (--manifest PATH | --declared NAMES [--state-dir DIR])
+                                   [--json]
+       persist-prep microvm prune  [--root DIR] (--manifest PATH | --declared NAMES [--state-dir DIR])
+                                   [--json]
                                    [--dry-run] [--stop] [--purge-state NAME]...
                                    [--purge-state-of-possibly-running]
 
@@ -19,7 +21,9 @@ usage: persist-prep microvm status [--root DIR] (--manifest PATH | --declared NA
   --manifest PATH     host manifest written by the NixOS module
                       ({\"version\":1,\"stateDir\":\"/var/lib/microvms\",\"vms\":[...]})
   --declared NAMES    comma-separated declared VM names; --declared '' means none
-                      (state directory: /var/lib/microvms)
+  --state-dir DIR     with --declared: microvm.stateDir. Without it, the stateDir that the
+                      installed microvm@.service names (else /var/lib/microvms); one that
+                      disagrees with that template is a usage error
   --root DIR          work on the tree under DIR (default /); systemd and network interfaces
                       are only consulted when DIR is / and systemd runs
   --dry-run           print the plan and change nothing
@@ -53,6 +57,8 @@ pub struct Args {
     pub command: Command,
     pub root: PathBuf,
     pub declared: DeclaredSource,
+    /// `--state-dir`, checked.
+    pub state_dir: Option<String>,
     pub json: bool,
     pub dry_run: bool,
     pub stop: bool,
@@ -100,6 +106,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, ArgsError
         command,
         root: PathBuf::from("/"),
         declared: DeclaredSource::Names(Vec::new()),
+        state_dir: None,
         json: false,
         dry_run: false,
         stop: false,
@@ -124,6 +131,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, ArgsError
                 manifest = Some(non_empty_path("--manifest", parser.value()?)?);
             }
             Arg::Long("declared") => names = Some(parser.value()?.string()?),
+            Arg::Long("state-dir") => {
+                let dir = parser.value()?.string()?;
+                let checked = super::manifest::check_state_dir(&dir)
+                    .map_err(|why| usage(format!("--state-dir {dir:?} is not usable: {why}")))?;
+                parsed.state_dir = Some(checked);
+            }
             Arg::Long("purge-state") => {
                 let name = parser.value()?.string()?;
                 if name.is_empty() {
@@ -137,6 +150,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, ArgsError
             Arg::Long("purge-state-of-possibly-running") => parsed.purge_possibly_running = true,
             other => return Err(other.unexpected().into()),
         }
+    }
+    if manifest.is_some() && parsed.state_dir.is_some() {
+        return Err(usage(
+            "--state-dir goes with --declared; the host manifest gives its own \"stateDir\"",
+        ));
     }
     parsed.declared = declared(manifest, names)?;
     Ok(parsed)
@@ -236,6 +254,10 @@ mod tests {
         assert!(args(&["prune", "--declared", "a", "--root", ""]).is_err());
         assert!(args(&["prune", "--declared", "a", "stray"]).is_err());
         assert!(args(&["frobnicate"]).is_err());
+        assert!(args(&["status", "--manifest", "m", "--state-dir", "/srv"]).is_err());
+        assert!(args(&["status", "--declared", "a", "--state-dir", "srv"]).is_err());
+        let parsed = args(&["status", "--declared", "a", "--state-dir", "/srv/vms/"]).unwrap();
+        assert_eq!(parsed.state_dir.as_deref(), Some("/srv/vms"));
         assert_eq!(args(&["status", "--help"]).unwrap_err(), ArgsError::Help);
         assert_eq!(args(&["-h"]).unwrap_err(), ArgsError::Help);
     }

@@ -95,12 +95,14 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
         Step::RemoveEnablementLink { path, .. }
         | Step::RemoveUnitFile { path, .. }
         | Step::RemoveGcRoot { path, .. } => removed(root.unlink(path)),
-        Step::RemoveDropIn { path, .. } => match root.lstat(path) {
-            Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
-                removed(root.unlink(path))
+        Step::RemoveDropIn { path, .. } | Step::RemoveDependencyDir { path, .. } => {
+            match root.lstat(path) {
+                Ok(Some(stat)) if rootfs::file_type(&stat) == FileType::Symlink => {
+                    removed(root.unlink(path))
+                }
+                _ => removed(root.remove_tree(path)),
             }
-            _ => removed(root.remove_tree(path)),
-        },
+        }
         Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
     }
 }

@@ -14,6 +14,10 @@ struct Raw {
     #[serde(rename = "stateDir")]
     state_dir: Option<String>,
     vms: Vec<RawVm>,
+    /// `microvm.autostart`: may name VMs that are not in `microvm.vms` (installed by CI or by
+    /// `microvm -c`); optional so that older manifests stay valid.
+    #[serde(default)]
+    autostart: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -34,8 +38,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/microvms";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub vms: Declared,
-    /// Where the VMs' state directories are (`microvm.stateDir`), absolute, no trailing slash.
-    pub state_dir: String,
+    /// Where the VMs' state directories are (`microvm.stateDir`), absolute, no trailing slash;
+    /// `None` when not given (then the installed template says, or the default).
+    pub state_dir: Option<String>,
+    /// The VMs `microvm.autostart` names, declared or not.
+    pub autostart: std::collections::BTreeSet<String>,
 }
 
 /// Reads and validates the host manifest; the error is a complete message.
@@ -60,10 +67,18 @@ pub fn parse(text: &str) -> Result<Host, String> {
         ));
     }
     let state_dir = match raw.state_dir {
-        None => DEFAULT_STATE_DIR.to_owned(),
-        Some(dir) => check_state_dir(&dir)
-            .map_err(|why| format!("\"stateDir\": {dir:?} is not usable: {why}"))?,
+        None => None,
+        Some(dir) => Some(
+            check_state_dir(&dir)
+                .map_err(|why| format!("\"stateDir\": {dir:?} is not usable: {why}"))?,
+        ),
     };
+    let mut autostart = std::collections::BTreeSet::new();
+    for name in raw.autostart {
+        super::names::check_vm_name(&name)
+            .map_err(|why| format!("\"autostart\": VM name {name:?} is not usable: {why}"))?;
+        autostart.insert(name);
+    }
     let mut declared = Declared::new();
     for vm in raw.vms {
         super::names::check_vm_name(&vm.name)
@@ -75,9 +90,15 @@ pub fn parse(text: &str) -> Result<Host, String> {
             return Err(format!("VM {:?} is listed twice", vm.name));
         }
     }
+    for (name, autostarts) in &declared {
+        if *autostarts == Some(true) {
+            autostart.insert(name.clone());
+        }
+    }
     Ok(Host {
         vms: declared,
         state_dir,
+        autostart,
     })
 }
 
@@ -116,13 +137,23 @@ mod tests {
         .unwrap();
         assert_eq!(declared.vms.get("web"), Some(&Some(true)));
         assert_eq!(declared.vms.get("db"), Some(&Some(false)));
-        assert_eq!(declared.state_dir, DEFAULT_STATE_DIR);
+        assert_eq!(declared.state_dir, None);
+        assert!(declared.autostart.contains("web") && !declared.autostart.contains("db"));
+    }
+
+    #[test]
+    fn reads_autostart_beyond_the_declared_vms() {
+        let host =
+            parse(r#"{"version":1,"vms":[{"name":"web"}],"autostart":["ci-runner"]}"#).unwrap();
+        assert!(host.autostart.contains("ci-runner"));
+        assert!(!host.vms.contains_key("ci-runner"));
+        assert!(parse(r#"{"version":1,"vms":[],"autostart":["a b"]}"#).is_err());
     }
 
     #[test]
     fn reads_the_state_dir() {
         let host = parse(r#"{"version":1,"stateDir":"/srv/microvms/","vms":[]}"#).unwrap();
-        assert_eq!(host.state_dir, "/srv/microvms");
+        assert_eq!(host.state_dir.as_deref(), Some("/srv/microvms"));
         for bad in ["srv", "/", "/srv/../etc", "/srv//x"] {
             let text = format!(r#"{{"version":1,"stateDir":"{bad}","vms":[]}}"#);
             assert!(

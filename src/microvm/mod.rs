@@ -31,13 +31,16 @@
 //!   the inventory incomplete, and then `prune` changes nothing at all.
 
 mod args;
+mod classify;
 mod execute;
 mod manifest;
 mod names;
 mod output;
 mod plan;
+mod proc;
 mod rootfs;
 mod scan;
+mod statedir;
 mod systemd;
 
 use std::ffi::OsString;
@@ -73,7 +76,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         DeclaredSource::Names(names) => (
             manifest::Host {
                 vms: names.iter().map(|n| (n.clone(), None)).collect(),
-                state_dir: manifest::DEFAULT_STATE_DIR.to_owned(),
+                state_dir: args.state_dir.clone(),
+                autostart: std::collections::BTreeSet::new(),
             },
             format!("--declared '{}'", names.join(",")),
         ),
@@ -91,8 +95,20 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         }
     };
     let mut report = Report::new(&args, &host.vms);
+    let state_dir = match state_dir(&root, &host, &args, &source, &mut report) {
+        Ok(dir) => dir,
+        Err(problem) => {
+            report.state_dir = host.state_dir.clone().unwrap_or_default();
+            let exit = abort(&mut report, vec![problem]);
+            if args.json {
+                report.print_json(&scan::Inventory::default());
+            }
+            return exit;
+        }
+    };
+    report.state_dir.clone_from(&state_dir);
     let live_state = query_live(&root, &mut report);
-    let mut inventory = scan::scan(&root, &host, live_state.as_ref());
+    let mut inventory = scan::scan(&root, &host, &state_dir, live_state.as_ref());
     inventory.problems.append(&mut report.extra_problems);
     if live_state.is_none() && inventory.problems.iter().all(|p| !p.blocking) {
         log::debug!(
@@ -127,6 +143,57 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         report.print_json(&inventory);
     }
     exit
+}
+
+/// The stateDir: the given one (manifest or `--state-dir`) must agree with the installed
+/// template's, which is used when none is given. A template that cannot be read, or a stateDir
+/// whose storage is not mounted, is missing evidence: a blocking problem, so nothing is changed.
+fn state_dir(
+    root: &rootfs::Root,
+    host: &manifest::Host,
+    args: &args::Args,
+    source: &str,
+    report: &mut Report,
+) -> Result<String, Problem> {
+    let template = statedir::read_template(root);
+    let given_source = match &args.declared {
+        DeclaredSource::Manifest(_) => source.to_owned(),
+        DeclaredSource::Names(_) => "--state-dir".to_owned(),
+    };
+    let given = host
+        .state_dir
+        .as_deref()
+        .map(|dir| (dir, given_source.as_str()));
+    let dir = statedir::resolve(given, &template).map_err(|why| Problem::error(None, None, why))?;
+    if let statedir::Template::Unreadable { path, why } = &template {
+        report.extra_problems.push(Problem {
+            blocking: true,
+            ..Problem::error(
+                None,
+                Some(path),
+                format!(
+                    "cannot read the installed template {path}: {why}. It names the stateDir that \
+                     systemd runs VMs from, so {dir} cannot be confirmed and prune changes nothing. \
+                     Fix: make it readable"
+                ),
+            )
+        });
+    }
+    if let Some(why) = statedir::not_mounted(root, &dir) {
+        report.extra_problems.push(Problem {
+            blocking: true,
+            ..Problem::error(
+                None,
+                Some(&dir),
+                format!(
+                    "the stateDir {dir} is not mounted: {why}. Its VMs cannot be seen, so every \
+                     one of them would look like an orphan; prune changes nothing. Fix: mount it \
+                     (`systemctl start` its mount unit, or `mount {dir}`), then run prune again"
+                ),
+            )
+        });
+    }
+    Ok(dir)
 }
 
 /// Asks systemd, when `--root` is the running system; failing to is a blocking problem.

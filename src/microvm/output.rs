@@ -4,16 +4,20 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::escape;
+
 use super::args::{Args, Command};
 use super::execute::{Outcome, Status};
 use super::manifest::Declared;
 use super::plan::Step;
 use super::scan::{Inventory, Problem, Severity};
 
+/// Messages carry names and paths from the tree: shown escaped, like the core shows them.
 pub fn log_problem(problem: &Problem) {
+    let message = escape::text(&problem.message);
     match problem.severity {
-        Severity::Error => log::error!("{}", problem.message),
-        Severity::Warning => log::warn!("{}", problem.message),
+        Severity::Error => log::error!("{message}"),
+        Severity::Warning => log::warn!("{message}"),
     }
 }
 
@@ -24,6 +28,8 @@ pub struct Report {
     root: String,
     dry_run: bool,
     declared: Vec<String>,
+    /// The stateDir used (known before the scan, also when the run stops early).
+    pub state_dir: String,
     pub extra_problems: Vec<Problem>,
     pub aborted: bool,
     pub notes: Vec<Problem>,
@@ -39,6 +45,7 @@ impl Report {
             root: args.root.display().to_string(),
             dry_run: args.dry_run,
             declared: declared.keys().cloned().collect(),
+            state_dir: String::new(),
             extra_problems: Vec::new(),
             aborted: false,
             notes: Vec::new(),
@@ -52,19 +59,23 @@ impl Report {
             return;
         }
         if inv.items.is_empty() {
-            println!("nothing microvm-related found under {}", self.root);
+            println!(
+                "nothing microvm-related found under {}",
+                escape::text(&self.root)
+            );
             return;
         }
         for item in &inv.items {
             let what = item.path.as_deref().unwrap_or(&item.name);
             let kind = serde_plain(&item.kind);
             let class = serde_plain(&item.class);
+            let what = escape::text(what);
             let mut line = format!("{class:<16} {kind:<16} {what}");
             if let Some(vm) = &item.vm {
-                let _ = write!(line, "  [vm {vm}]");
+                let _ = write!(line, "  [vm {}]", escape::text(vm));
             }
             if let Some(detail) = &item.detail {
-                let _ = write!(line, "  ({detail})");
+                let _ = write!(line, "  ({})", escape::text(detail));
             }
             println!("{line}");
         }
@@ -98,7 +109,7 @@ impl Report {
             };
             let mut line = format!("{status:<8} {:<24} {}", step.action(), describe(step));
             if let Some(message) = &outcome.message {
-                let _ = write!(line, "  ({message})");
+                let _ = write!(line, "  ({})", escape::text(message));
             }
             println!("{line}");
         }
@@ -109,7 +120,7 @@ impl Report {
             "command": self.command_name(),
             "root": self.root,
             "live": inv.live,
-            "stateDir": inv.state_dir,
+            "stateDir": self.state_dir,
             "declared": self.declared,
             "vms": inv.vms.values().collect::<Vec<_>>(),
             "items": inv.items,
@@ -141,9 +152,10 @@ impl Report {
 }
 
 fn describe(step: &Step) -> String {
+    let target = escape::text(step.target());
     match step.vm() {
-        Some(vm) if !vm.is_empty() => format!("{}  [vm {vm}]", step.target()),
-        _ => step.target().to_owned(),
+        Some(vm) if !vm.is_empty() => format!("{target}  [vm {}]", escape::text(vm)),
+        _ => target.into_owned(),
     }
 }
 

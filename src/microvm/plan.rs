@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::scan::{Class, Inventory, Item, Kind, Problem, Vm, VmClass};
+use super::classify;
+use super::scan::{self, Class, Inventory, Item, Kind, Problem, Vm, VmClass};
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "action", rename_all = "kebab-case")]
@@ -40,6 +41,11 @@ pub enum Step {
         #[serde(skip_serializing_if = "Option::is_none")]
         vm: Option<String>,
     },
+    /// A VM unit's own `.wants/`, `.requires/` or `.upholds/` directory.
+    RemoveDependencyDir {
+        path: String,
+        vm: String,
+    },
     RemoveGcRoot {
         path: String,
         vm: String,
@@ -60,7 +66,7 @@ impl Step {
             Step::ResetFailed { .. } => 2,
             Step::RemoveEnablementLink { .. } => 3,
             Step::RemoveUnitFile { .. } => 4,
-            Step::RemoveDropIn { .. } => 5,
+            Step::RemoveDropIn { .. } | Step::RemoveDependencyDir { .. } => 5,
             Step::RemoveGcRoot { .. } => 6,
             Step::PurgeState { .. } => 7,
             Step::DaemonReload => 8,
@@ -73,6 +79,7 @@ impl Step {
             | Step::DeleteInterface { vm, .. }
             | Step::ResetFailed { vm, .. }
             | Step::RemoveGcRoot { vm, .. }
+            | Step::RemoveDependencyDir { vm, .. }
             | Step::PurgeState { vm, .. } => Some(vm),
             Step::RemoveEnablementLink { vm, .. }
             | Step::RemoveUnitFile { vm, .. }
@@ -89,6 +96,7 @@ impl Step {
             Step::RemoveEnablementLink { .. } => "remove-enablement-link",
             Step::RemoveUnitFile { .. } => "remove-unit-file",
             Step::RemoveDropIn { .. } => "remove-drop-in",
+            Step::RemoveDependencyDir { .. } => "remove-dependency-dir",
             Step::RemoveGcRoot { .. } => "remove-gc-root",
             Step::PurgeState { .. } => "purge-state",
             Step::DaemonReload => "daemon-reload",
@@ -103,6 +111,7 @@ impl Step {
             Step::RemoveEnablementLink { path, .. }
             | Step::RemoveUnitFile { path, .. }
             | Step::RemoveDropIn { path, .. }
+            | Step::RemoveDependencyDir { path, .. }
             | Step::RemoveGcRoot { path, .. }
             | Step::PurgeState { path, .. } => path,
             Step::DaemonReload => "",
@@ -158,10 +167,7 @@ pub fn interface_conflict(inv: &Inventory, vm: &Vm) -> Option<String> {
     let mut shared = Vec::new();
     let mut unknown = Vec::new();
     for other in inv.vms.values().filter(|o| o.name != vm.name) {
-        if !matches!(
-            other.class,
-            VmClass::Declared | VmClass::Imperative | VmClass::Invalid
-        ) {
+        if !other.class.kept() {
             continue;
         }
         match (&vm.interfaces, &other.interfaces) {
@@ -232,11 +238,17 @@ fn purge_refusal(inv: &Inventory, options: &Options, name: &str) -> Option<Strin
         _ if vm.state_dir.is_none() => {
             Some(format!("VM '{name}' has no state directory {state}/{name}"))
         }
+        VmClass::Autostarted => Some(format!(
+            "VM '{name}' is named by microvm.autostart (the active microvms.target wants it), so \
+             it starts at every boot. Remove it from microvm.autostart and switch first"
+        )),
         VmClass::Invalid => Some(format!(
             "the state directory of '{name}' cannot be handled safely (see the error about it); \
              remove it by hand"
         )),
-        VmClass::Imperative | VmClass::Orphaned => running_refusal(inv, options, vm),
+        VmClass::Imperative | VmClass::Orphaned => classify::purge_refusal(&vm.evidence)
+            .map(|why| format!("{state}/{name} is kept: {why}"))
+            .or_else(|| running_refusal(inv, options, vm)),
     }
 }
 
@@ -279,6 +291,10 @@ fn removal(item: &Item) -> Option<Step> {
         Kind::EnablementLink => Some(Step::RemoveEnablementLink { path, vm }),
         Kind::UnitFile | Kind::Template => Some(Step::RemoveUnitFile { path, vm }),
         Kind::DropIn => Some(Step::RemoveDropIn { path, vm }),
+        Kind::DependencyDir => Some(Step::RemoveDependencyDir {
+            path,
+            vm: vm.unwrap_or_default(),
+        }),
         Kind::GcRoot => Some(Step::RemoveGcRoot {
             path,
             vm: vm.unwrap_or_default(),
@@ -290,9 +306,33 @@ fn removal(item: &Item) -> Option<Step> {
 /// Plans the steps of one VM whose leftovers go; `false` when it must stay (it still runs).
 fn plan_vm(inv: &Inventory, vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
     let mut stopped = Vec::new();
+    if let Some(pids) = classify::runs_outside_systemd(&vm.evidence) {
+        plan.notes.push(outside_systemd_note(inv, vm, pids));
+        return false;
+    }
     if vm.running && options.stop {
         if let Some(why) = interface_conflict(inv, vm) {
             plan.notes.push(shared_interface_note(vm, &why));
+            return false;
+        }
+        let refusal = match vm.class {
+            VmClass::Orphaned => classify::stop_refusal(&vm.evidence),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            plan.notes.push(Problem::warning(
+                Some(&vm.name),
+                None,
+                format!(
+                    "VM '{}' runs ({}) but is not stopped: {why} ({}). Its units are kept. Fix: \
+                     check `systemctl status microvm@{}.service`, stop it by hand if it is \
+                     unwanted, then prune again",
+                    vm.name,
+                    vm.active_units.join(", "),
+                    inv.state_dir,
+                    vm.name
+                ),
+            ));
             return false;
         }
     }
@@ -359,9 +399,61 @@ fn plan_vm(inv: &Inventory, vm: &Vm, purged: bool, options: &Options, plan: &mut
                 path: path.clone(),
                 vm: vm.name.clone(),
             });
+            if let Some(note) = outside_paths_note(vm, path) {
+                plan.notes.push(note);
+            }
         }
     }
     true
+}
+
+/// The share sources, sockets and volumes of a purged VM that are not in its state directory:
+/// the purge does not delete them, and the admin should know they are left.
+fn outside_paths_note(vm: &Vm, dir: &str) -> Option<Problem> {
+    let mut outside: Vec<String> = Vec::new();
+    for (what, path) in &vm.runner_paths {
+        let full = scan::absolute(dir, path);
+        if full != dir && !full.starts_with(&format!("{dir}/")) {
+            let line = format!("{full} ({what})");
+            if !outside.contains(&line) {
+                outside.push(line);
+            }
+        }
+    }
+    if outside.is_empty() {
+        return None;
+    }
+    Some(Problem::warning(
+        Some(&vm.name),
+        Some(dir),
+        format!(
+            "purging {dir} does not delete what VM '{}' used outside it: {}. Delete those by hand \
+             if no other VM or service uses them",
+            vm.name,
+            outside.join(", ")
+        ),
+    ))
+}
+
+/// An orphan that a process runs without systemd (`microvm -r`): nothing of it is touched.
+fn outside_systemd_note(inv: &Inventory, vm: &Vm, pids: &[u32]) -> Problem {
+    let name = &vm.name;
+    let pids = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Problem::warning(
+        Some(name),
+        vm.state_dir.as_deref(),
+        format!(
+            "VM '{name}' is orphaned but runs outside systemd: process {pids} has its working \
+             directory or an open file in {}/{name} (`microvm -r`?). No unit of it runs, so \
+             persist-prep cannot stop it; its units, GC roots and state are kept. Fix: end that \
+             process, then run prune again",
+            inv.state_dir
+        ),
+    )
 }
 
 /// A running orphan that is not stopped because of a shared interface: what to do by hand.
@@ -395,7 +487,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
         let gone = match vm.class {
             VmClass::Orphaned => true,
             VmClass::Imperative => purged,
-            VmClass::Declared | VmClass::Invalid => false,
+            VmClass::Declared | VmClass::Autostarted | VmClass::Invalid => false,
         };
         if !gone {
             continue;
@@ -445,6 +537,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
             Step::RemoveEnablementLink { .. }
                 | Step::RemoveUnitFile { .. }
                 | Step::RemoveDropIn { .. }
+                | Step::RemoveDependencyDir { .. }
         )
     });
     if inv.live && unit_change {
@@ -470,6 +563,14 @@ mod tests {
             active_units: vec![],
             failed_units: vec![],
             interfaces: Some(vec![]),
+            evidence: classify::Evidence {
+                declared: class == VmClass::Declared,
+                imperative: class == VmClass::Imperative,
+                has_state_dir: true,
+                users: classify::Users::Pids(vec![]),
+                ..classify::Evidence::default()
+            },
+            runner_paths: vec![],
         }
     }
 

@@ -11,6 +11,7 @@ use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 use serde::Serialize;
 
+use super::classify::{self, Evidence, Users};
 use super::manifest::Host;
 use super::names::{self, UnitName};
 use super::rootfs::{self, FsError, Root, join, type_name};
@@ -33,6 +34,8 @@ pub enum Kind {
     Template,
     DropIn,
     EnablementLink,
+    /// A VM unit's own `.wants/`, `.requires/` or `.upholds/` directory.
+    DependencyDir,
     LoadedUnit,
     StateDir,
     GcRoot,
@@ -52,8 +55,11 @@ pub enum Class {
     Invalid,
     /// A GC root that points outside the state directory: whose it is cannot be known; kept.
     Unknown,
-    /// A directory in the state directory that is no VM (`lost+found`, `.snapshots`); kept.
+    /// A directory in the state directory that is no VM (`lost+found`, `.snapshots`), or a file
+    /// there (a disk image a VM may use); kept.
     NotAVm,
+    /// Not in `microvm.vms`, but the active `microvms.target` wants it; kept.
+    Autostarted,
 }
 
 /// One thing found on the host.
@@ -78,6 +84,8 @@ pub struct Item {
 #[serde(rename_all = "kebab-case")]
 pub enum VmClass {
     Declared,
+    /// Only `microvm.autostart` (the active `microvms.target`) wants it.
+    Autostarted,
     Imperative,
     Orphaned,
     Invalid,
@@ -87,10 +95,16 @@ impl VmClass {
     fn item_class(self) -> Class {
         match self {
             VmClass::Declared => Class::Declared,
+            VmClass::Autostarted => Class::Autostarted,
             VmClass::Imperative => Class::Imperative,
             VmClass::Orphaned => Class::Orphaned,
             VmClass::Invalid => Class::Invalid,
         }
+    }
+
+    /// Whether the VM stays (its runner's paths must not be deleted under it).
+    pub fn kept(self) -> bool {
+        self != VmClass::Orphaned
     }
 }
 
@@ -122,6 +136,11 @@ pub struct Vm {
     pub failed_units: Vec<String>,
     /// Interfaces listed by its runner; `None` when they could not be read.
     pub interfaces: Option<Vec<Interface>>,
+    /// What the scan found out about it; its class follows from this alone.
+    pub evidence: Evidence,
+    /// Paths its runners name (share sources, sockets, volumes), each with what it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runner_paths: Vec<(String, String)>,
 }
 
 impl Vm {
@@ -136,6 +155,12 @@ impl Vm {
             active_units: Vec::new(),
             failed_units: Vec::new(),
             interfaces: Some(Vec::new()),
+            evidence: Evidence {
+                declared: class == VmClass::Declared,
+                invalid: class == VmClass::Invalid,
+                ..Evidence::default()
+            },
+            runner_paths: Vec::new(),
         }
     }
 }
@@ -239,7 +264,10 @@ impl Inventory {
         self.vms
             .values()
             .filter(|vm| match vm.class {
-                VmClass::Declared | VmClass::Imperative | VmClass::Invalid => true,
+                VmClass::Declared
+                | VmClass::Autostarted
+                | VmClass::Imperative
+                | VmClass::Invalid => true,
                 VmClass::Orphaned => vm.running,
             })
             .map(|vm| vm.name.clone())
@@ -275,10 +303,10 @@ const STORE_FIX: &str = "managed by the NixOS configuration and never changed by
      to get rid of it, remove the VM from `microvm.vms` (or microvm.nix's host module from \
      `imports`) and switch";
 
-pub fn scan(root: &Root, host: &Host, live: Option<&LiveState>) -> Inventory {
+pub fn scan(root: &Root, host: &Host, state_dir: &str, live: Option<&LiveState>) -> Inventory {
     let mut inv = Inventory {
         live: live.is_some(),
-        state_dir: host.state_dir.clone(),
+        state_dir: state_dir.to_owned(),
         ..Inventory::default()
     };
     for (name, autostart) in &host.vms {
@@ -297,6 +325,13 @@ pub fn scan(root: &Root, host: &Host, live: Option<&LiveState>) -> Inventory {
     }
     resolve_bare_dirs(root, &mut inv, live, bare, &gcroots);
     units_declare(&mut inv);
+    autostart_evidence(root, &mut inv, host);
+    for vm in inv.vms.values_mut() {
+        vm.evidence.systemd_running = vm.running;
+        vm.class = classify::classify(&vm.evidence);
+    }
+    reference_evidence(&mut inv);
+    user_evidence(root, &mut inv);
     sync_item_classes(&mut inv);
     add_interface_items(&mut inv);
     finish_templates(&mut inv);
@@ -366,6 +401,10 @@ fn scan_state(
             });
             continue;
         }
+        if entry.file_type == FileType::RegularFile && !inv.vms.contains_key(&name) {
+            not_a_vm(inv, &name, &path, "a file");
+            continue;
+        }
         if let Some(why) = bad_name {
             invalid_state(inv, &name, &path, why);
             continue;
@@ -385,6 +424,7 @@ fn scan_state(
                 );
                 invalid_state(inv, &name, &path, why);
             }
+            FileType::RegularFile => not_a_vm(inv, &name, &path, "a file"),
             other => {
                 let why = format!("it is {}, not a directory", type_name(other));
                 invalid_state(inv, &name, &path, why);
@@ -392,6 +432,21 @@ fn scan_state(
         }
     }
     bare
+}
+
+/// A file directly in the stateDir (a disk image that a VM's volume may name): no VM, and not
+/// persist-prep's to judge. Kept without a complaint: the host is fine.
+fn not_a_vm(inv: &mut Inventory, name: &str, path: &str, what: &str) {
+    inv.not_vms.insert(name.to_owned());
+    inv.items.push(Item {
+        kind: Kind::StateDir,
+        class: Class::NotAVm,
+        name: name.to_owned(),
+        path: Some(path.to_owned()),
+        vm: None,
+        detail: Some(format!("{what}, not a VM's directory: kept")),
+        shared: false,
+    });
 }
 
 /// The entries microvm.nix puts in every VM's state directory, one of which any VM has.
@@ -469,9 +524,9 @@ fn units_declare(inv: &mut Inventory) {
         let entry = inv
             .vms
             .entry(vm.clone())
-            .or_insert_with(|| Vm::new(&vm, VmClass::Declared));
-        if entry.class != VmClass::Declared && entry.class != VmClass::Invalid {
-            entry.class = VmClass::Declared;
+            .or_insert_with(|| Vm::new(&vm, VmClass::Orphaned));
+        entry.evidence.installed = true;
+        if !entry.evidence.declared && !entry.evidence.invalid {
             inv.contradictions.insert(vm);
         }
     }
@@ -538,10 +593,14 @@ fn invalid_state(inv: &mut Inventory, name: &str, path: &str, why: String) {
              everything that names this VM. Fix: inspect it and rename or remove it by hand"
         ),
     ));
-    let mut vm = Vm::new(name, VmClass::Invalid);
+    let vm = inv
+        .vms
+        .entry(name.to_owned())
+        .or_insert_with(|| Vm::new(name, VmClass::Invalid));
+    vm.class = VmClass::Invalid;
+    vm.evidence.invalid = true;
     vm.state_dir = Some(path.to_owned());
     vm.interfaces = None;
-    inv.vms.insert(name.to_owned(), vm);
     inv.items.push(Item {
         kind: Kind::StateDir,
         class: Class::Invalid,
@@ -553,15 +612,12 @@ fn invalid_state(inv: &mut Inventory, name: &str, path: &str, why: String) {
     });
 }
 
-/// Imperative: made by `microvm -c` (a `flake`, no `toplevel`) or by
-/// `microvm.deploy.installOnHost` (neither, but `old` or GC roots, which the host module's
-/// `install-microvm-NAME` never makes). `deployed` is that `old` or GC root.
-fn classify_state(toplevel: bool, flake: bool, deployed: bool) -> VmClass {
-    if !toplevel && (flake || deployed) {
-        VmClass::Imperative
-    } else {
-        VmClass::Orphaned
-    }
+/// Imperative: made by `microvm -c` (a `flake` and GC roots) or by
+/// `microvm.deploy.installOnHost` (`old` or GC roots), never with a `toplevel`. A `flake` alone is
+/// what the host module's `install-microvm-NAME` writes for a declarative flake VM, which makes
+/// no GC roots: without `old` or GC roots, such a VM was declarative.
+fn made_imperatively(toplevel: bool, deployed: bool) -> bool {
+    !toplevel && deployed
 }
 
 fn scan_vm_dir(
@@ -591,14 +647,17 @@ fn scan_vm_dir(
         || gcroots
             .iter()
             .any(|g| gcroot_vm(&inv.state_dir, &g.target) == Some(name));
+    let imperative = made_imperatively(toplevel, deployed);
     let class = if inv
         .vms
         .get(name)
         .is_some_and(|vm| vm.class == VmClass::Declared)
     {
         VmClass::Declared
+    } else if imperative {
+        VmClass::Imperative
     } else {
-        classify_state(toplevel, flake, deployed)
+        VmClass::Orphaned
     };
     let booted = has("booted").is_some();
     let mut details: Vec<String> = [("toplevel", toplevel), ("flake", flake)]
@@ -609,6 +668,10 @@ fn scan_vm_dir(
     let (runners, mut unknown_interfaces) = runner_links(root, inv, name, path, &mut details);
     let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
     unknown_interfaces |= unreadable_list;
+    let runner_paths = runners
+        .iter()
+        .flat_map(|runner| runner_paths(root, runner))
+        .collect();
     let vm = inv
         .vms
         .entry(name.to_owned())
@@ -616,6 +679,10 @@ fn scan_vm_dir(
     vm.class = class;
     vm.state_dir = Some(path.to_owned());
     vm.booted = booted;
+    vm.evidence.imperative = imperative;
+    vm.evidence.booted = booted;
+    vm.evidence.has_state_dir = true;
+    vm.runner_paths = runner_paths;
     vm.interfaces = if unknown_interfaces && runners.is_empty() {
         None
     } else {
@@ -910,10 +977,21 @@ fn scan_unit_dir(root: &Root, inv: &mut Inventory, dir: &str) {
                 if let Some(parsed) = names::parse_unit(unit) {
                     unit_item(inv, Kind::DropIn, unit, &path, &parsed, managed, None);
                 }
-            } else if [".wants", ".requires", ".upholds"]
+            } else if let Some(unit) = [".wants", ".requires", ".upholds"]
                 .iter()
-                .any(|suffix| name.ends_with(suffix))
+                .find_map(|suffix| name.strip_suffix(suffix))
             {
+                if let Some(parsed @ UnitName::Instance { .. }) = names::parse_unit(unit) {
+                    unit_item(
+                        inv,
+                        Kind::DependencyDir,
+                        unit,
+                        &path,
+                        &parsed,
+                        managed,
+                        None,
+                    );
+                }
                 scan_dependency_dir(root, inv, &path);
             }
             continue;
@@ -1126,4 +1204,169 @@ fn finish_templates(inv: &mut Inventory) {
             });
         }
     }
+}
+
+/// The VMs the active `microvms.target` wants (its `Wants=`, and the links in its `.wants/`
+/// that the configuration manages), and those the manifest's `microvm.autostart` names. Those
+/// may be VMs that are not in `microvm.vms` at all.
+fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
+    let mut wanted: BTreeMap<String, String> = host
+        .autostart
+        .iter()
+        .map(|name| (name.clone(), "the host manifest's autostart".to_owned()))
+        .collect();
+    for dir in UNIT_DIRS {
+        let path = join(dir, names::TARGET);
+        let Ok(Some(text)) = root.read_text(&path) else {
+            continue;
+        };
+        for unit in text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Wants="))
+            .flat_map(str::split_whitespace)
+        {
+            if let Some(vm) = unit
+                .strip_prefix("microvm@")
+                .and_then(|rest| rest.strip_suffix(".service"))
+                .filter(|vm| !vm.is_empty())
+            {
+                wanted.entry(vm.to_owned()).or_insert_with(|| path.clone());
+            }
+        }
+    }
+    for item in &inv.items {
+        let in_target_wants = item.path.as_deref().is_some_and(|p| {
+            p.contains(&format!("/{}.wants/", names::TARGET)) && item.name.starts_with("microvm@")
+        });
+        if item.kind == Kind::EnablementLink && item.class == Class::StoreManaged && in_target_wants
+        {
+            if let (Some(vm), Some(path)) = (&item.vm, &item.path) {
+                wanted.entry(vm.clone()).or_insert_with(|| path.clone());
+            }
+        }
+    }
+    for (name, source) in wanted {
+        if names::check_vm_name(&name).is_err() {
+            continue;
+        }
+        let vm = inv
+            .vms
+            .entry(name.clone())
+            .or_insert_with(|| Vm::new(&name, VmClass::Orphaned));
+        vm.evidence.autostarted = true;
+        if !vm.evidence.declared && !vm.evidence.imperative && !vm.evidence.installed {
+            inv.problems.push(Problem::warning(
+                Some(&name),
+                None,
+                format!(
+                    "VM '{name}' is not in microvm.vms, but microvm.autostart names it \
+                     ({source}): it starts at every boot, so nothing of it is stopped or removed. \
+                     If it should go: remove it from microvm.autostart, switch, and run prune again"
+                ),
+            ));
+        }
+    }
+}
+
+/// Which kept VMs' runners name a path in another VM's state directory (after a rename, the new
+/// VM's shares and volumes can live in the old name's directory).
+fn reference_evidence(inv: &mut Inventory) {
+    let mut found: Vec<(String, String, String)> = Vec::new();
+    for vm in inv.vms.values() {
+        let Some(dir) = &vm.state_dir else { continue };
+        for other in inv.vms.values() {
+            if other.name == vm.name || !other.class.kept() {
+                continue;
+            }
+            let base = other.state_dir.clone().unwrap_or_default();
+            for (what, path) in &other.runner_paths {
+                let full = absolute(&base, path);
+                if full == *dir || full.starts_with(&format!("{dir}/")) {
+                    found.push((
+                        vm.name.clone(),
+                        other.name.clone(),
+                        format!("{full} ({what})"),
+                    ));
+                }
+            }
+        }
+    }
+    for (vm, other, path) in found {
+        if let Some(vm) = inv.vms.get_mut(&vm) {
+            vm.evidence.referenced_by.push((other, path));
+        }
+    }
+}
+
+/// A runner's relative paths are relative to its VM's state directory (its working directory).
+pub fn absolute(base: &str, path: &str) -> String {
+    if path.starts_with('/') || base.is_empty() {
+        path.to_owned()
+    } else {
+        join(base, path.trim_start_matches("./"))
+    }
+}
+
+/// Which processes use the state directories of VMs that could lose something; when `/proc`
+/// cannot tell, that is said for each of them.
+fn user_evidence(root: &Root, inv: &mut Inventory) {
+    let dirs: Vec<(String, String)> = inv
+        .vms
+        .values()
+        .filter(|vm| matches!(vm.class, VmClass::Orphaned | VmClass::Imperative))
+        .filter_map(|vm| Some((vm.name.clone(), vm.state_dir.clone()?)))
+        .collect();
+    if dirs.is_empty() {
+        return;
+    }
+    let found = super::proc::users(root, &dirs);
+    for (name, _) in &dirs {
+        let Some(vm) = inv.vms.get_mut(name) else {
+            continue;
+        };
+        vm.evidence.users = match &found {
+            Ok(users) => Users::Pids(users.get(name).cloned().unwrap_or_default()),
+            Err(why) => Users::Unknown(why.clone()),
+        };
+    }
+}
+
+/// The paths a runner names: virtiofs share sources and sockets (`share/microvm/virtiofs/TAG/`)
+/// and volume images (`file=`/`path=` arguments in `bin/microvm-run`), each with what it is.
+fn runner_paths(root: &Root, runner: &str) -> Vec<(String, String)> {
+    let mut paths = Vec::new();
+    let shares = format!("{runner}/share/microvm/virtiofs");
+    if let Ok(fd) = root.open_dir(&shares) {
+        for entry in rootfs::list_fd(&fd, &shares).unwrap_or_default() {
+            let Ok(tag) = entry.name else { continue };
+            for (file, what) in [("source", "share source"), ("socket", "share socket")] {
+                let path = format!("{shares}/{tag}/{file}");
+                if let Ok(Some(text)) = root.read_text(&path) {
+                    let value = text.trim();
+                    if !value.is_empty() {
+                        paths.push((format!("{what} '{tag}'"), value.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(Some(script)) = root.read_text(&format!("{runner}/bin/microvm-run")) {
+        for key in ["file=", "path="] {
+            for (at, _) in script.match_indices(key) {
+                let rest = &script[at + key.len()..];
+                let end = rest
+                    .find(|c: char| c == ',' || c == '\'' || c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                let value = &rest[..end];
+                if !value.is_empty()
+                    && !value.starts_with("/nix/store/")
+                    && !value.starts_with("/dev/")
+                {
+                    paths.push(("volume".to_owned(), value.to_owned()));
+                }
+            }
+        }
+    }
+    paths.dedup();
+    paths
 }

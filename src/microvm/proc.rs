@@ -1,0 +1,135 @@
+//! Which processes use a VM's state directory: its working directory or an open file is in it.
+//!
+//! `microvm -r NAME` runs a VM in the foreground with no unit and no `booted` link, from
+//! `cd <stateDir>/NAME`; its hypervisor holds the disk images open. Files are matched by identity
+//! (device and inode), so this works for `--root` trees too, and a path that a process sees
+//! through another mount namespace still matches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType};
+
+use super::rootfs::Root;
+
+/// Deeper or larger directories are not walked to the end; what was seen still counts.
+const MAX_DEPTH: usize = 16;
+const MAX_ENTRIES: usize = 200_000;
+
+type Identity = (u64, u64);
+
+/// The processes using each of `dirs` (VM name -> root-relative directory), by VM name; the error
+/// says why `/proc` cannot tell.
+pub fn users(root: &Root, dirs: &[(String, String)]) -> Result<BTreeMap<String, Vec<u32>>, String> {
+    let mut owners: HashMap<Identity, usize> = HashMap::new();
+    for (index, (_, path)) in dirs.iter().enumerate() {
+        if let Ok(fd) = root.open_dir(path) {
+            let mut budget = MAX_ENTRIES;
+            collect(&fd, index, 0, &mut owners, &mut budget);
+        }
+    }
+    let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    if owners.is_empty() {
+        return Ok(found);
+    }
+    for (pid, index) in scan_proc(Path::new("/proc"), &owners)? {
+        let pids = found.entry(dirs[index].0.clone()).or_default();
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+/// Records the identity of a directory and of everything below it (never following links).
+fn collect(
+    dir: &OwnedFd,
+    index: usize,
+    depth: usize,
+    owners: &mut HashMap<Identity, usize>,
+    budget: &mut usize,
+) {
+    if let Ok(stat) = rustix::fs::fstat(dir) {
+        owners.insert((stat.st_dev, stat.st_ino), index);
+    }
+    let Ok(entries) = crate::fs::list_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let name = entry.name.as_slice();
+        if entry.file_type == FileType::Directory && depth < MAX_DEPTH {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            if let Ok(child) = crate::fs::open_child_path(dir, name) {
+                collect(&child, index, depth + 1, owners, budget);
+            }
+        } else if let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            owners.insert((stat.st_dev, stat.st_ino), index);
+        }
+    }
+}
+
+/// Every (pid, owner index) whose cwd or an open file has one of the identities.
+fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32, usize)>, String> {
+    if !proc.join("self").exists() {
+        return Err(format!("{} is not mounted", proc.display()));
+    }
+    let entries = std::fs::read_dir(proc).map_err(|e| {
+        format!(
+            "cannot list {}: {}",
+            proc.display(),
+            crate::report::io_error_words(&e)
+        )
+    })?;
+    let me = std::process::id();
+    // Without root most processes cannot be inspected: then nothing can be told. Root is refused
+    // only the processes of an enclosing sandbox or container (another PID namespace's init),
+    // which cannot see this system's VM directories by their mount either way: they are skipped.
+    let root = rustix::process::geteuid().is_root();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let base = entry.path();
+        let identity = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+        let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+        let mut seen = Vec::new();
+        match identity(&base.join("cwd")) {
+            Ok(id) => seen.push(id),
+            Err(e) if denied(&e) && !root => return Err(no_access(pid)),
+            Err(e) if denied(&e) => {
+                log::debug!("process {pid} cannot be inspected even by root; skipped");
+                continue;
+            }
+            Err(_) => {}
+        }
+        match std::fs::read_dir(base.join("fd")) {
+            Ok(fds) => seen.extend(fds.flatten().filter_map(|fd| identity(&fd.path()).ok())),
+            Err(e) if denied(&e) && !root => return Err(no_access(pid)),
+            Err(_) => {}
+        }
+        if let Some(index) = seen.iter().find_map(|id| owners.get(id)) {
+            found.push((pid, *index));
+        }
+    }
+    Ok(found)
+}
+
+fn no_access(pid: u32) -> String {
+    format!("process {pid} cannot be inspected (permission denied; run as root)")
+}
