@@ -1469,3 +1469,439 @@ fn non_utf8_arguments_do_not_panic() {
     );
     assert_eq!(run.code, 2, "{}", run.stderr());
 }
+
+// ---- Issue 16: prune only what every piece of evidence calls orphaned. ----
+
+/// The active `microvms.target` as NixOS generates it: `Wants=` in the unit file itself.
+fn target_wants(tree: &Tree, vms: &[&str]) {
+    let wants: Vec<String> = vms
+        .iter()
+        .map(|vm| format!("microvm@{vm}.service"))
+        .collect();
+    tree.file(
+        &format!("{SYSTEM_UNITS}/microvms.target"),
+        &format!("[Unit]\nWants={}\n", wants.join(" ")),
+    );
+}
+
+/// Shape 1: a VM that only `microvm.autostart` names (installed by CI, not in `microvm.vms`),
+/// and one dropped from `microvm.vms` but still in `microvm.autostart`, are neither touched nor
+/// purgeable; the message does not tell to remove them from `microvm.vms`.
+#[test]
+fn autostarted_vms_are_kept_whole() {
+    let tree = nixos_host();
+    // `ci` was installed by CI: a runner and a drop-in, no toplevel, flake or GC root.
+    let runner = tree.runner("ci", &["vm-ci0"], &[]);
+    tree.link("/var/lib/microvms/ci/current", &runner)
+        .file("/var/lib/microvms/ci/ci.img", "disk")
+        .file(
+            "/run/systemd/system/microvm@ci.service.d/override.conf",
+            "[Service]\n",
+        );
+    // `dropped` left microvm.vms, but microvm.autostart still names it.
+    tree.declarative_vm("dropped", &["vm-dropped0"]).file(
+        "/run/systemd/system/microvm@dropped.service.d/override.conf",
+        "[Service]\n",
+    );
+    target_wants(&tree, &["web", "ci", "dropped"]);
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    for path in [
+        "/var/lib/microvms/ci",
+        "/run/systemd/system/microvm@ci.service.d",
+        "/var/lib/microvms/dropped",
+        "vm-ci0",
+    ] {
+        assert_eq!(status.class_of(path), "autostarted", "class of {path}");
+    }
+    assert_eq!(vm_json(&status, "ci")["evidence"]["autostarted"], true);
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone
+            .iter()
+            .any(|line| line.contains("ci") || line.contains("dropped")),
+        "removed: {gone:?}"
+    );
+    let problems = run.problems().join("\n");
+    assert!(
+        problems.contains("VM 'ci' is not in microvm.vms, but microvm.autostart names it"),
+        "{problems}"
+    );
+    let before = tree.snapshot();
+    let refused = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "web",
+        "--purge-state",
+        "ci",
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr());
+    assert!(refused.problems().join("\n").contains("microvm.autostart"));
+    assert_eq!(tree.snapshot(), before);
+    // The host manifest's autostart list is evidence too, without any microvms.target.
+    target_wants(&tree, &["web"]);
+    let manifest = host_manifest(
+        &tree,
+        r#"{"version":1,"vms":[{"name":"web","autostart":true}],"autostart":["web","ci","dropped"]}"#,
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--manifest", &manifest]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone
+            .iter()
+            .any(|line| line.contains("ci") || line.contains("dropped")),
+        "removed: {gone:?}"
+    );
+}
+
+/// A runner whose `microvm-run` names its volume and a virtiofs share by absolute paths.
+fn runner_with_paths(tree: &Tree, name: &str, volume: &str, share: &str) -> String {
+    let runner = tree.runner(name, &[], &[]);
+    tree.file(
+        &format!("{runner}/bin/microvm-run"),
+        &format!(
+            "#!/bin/sh\nexec qemu-system-x86_64 -drive id=vda,format=raw,file={volume},if=none \
+             -chardev socket,id=fs0,path=fs0.sock\n"
+        ),
+    )
+    .file(
+        &format!("{runner}/share/microvm/virtiofs/journal/source"),
+        &format!("{share}\n"),
+    )
+    .file(
+        &format!("{runner}/share/microvm/virtiofs/journal/socket"),
+        "fs0.sock\n",
+    );
+    runner
+}
+
+/// Shape 2: after renaming `fw` to `firewall`, the declared VM's volume and share still live in
+/// `/var/lib/microvms/fw`: purging `fw` would delete them under it.
+#[test]
+fn a_renamed_vms_data_in_the_old_directory_is_not_purged() {
+    let tree = Tree::new("rename");
+    let runner = runner_with_paths(
+        &tree,
+        "firewall",
+        "/var/lib/microvms/fw/var.img",
+        "/var/lib/microvms/fw/journal",
+    );
+    tree.link("/var/lib/microvms/firewall/current", &runner)
+        .link(
+            "/var/lib/microvms/firewall/toplevel",
+            "/nix/store/fw-nixos-system",
+        )
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk")
+        .file("/var/lib/microvms/fw/journal/system.journal", "log");
+    let before = tree.snapshot();
+    let run = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "firewall",
+        "--purge-state",
+        "fw",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    let problems = run.problems().join("\n");
+    assert!(
+        problems.contains("the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/"),
+        "{problems}"
+    );
+    assert_eq!(tree.snapshot(), before, "something was changed");
+    let status = tree.run(&["status", "--json", "--declared", "firewall"]);
+    let referenced = &vm_json(&status, "fw")["evidence"]["referencedBy"];
+    assert_eq!(referenced[0][0], "firewall", "{referenced}");
+}
+
+/// Shape 3: `microvm -r old` runs the VM with no unit and no `booted` link; its process has its
+/// working directory and the disk in the state directory.
+#[test]
+fn a_vm_running_outside_systemd_is_kept_whole() {
+    let tree = Tree::new("foreground");
+    let runner = tree.runner("old", &["vm-old0"], &[]);
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        );
+    // Like `cd $DIR; exec ./current/bin/microvm-run`: cwd there, the image held open.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = child.id().to_string();
+    let before = tree.snapshot();
+    let purge = tree.run(&["prune", "--json", "--declared", "", "--purge-state", "old"]);
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(purge.code, 2, "{}", purge.stderr());
+    let problems = purge.problems().join("\n");
+    assert!(
+        problems.contains(&format!("process {pid} uses it")),
+        "{problems}"
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    let problems = run.problems().join("\n");
+    assert!(problems.contains("runs outside systemd"), "{problems}");
+    assert_eq!(tree.snapshot(), before);
+    // Once the process is gone, the orphan's leftovers go as usual.
+    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(!tree.path("/var/lib/microvms/old").exists());
+}
+
+/// Shape 4: the stateDir is an empty mount point (its storage is not mounted): every VM would
+/// look like an orphan, so nothing is changed.
+#[test]
+fn an_unmounted_state_dir_changes_nothing() {
+    for (file, text) in [
+        (
+            "/etc/fstab",
+            "# comment\n/dev/disk/by-label/vms /var/lib/microvms ext4 defaults 0 2\n",
+        ),
+        (
+            "/etc/systemd/system/var-lib-microvms.mount",
+            "[Mount]\nWhat=/dev/disk/by-label/vms\nWhere=/var/lib/microvms\n",
+        ),
+    ] {
+        let tree = Tree::new("unmounted");
+        tree.dir("/var/lib/microvms")
+            .file(file, text)
+            .link(
+                "/nix/var/nix/gcroots/microvm/imp",
+                "/var/lib/microvms/imp/current",
+            )
+            .link(
+                "/nix/var/nix/gcroots/microvm/booted-imp",
+                "/var/lib/microvms/imp/booted",
+            )
+            .link(
+                "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
+                "/etc/systemd/system/microvm@.service",
+            )
+            .file(
+                "/run/systemd/system/microvm@imp.service.d/override.conf",
+                "[Service]\n",
+            );
+        let before = tree.snapshot();
+        let run = tree.run(&["prune", "--json", "--declared", ""]);
+        assert_eq!(tree.snapshot(), before, "{file}: something was changed");
+        assert_eq!(run.code, 1, "{file}: {}", run.stderr());
+        assert!(run.plan().is_empty(), "{file}: {:?}", run.plan());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the stateDir /var/lib/microvms is not mounted"),
+            "{file}: {problems}"
+        );
+    }
+}
+
+/// Shape 5: `microvm.stateDir = "/srv/microvms"`. `--declared` alone takes the stateDir from the
+/// installed template; one given that disagrees with it is refused, naming both.
+#[test]
+fn the_state_dir_comes_from_the_installed_template() {
+    let tree = nixos_host();
+    tree.file(
+        &format!("{SYSTEM_UNITS}/microvm@.service"),
+        "[Unit]\nConditionPathExists=/srv/microvms/%i/current/bin/microvm-run\n[Service]\n\
+         WorkingDirectory=/srv/microvms/%i\n",
+    );
+    let runner = tree.runner("srvimp", &[], &[]);
+    tree.link("/srv/microvms/srvimp/current", &runner)
+        .file("/srv/microvms/srvimp/flake", "git+file:///etc/nixos")
+        .link(
+            "/nix/var/nix/gcroots/microvm/srvimp",
+            "/srv/microvms/srvimp/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@srvimp.service.d/override.conf",
+            "[Service]\n",
+        );
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(
+        status.json["stateDir"],
+        "/srv/microvms",
+        "{}",
+        status.stderr()
+    );
+    assert_eq!(
+        status.class_of("/run/systemd/system/microvm@srvimp.service.d"),
+        "imperative"
+    );
+    let before = tree.snapshot();
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert!(
+        !gone.iter().any(|line| line.contains("srvimp")),
+        "removed: {gone:?}; {}",
+        run.stderr()
+    );
+    let wrong = host_manifest(
+        &tree,
+        r#"{"version":1,"stateDir":"/var/lib/microvms","vms":[{"name":"web"}]}"#,
+    );
+    let after_prune = tree.snapshot();
+    for args in [
+        &["--declared", "web", "--state-dir", "/var/lib/microvms"][..],
+        &["--manifest", &wrong][..],
+    ] {
+        let mut full = vec!["prune", "--json", "--stop"];
+        full.extend_from_slice(args);
+        let run = tree.run(&full);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the stateDir is /var/lib/microvms")
+                && problems.contains("runs VMs from /srv/microvms"),
+            "{problems}"
+        );
+        assert_eq!(
+            tree.snapshot(),
+            after_prune,
+            "{args:?}: something was changed"
+        );
+    }
+    let agreeing = tree.run(&[
+        "status",
+        "--json",
+        "--declared",
+        "web",
+        "--state-dir",
+        "/srv/microvms",
+    ]);
+    assert_eq!(agreeing.code, 0, "{}", agreeing.stderr());
+    drop(before);
+}
+
+/// Shape 6a: a declarative flake VM (`install-microvm-NAME` wrote `current` and `flake`, no GC
+/// roots) removed from the configuration is an orphan, not an imperative VM.
+#[test]
+fn a_removed_declarative_flake_vm_is_an_orphan() {
+    let tree = nixos_host();
+    let runner = tree.runner("flaky", &[], &[]);
+    tree.link("/var/lib/microvms/flaky/current", &runner)
+        .file(
+            "/var/lib/microvms/flaky/flake",
+            "git+https://example.org/vms",
+        )
+        .file(
+            "/run/systemd/system/microvm@flaky.service.d/override.conf",
+            "[Service]\n",
+        );
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.class_of("/var/lib/microvms/flaky"), "orphaned");
+    // `microvm -c` (flake and GC roots) stays imperative.
+    assert_eq!(status.class_of("/var/lib/microvms/imp"), "imperative");
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains("/root/run/systemd/system/microvm@flaky.service.d/"));
+}
+
+/// Shape 6b: an orphan's own `microvm@NAME.service.wants/` and `.requires/` go with it.
+#[test]
+fn an_orphans_dependency_directories_are_removed() {
+    let tree = nixos_host();
+    tree.link(
+        "/run/systemd/system/microvm@old.service.wants/microvm-tap-interfaces@old.service",
+        "/etc/systemd/system/microvm-tap-interfaces@.service",
+    )
+    .link(
+        "/etc/systemd/system.control/microvm@old.service.requires/microvm-virtiofsd@old.service",
+        "/etc/systemd/system/microvm-virtiofsd@.service",
+    )
+    .link(
+        "/run/systemd/system/microvm@web.service.wants/microvm-tap-interfaces@web.service",
+        "/etc/systemd/system/microvm-tap-interfaces@.service",
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains("/root/run/systemd/system/microvm@old.service.wants/"));
+    assert!(gone.contains("/root/etc/systemd/system.control/microvm@old.service.requires/"));
+    assert!(
+        tree.path("/run/systemd/system/microvm@web.service.wants")
+            .exists()
+    );
+}
+
+/// Shape 6c: a disk image directly in the stateDir is no VM: no error, no advice to delete it,
+/// and it cannot be purged.
+#[test]
+fn a_file_in_the_state_dir_is_kept_quietly() {
+    let tree = nixos_host();
+    tree.file("/var/lib/microvms/shared.img", "disk");
+    let status = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(status.code, 0, "{}", status.stderr());
+    assert_eq!(status.class_of("/var/lib/microvms/shared.img"), "not-a-vm");
+    assert!(
+        !status.problems().iter().any(|p| p.contains("shared.img")),
+        "{:?}",
+        status.problems()
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(!gone.iter().any(|line| line.contains("shared.img")));
+    let refused = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "web",
+        "--purge-state",
+        "shared.img",
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr());
+    assert!(refused.problems().join("\n").contains("is not a VM"));
+}
+
+/// Shape 6d: purging an orphan names the volumes and shares it had outside its state directory.
+#[test]
+fn purging_names_what_lies_outside_the_state_dir() {
+    let tree = Tree::new("outside");
+    let runner = runner_with_paths(&tree, "old", "/srv/images/old.img", "/srv/shares/old");
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/srv/images/old.img", "disk")
+        .file("/srv/shares/old/data", "data");
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(!gone.iter().any(|line| line.contains("/srv/")));
+    let problems = run.problems().join("\n");
+    assert!(
+        problems.contains("/srv/images/old.img (volume)")
+            && problems.contains("/srv/shares/old (share source 'journal')"),
+        "{problems}"
+    );
+}
+
+/// Bytes from the tree are shown escaped: a newline in a name cannot start a forged line.
+#[test]
+fn host_mode_output_escapes_names_from_the_tree() {
+    let tree = Tree::new("escape");
+    tree.link("/var/lib/microvms/bad\nname/current", "/nix/store/x-runner");
+    let run = tree.run(&["status", "--declared", ""]);
+    assert!(run.stderr().contains("bad\\nname"), "{}", run.stderr());
+    assert!(!run.stderr().contains("bad\nname"), "{}", run.stderr());
+    assert!(run.out.stdout.contains("bad\\nname"), "{}", run.out.stdout);
+    assert!(!run.out.stdout.contains("bad\nname"), "{}", run.out.stdout);
+}
