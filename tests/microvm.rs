@@ -1905,3 +1905,67 @@ fn host_mode_output_escapes_names_from_the_tree() {
     assert!(run.out.stdout.contains("bad\\nname"), "{}", run.out.stdout);
     assert!(!run.out.stdout.contains("bad\nname"), "{}", run.out.stdout);
 }
+
+/// Missing evidence keeps everything: an unreadable template (the stateDir cannot be confirmed)
+/// or an unreadable `microvms.target` (which VMs start at boot is unknown) change nothing.
+#[test]
+fn unreadable_template_or_target_changes_nothing() {
+    for (path, what) in [
+        (
+            "/etc/systemd/system.control/microvm@.service",
+            "microvm@.service",
+        ),
+        ("/run/systemd/system/microvms.target", "microvms.target"),
+    ] {
+        let tree = nixos_host();
+        tree.fifo(path);
+        let before = tree.snapshot();
+        let run = tree.run(&["prune", "--json", "--declared", "web"]);
+        assert_eq!(tree.snapshot(), before, "{what}: something was changed");
+        assert_eq!(run.code, 1, "{what}: {}", run.stderr());
+        assert!(run.plan().is_empty(), "{what}: {:?}", run.plan());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains(&format!("{path}: it is a FIFO"))
+                && problems.contains("changes nothing"),
+            "{what}: {problems}"
+        );
+    }
+}
+
+/// Without `/proc`, whether a process uses an orphan's state directory is unknown: it is not
+/// purged, and the refusal says why. (Needs a private mount namespace: root and `unshare`.)
+#[test]
+fn without_proc_no_state_is_purged() {
+    if !rustix::process::geteuid().is_root() {
+        skip("needs root to unmount /proc in a private mount namespace");
+        return;
+    }
+    let tree = nixos_host();
+    let before = tree.snapshot();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"umount -l /proc && exec "$@""#)
+        .arg("sh")
+        .arg(BIN)
+        .args([
+            "microvm",
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+        ])
+        .args(["--purge-state-of-possibly-running", "--root"])
+        .arg(&tree.root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("whether a process uses it cannot be known: /proc is not mounted"),
+        "{stdout}"
+    );
+    assert_eq!(tree.snapshot(), before);
+}

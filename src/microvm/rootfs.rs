@@ -143,12 +143,27 @@ impl Root {
     }
 
     /// Reads a small text file (runner metadata), following symlinks inside the root.
+    /// Anything but a regular file (a FIFO would block the read) is an error that says what it is.
     pub fn read_text(&self, path: &str) -> Result<Option<String>, FsError> {
-        let fd = match self.open_path(path, OFlags::RDONLY) {
+        let fd = match self.open_path(path, OFlags::RDONLY | OFlags::NONBLOCK) {
             Ok(fd) => fd,
             Err(e) if e.errno == Errno::NOENT => return Ok(None),
             Err(e) => return Err(e),
         };
+        let kind = rustix::fs::fstat(&fd)
+            .map(|stat| file_type(&stat))
+            .map_err(|e| fail(path, e))?;
+        if kind != FileType::RegularFile {
+            let errno = if kind == FileType::Directory {
+                Errno::ISDIR
+            } else {
+                Errno::INVAL
+            };
+            return Err(FsError {
+                note: Some(format!("it is {}, not a file", type_name(kind))),
+                ..fail(path, errno)
+            });
+        }
         let mut text = String::new();
         std::fs::File::from(fd)
             .take(1 << 20)

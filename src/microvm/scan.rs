@@ -1217,8 +1217,20 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
         .collect();
     for dir in UNIT_DIRS {
         let path = join(dir, names::TARGET);
-        let Ok(Some(text)) = root.read_text(&path) else {
-            continue;
+        let text = match root.read_text(&path) {
+            Ok(Some(text)) => text,
+            Ok(None) => continue,
+            Err(e) => {
+                let why = e.note.clone().unwrap_or_else(|| unreadable(root, &e));
+                inv.problem(Problem::blocking(
+                    &path,
+                    format!(
+                        "cannot read {path}: {why}. Which VMs it starts at boot is unknown, so \
+                         prune changes nothing. Fix: make it a readable unit file"
+                    ),
+                ));
+                continue;
+            }
         };
         for unit in text
             .lines()

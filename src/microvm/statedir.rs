@@ -55,7 +55,9 @@ pub fn read_template(root: &Root) -> Template {
             },
             Err(e) => Template::Unreadable {
                 path,
-                why: crate::report::errno_words(e.errno),
+                why: e
+                    .note
+                    .unwrap_or_else(|| crate::report::errno_words(e.errno)),
             },
         };
     }
@@ -98,7 +100,11 @@ pub fn resolve(given: Option<(&str, &str)>, template: &Template) -> Result<Strin
 /// directory above it) is a mount point and it is not one now. An empty mount point would make
 /// every VM's state look gone.
 pub fn not_mounted(root: &Root, state_dir: &str) -> Option<String> {
-    for point in expected_mounts(root, state_dir) {
+    let expected = match expected_mounts(root, state_dir) {
+        Ok(expected) => expected,
+        Err(why) => return Some(why),
+    };
+    for point in expected {
         let Ok(Some(stat)) = root.lstat(&point.0) else {
             return Some(format!(
                 "{} names {}, which does not exist",
@@ -124,7 +130,7 @@ pub fn not_mounted(root: &Root, state_dir: &str) -> Option<String> {
 
 /// Mount points at or above the stateDir (not `/`) that `/etc/fstab` or a mount unit declares,
 /// each with what declares it.
-fn expected_mounts(root: &Root, state_dir: &str) -> Vec<(String, String)> {
+fn expected_mounts(root: &Root, state_dir: &str) -> Result<Vec<(String, String)>, String> {
     let covers = |point: &str| {
         let point = point.trim_end_matches('/');
         !point.is_empty()
@@ -134,7 +140,13 @@ fn expected_mounts(root: &Root, state_dir: &str) -> Vec<(String, String)> {
                     .is_some_and(|rest| rest.starts_with('/')))
     };
     let mut found = Vec::new();
-    if let Ok(Some(fstab)) = root.read_text("/etc/fstab") {
+    let fstab = root.read_text("/etc/fstab").map_err(|e| {
+        let why = e
+            .note
+            .unwrap_or_else(|| crate::report::errno_words(e.errno));
+        format!("/etc/fstab cannot be read ({why}), so whether it must be mounted is unknown")
+    })?;
+    if let Some(fstab) = fstab {
         for line in fstab.lines() {
             let mut fields = line.split_whitespace();
             let (Some(source), Some(point)) = (fields.next(), fields.next()) else {
@@ -163,7 +175,7 @@ fn expected_mounts(root: &Root, state_dir: &str) -> Vec<(String, String)> {
         }
         point = point.rsplit_once('/').map_or("", |(parent, _)| parent);
     }
-    found
+    Ok(found)
 }
 
 /// `systemd-escape --path` for the plain paths a stateDir is made of.
