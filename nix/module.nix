@@ -163,6 +163,9 @@ let
     stateDir = config.microvm.stateDir or "/var/lib/microvms";
     vms = map (name: { inherit name; autostart = builtins.elem name (config.microvm.autostart or [ ]); })
       (builtins.attrNames (config.microvm.vms or { }));
+    # microvm.autostart may name VMs that are not in microvm.vms (installed by CI or `microvm -c`):
+    # microvms.target starts them at every boot, so prune must keep them.
+    autostart = config.microvm.autostart or [ ];
   };
   hostManifestFile = json.generate "persist-prep-microvm.json" hostCfg.manifest;
 in
