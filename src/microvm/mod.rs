@@ -4,29 +4,35 @@
 //! and, unless `--dry-run`, carries it out, so the dry run shows exactly what a real run does.
 //!
 //! The rules, and why:
-//! - A VM is *declared* (named by `--manifest`/`--declared`, or by a store-managed
-//!   `install-microvm-NAME.service` of the active configuration), *imperative* (made by
-//!   `microvm -c`: `flake` and no `toplevel`; or by `microvm.deploy.installOnHost`: no
-//!   `toplevel`, but `old` or GC roots) or *orphaned* (anything else that names it). When the
+//! - The scan gathers every piece of evidence about a VM first (`classify::Evidence`): declared
+//!   (`--manifest`/`--declared`), autostarted (the active `microvms.target` wants it, or the
+//!   manifest's `autostart`), installed by the configuration (a store-managed
+//!   `install-microvm-NAME.service`), imperative (GC roots or `old`, no `toplevel`), running
+//!   (systemd, `booted`, a process using its directory), referenced by a kept VM's runner, and
+//!   whether its state directory is in the known, mounted stateDir. `classify::classify` decides
+//!   from that alone: a VM is an orphan only when no evidence says it is wanted. When the
 //!   configuration's units declare a VM that the given declaration omits, one of the two is wrong:
 //!   that is a usage error, and nothing at all is done. Names are used verbatim: microvm.nix's
 //!   templates use `%i`, so a name that systemd would have to escape cannot be a working VM.
-//! - State lives in the manifest's `stateDir` (default `/var/lib/microvms`). A directory there
-//!   with no `current`, `booted`, `toplevel` or `flake` that nothing names is no VM
-//!   (`lost+found`); a GC root pointing outside the state directory is of unknown owner. Both
-//!   are kept.
+//! - State lives in the stateDir: the given one must agree with the installed `microvm@.service`
+//!   template's (exit 2 naming both), which is used when none is given. A directory there with no
+//!   `current`, `booted`, `toplevel` or `flake` that nothing names, or a file there, is no VM; a
+//!   GC root pointing outside the state directory is of unknown owner. Both are kept. Missing
+//!   evidence (template, target or fstab unreadable, stateDir not mounted) stops the whole run.
 //! - Orphans lose their enablement links, instance unit files and drop-ins in the writable unit
 //!   directories, and their GC roots (symlinks). Shared templates go only when no declared,
 //!   imperative or unclassifiable VM is left. Anything under `/nix/store` or on a read-only mount
 //!   is reported as managed by the NixOS configuration and never touched.
 //! - State directories hold disks: only `--purge-state NAME` deletes one, and any bad name there
-//!   (declared, missing, not a VM, unclassifiable, possibly running and not stopped in this run)
-//!   aborts before any change. `booted` means "may be running"; offline only
+//!   (declared, autostarted, missing, not a VM, unclassifiable, referenced by a kept VM, used by a
+//!   process or not known not to be, possibly running and not stopped in this run) aborts before
+//!   any change. `booted` means "may be running"; offline only
 //!   `--purge-state-of-possibly-running` overrides it.
 //! - systemd and `ip` are used only when `--root` is this system's `/` and systemd runs: failed
 //!   orphan units are reset; running orphans are stopped (and their listed taps deleted) only with
 //!   `--stop`, never when one of their interfaces is also a kept VM's (its tap-down would delete
-//!   it), and otherwise kept whole; one `daemon-reload` follows unit file changes.
+//!   it) or when the running unit is not shown to be theirs, and otherwise kept whole; a VM run
+//!   outside systemd is kept whole; one `daemon-reload` follows unit file changes.
 //! - A directory that cannot be read (a FIFO or file where a directory belongs, a link loop) makes
 //!   the inventory incomplete, and then `prune` changes nothing at all.
 

@@ -1215,7 +1215,10 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
         .iter()
         .map(|name| (name.clone(), "the host manifest's autostart".to_owned()))
         .collect();
-    for dir in UNIT_DIRS {
+    for dir in UNIT_DIRS
+        .iter()
+        .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
+    {
         let path = join(dir, names::TARGET);
         let text = match root.read_text(&path) {
             Ok(Some(text)) => text,

@@ -12,7 +12,7 @@ use super::rootfs::{Root, join};
 use super::scan::UNIT_DIRS;
 
 /// The vendor unit directories, after the writable ones, in systemd's order of precedence.
-const VENDOR_UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/lib/systemd/system"];
+pub const VENDOR_UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/lib/systemd/system"];
 
 const CONDITION_SUFFIX: &str = "/%i/current/bin/microvm-run";
 

@@ -1,9 +1,10 @@
 # shellcheck shell=bash disable=SC2034
-description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs; an orphan sharing a tap with a declared VM (a rename) is neither stopped nor purged, and nothing of the declared VM is touched"
+description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs; an orphan sharing a tap with a declared VM (a rename) is neither stopped nor purged, and nothing of the declared VM is touched; a VM only microvm.autostart names (the active microvms.target wants it) is neither stopped nor touched by any run"
 units=(report persist-volume microvm)
 # The stand-in template goes to the vendor directory: prune only changes writable directories.
 files=(
     "fixtures/microvm/microvm@.service:/usr/lib/systemd/system/microvm@.service"
+    "fixtures/microvm/microvms.target:/usr/lib/systemd/system/microvms.target"
     "guest/microvm-prune:/usr/lib/pp-test/microvm-prune"
 )
 # ip(8) and the tun driver, to give the orphan a real tap interface.
@@ -16,6 +17,8 @@ expect_markers=(
     "microvm before unit=microvm@imp.service active=active load=loaded listed=1"
     "microvm before unit=microvm@web.service active=active load=loaded listed=1"
     "microvm before unit=microvm@gone.service active=failed load=loaded listed=1"
+    "microvm autostart setup tap=created"
+    "microvm before unit=microvm@ci.service active=active load=loaded listed=1"
     "microvm before unit=microvm-tap-interfaces@old.service active=active load=not-found listed=1"
     "microvm abort exit=2"
     "microvm abort-out error: --purge-state web: VM 'web' is declared .*Nothing was changed"
@@ -40,6 +43,9 @@ expect_markers=(
     "microvm out done +purge-state +/var/lib/microvms/old +\[vm old\]"
     "microvm out done +daemon-reload +"
     "microvm out prune: summary: 10 done, 0 failed, 0 skipped in .* ms"
+    "microvm out warning: VM 'ci' is not in microvm.vms, but microvm.autostart names it \(/usr/lib/systemd/system/microvms.target\).*"
+    "microvm autostart purge exit=2"
+    "microvm autostart-purge-out error: --purge-state ci: VM 'ci' is named by microvm.autostart .*Nothing was changed"
     "microvm after unit=microvm@old.service active=inactive load=loaded listed=0"
     "microvm after unit=microvm@gone.service active=inactive load=loaded listed=0"
     "microvm after unit=microvm-tap-interfaces@old.service active=inactive load=not-found listed=0"
@@ -72,5 +78,10 @@ expect_markers=(
     "microvm shared path=/run/systemd/system/microvm@fw.service.d exists=yes"
     "microvm shared tap-down rc=0"
     "microvm shared control tap vm-fw0 exists=no unit=microvm-tap-interfaces@fw.service active=inactive load=loaded listed=[01]"
+    "microvm autostart after unit=microvm@ci.service active=active load=loaded listed=1"
+    "microvm autostart tap vm-ci0 exists=yes"
+    "microvm autostart path=/var/lib/microvms/ci/ci.img exists=yes"
+    "microvm autostart path=/var/lib/microvms/ci/booted exists=yes"
+    "microvm autostart path=/run/systemd/system/microvm@ci.service.d exists=yes"
 )
 expect_console=('!Ordering cycle|ordering cycle')
