@@ -20,9 +20,19 @@ const MAX_ENTRIES: usize = 200_000;
 
 type Identity = (u64, u64);
 
+/// A process using a VM's directory, with the systemd unit it runs in (from its cgroup), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub pid: u32,
+    pub unit: Option<String>,
+}
+
 /// The processes using each of `dirs` (VM name -> root-relative directory), by VM name; the error
 /// says why `/proc` cannot tell.
-pub fn users(root: &Root, dirs: &[(String, String)]) -> Result<BTreeMap<String, Vec<u32>>, String> {
+pub fn users(
+    root: &Root,
+    dirs: &[(String, String)],
+) -> Result<BTreeMap<String, Vec<User>>, String> {
     let mut owners: HashMap<Identity, usize> = HashMap::new();
     for (index, (_, path)) in dirs.iter().enumerate() {
         if let Ok(fd) = root.open_dir(path) {
@@ -30,17 +40,32 @@ pub fn users(root: &Root, dirs: &[(String, String)]) -> Result<BTreeMap<String, 
             collect(&fd, index, 0, &mut owners, &mut budget);
         }
     }
-    let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut found: BTreeMap<String, Vec<User>> = BTreeMap::new();
     if owners.is_empty() {
         return Ok(found);
     }
     for (pid, index) in scan_proc(Path::new("/proc"), &owners)? {
-        let pids = found.entry(dirs[index].0.clone()).or_default();
-        if !pids.contains(&pid) {
-            pids.push(pid);
-        }
+        let unit = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|text| cgroup_unit(&text));
+        found
+            .entry(dirs[index].0.clone())
+            .or_default()
+            .push(User { pid, unit });
     }
     Ok(found)
+}
+
+/// The unit a process runs in, from `/proc/PID/cgroup` (`0::/system.slice/.../microvm@a.service`).
+pub fn cgroup_unit(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    path.rsplit('/')
+        .find(|part| {
+            Path::new(part)
+                .extension()
+                .is_some_and(|kind| kind == "service" || kind == "scope")
+        })
+        .map(str::to_owned)
 }
 
 /// Records the identity of a directory and of everything below it (never following links).
@@ -132,4 +157,23 @@ fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32,
 
 fn no_access(pid: u32) -> String {
     format!("process {pid} cannot be inspected (permission denied; run as root)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_unit_in_the_cgroup() {
+        assert_eq!(
+            cgroup_unit("0::/system.slice/system-microvm.slice/microvm@old.service\n").as_deref(),
+            Some("microvm@old.service")
+        );
+        assert_eq!(
+            cgroup_unit("0::/user.slice/user-0.slice/session-3.scope\n").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(cgroup_unit("0::/\n"), None);
+        assert_eq!(cgroup_unit("1:name=systemd:/x.service\n"), None);
+    }
 }

@@ -300,8 +300,8 @@ fn unreadable(root: &Root, error: &FsError) -> String {
 }
 
 const STORE_FIX: &str = "managed by the NixOS configuration and never changed by persist-prep; \
-     to get rid of it, remove the VM from `microvm.vms` (or microvm.nix's host module from \
-     `imports`) and switch";
+     to get rid of it, remove the VM from `microvm.vms` and `microvm.autostart` (or microvm.nix's \
+     host module from `imports`) and switch";
 
 pub fn scan(root: &Root, host: &Host, state_dir: &str, live: Option<&LiveState>) -> Inventory {
     let mut inv = Inventory {
@@ -1340,10 +1340,26 @@ fn user_evidence(root: &Root, inv: &mut Inventory) {
             continue;
         };
         vm.evidence.users = match &found {
-            Ok(users) => Users::Pids(users.get(name).cloned().unwrap_or_default()),
+            // A process in one of the VM's own units ends when that unit stops: systemd's
+            // view of it (running, --stop) covers it.
+            Ok(users) => Users::Pids(
+                users
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .filter(|user| !own_unit(user.unit.as_deref(), name))
+                    .map(|user| user.pid)
+                    .collect(),
+            ),
             Err(why) => Users::Unknown(why.clone()),
         };
     }
+}
+
+/// Whether a unit (from a process's cgroup) is one of the VM's own.
+fn own_unit(unit: Option<&str>, vm: &str) -> bool {
+    unit.and_then(names::parse_unit)
+        .is_some_and(|parsed| parsed == UnitName::Instance { vm: vm.to_owned() })
 }
 
 /// The paths a runner names: virtiofs share sources and sockets (`share/microvm/virtiofs/TAG/`)
