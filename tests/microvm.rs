@@ -1969,3 +1969,37 @@ fn without_proc_no_state_is_purged() {
     );
     assert_eq!(tree.snapshot(), before);
 }
+
+/// The counterpart of shape 4: a stateDir that is mounted (here a bind mount from the same file
+/// system, which a device comparison would miss) is used as usual.
+#[test]
+fn a_mounted_state_dir_is_used() {
+    let tree = Tree::new("mounted");
+    tree.file(
+        "/etc/fstab",
+        "/nix/persist/var/lib/microvms /var/lib/microvms none bind 0 0\n",
+    )
+    .link(
+        "/var/lib/microvms/old/toplevel",
+        "/nix/store/old-nixos-system",
+    )
+    .file(
+        "/run/systemd/system/microvm@old.service.d/override.conf",
+        "[Service]\n",
+    );
+    let dir = tree.path("/var/lib/microvms");
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .arg(&dir)
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skip("cannot bind-mount (needs root and mount rights)");
+        return;
+    }
+    let _unmount = Unmount(dir);
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.contains("/root/run/systemd/system/microvm@old.service.d/"));
+}

@@ -104,25 +104,30 @@ pub fn not_mounted(root: &Root, state_dir: &str) -> Option<String> {
         Ok(expected) => expected,
         Err(why) => return Some(why),
     };
-    for point in expected {
-        let Ok(Some(stat)) = root.lstat(&point.0) else {
-            return Some(format!(
-                "{} names {}, which does not exist",
-                point.1, point.0
-            ));
+    for (point, source) in expected {
+        let dir = match root.open_dir(&point) {
+            Ok(dir) => dir,
+            Err(e) => {
+                return Some(format!(
+                    "{source} mounts a file system on {point}, which cannot be opened: {}",
+                    crate::report::errno_words(e.errno)
+                ));
+            }
         };
-        let parent = point
-            .0
-            .rsplit_once('/')
-            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
-        let Ok(Some(parent_stat)) = root.lstat(parent) else {
-            continue;
-        };
-        if stat.st_dev == parent_stat.st_dev {
-            return Some(format!(
-                "{} mounts a file system on {}, but nothing is mounted there",
-                point.1, point.0
-            ));
+        // statx's mount-root attribute: a bind mount from the same file system counts too.
+        match crate::fs::is_mount_point(&dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some(format!(
+                    "{source} mounts a file system on {point}, but nothing is mounted there"
+                ));
+            }
+            Err(errno) => {
+                return Some(format!(
+                    "whether {point} ({source}) is mounted cannot be told: {}",
+                    crate::report::errno_words(errno)
+                ));
+            }
         }
     }
     None

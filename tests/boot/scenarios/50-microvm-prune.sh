@@ -17,6 +17,7 @@ expect_markers=(
     "microvm before unit=microvm@imp.service active=active load=loaded listed=1"
     "microvm before unit=microvm@web.service active=active load=loaded listed=1"
     "microvm before unit=microvm@gone.service active=failed load=loaded listed=1"
+    "microvm before old cwd-holders=1"
     "microvm autostart setup tap=created"
     "microvm before unit=microvm@ci.service active=active load=loaded listed=1"
     "microvm before unit=microvm-tap-interfaces@old.service active=active load=not-found listed=1"
