@@ -1904,6 +1904,17 @@ fn host_mode_output_escapes_names_from_the_tree() {
     assert!(!run.stderr().contains("bad\nname"), "{}", run.stderr());
     assert!(run.out.stdout.contains("bad\\nname"), "{}", run.out.stdout);
     assert!(!run.out.stdout.contains("bad\nname"), "{}", run.out.stdout);
+    // The --root that cannot be opened is named escaped too.
+    let run = run_with_root(
+        Path::new("/nonexistent\nroot"),
+        &["status", "--declared", ""],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("/nonexistent\\nroot"),
+        "{}",
+        run.stderr()
+    );
 }
 
 /// Missing evidence keeps everything: an unreadable template (the stateDir cannot be confirmed)

@@ -6,6 +6,8 @@ use rustix::fs::FileType;
 use rustix::io::Errno;
 use serde::Serialize;
 
+use crate::escape;
+
 use super::plan::Step;
 use super::rootfs::{self, Root};
 use super::systemd;
@@ -40,17 +42,26 @@ pub fn execute(root: &Root, live: bool, steps: &[Step]) -> Vec<Outcome> {
         };
         if let Some(vm) = step.vm().filter(|vm| stop_failed.contains(*vm)) {
             let message = format!("skipped: stopping VM '{vm}' failed");
-            log::warn!("{} {}: {message}", step.action(), step.target());
+            log::warn!(
+                "{} {}: {message}",
+                step.action(),
+                escape::text(step.target())
+            );
             outcomes.push(outcome(Status::Skipped, Some(message)));
             continue;
         }
         match run_step(root, live, step) {
             Ok(note) => {
-                log::debug!("{} {}: done", step.action(), step.target());
+                log::debug!("{} {}: done", step.action(), escape::text(step.target()));
                 outcomes.push(outcome(Status::Done, note));
             }
             Err(message) => {
-                log::error!("{} {} failed: {message}", step.action(), step.target());
+                log::error!(
+                    "{} {} failed: {}",
+                    step.action(),
+                    escape::text(step.target()),
+                    escape::text(&message)
+                );
                 if let Step::Stop { vm, .. } = step {
                     stop_failed.insert(vm.clone());
                 }

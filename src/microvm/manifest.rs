@@ -51,11 +51,11 @@ pub fn load(path: &Path) -> Result<Host, String> {
         format!(
             "cannot read the host manifest {}: {}; pass the file the NixOS module writes, or \
              --declared NAMES",
-            path.display(),
+            path.to_string_lossy(),
             crate::report::io_error_words(&e)
         )
     })?;
-    parse(&text).map_err(|why| format!("invalid host manifest {}: {why}", path.display()))
+    parse(&text).map_err(|why| format!("invalid host manifest {}: {why}", path.to_string_lossy()))
 }
 
 pub fn parse(text: &str) -> Result<Host, String> {

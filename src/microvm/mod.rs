@@ -73,9 +73,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
     };
     let (host, source) = match &args.declared {
         DeclaredSource::Manifest(path) => match manifest::load(path) {
-            Ok(host) => (host, format!("the host manifest {}", path.display())),
+            Ok(host) => (
+                host,
+                format!("the host manifest {}", path.to_string_lossy()),
+            ),
             Err(message) => {
-                log::error!("{message}");
+                log::error!("{}", crate::escape::text(&message));
                 return Exit::InvalidManifest;
             }
         },
@@ -94,7 +97,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         Err(errno) => {
             log::error!(
                 "cannot open --root {}: {}; give the directory the host's tree is mounted on",
-                args.root.display(),
+                crate::escape::bytes(args.root.as_os_str().as_encoded_bytes()),
                 crate::report::errno_words(errno)
             );
             return Exit::Failed;
@@ -120,7 +123,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         log::debug!(
             "{} is not the running system (or systemd does not run): units and interfaces were \
              not queried, and nothing is stopped, reset or reloaded",
-            args.root.display()
+            crate::escape::bytes(args.root.as_os_str().as_encoded_bytes())
         );
     }
     for problem in &inventory.problems {

@@ -42,7 +42,7 @@ impl Report {
         Report {
             json: args.json,
             command: args.command,
-            root: args.root.display().to_string(),
+            root: args.root.to_string_lossy().into_owned(),
             dry_run: args.dry_run,
             declared: declared.keys().cloned().collect(),
             state_dir: String::new(),

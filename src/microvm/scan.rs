@@ -483,7 +483,7 @@ fn resolve_bare_dirs(
             (false, _) => {
                 log::debug!(
                     "{}: no {} and nothing names it, so it is not a VM; left alone",
-                    dir.path,
+                    crate::escape::text(&dir.path),
                     VM_ENTRIES.join(", ")
                 );
                 inv.not_vms.insert(dir.name.clone());
