@@ -1979,6 +1979,25 @@ fn without_proc_no_state_is_purged() {
         "{stdout}"
     );
     assert_eq!(tree.snapshot(), before);
+    // Nor are the orphan's units and GC roots removed: it may run outside systemd.
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"umount -l /proc && exec "$@""#)
+        .arg("sh")
+        .arg(BIN)
+        .args(["microvm", "prune", "--json", "--declared", "web", "--root"])
+        .arg(&tree.root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("VM 'old' is orphaned, but whether a process runs it outside systemd"),
+        "{stdout}"
+    );
+    let after = tree.snapshot();
+    assert!(after.iter().any(|l| l.contains("gcroots/microvm/old ->")));
+    assert!(after.iter().any(|l| l.contains("microvm@old.service.d/")));
 }
 
 /// The counterpart of shape 4: a stateDir that is mounted (here a bind mount from the same file

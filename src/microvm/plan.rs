@@ -303,38 +303,56 @@ fn removal(item: &Item) -> Option<Step> {
     }
 }
 
+/// Why a VM whose leftovers would go must be kept whole instead, if it must: it runs outside
+/// systemd (or that cannot be ruled out), or it runs and `--stop` may not stop it.
+fn keep_whole(inv: &Inventory, vm: &Vm, options: &Options) -> Option<Problem> {
+    if let Some(pids) = classify::runs_outside_systemd(&vm.evidence) {
+        return Some(outside_systemd_note(inv, vm, pids));
+    }
+    if let classify::Users::Unknown(why) = &vm.evidence.users {
+        // It may run outside systemd, and its GC roots keep its runner from the collector.
+        return Some(Problem::warning(
+            Some(&vm.name),
+            vm.state_dir.as_deref(),
+            format!(
+                "VM '{}' is orphaned, but whether a process runs it outside systemd cannot be \
+                 known: {why}. Its units, GC roots and state are kept. Fix: run prune as root on \
+                 a system with /proc",
+                vm.name
+            ),
+        ));
+    }
+    if !(vm.running && options.stop) {
+        return None;
+    }
+    if let Some(why) = interface_conflict(inv, vm) {
+        return Some(shared_interface_note(vm, &why));
+    }
+    let why = match vm.class {
+        VmClass::Orphaned => classify::stop_refusal(&vm.evidence)?,
+        _ => return None,
+    };
+    Some(Problem::warning(
+        Some(&vm.name),
+        None,
+        format!(
+            "VM '{}' runs ({}) but is not stopped: {why} ({}). Its units are kept. Fix: check \
+             `systemctl status microvm@{}.service`, stop it by hand if it is unwanted, then \
+             prune again",
+            vm.name,
+            vm.active_units.join(", "),
+            inv.state_dir,
+            vm.name
+        ),
+    ))
+}
+
 /// Plans the steps of one VM whose leftovers go; `false` when it must stay (it still runs).
 fn plan_vm(inv: &Inventory, vm: &Vm, purged: bool, options: &Options, plan: &mut Plan) -> bool {
     let mut stopped = Vec::new();
-    if let Some(pids) = classify::runs_outside_systemd(&vm.evidence) {
-        plan.notes.push(outside_systemd_note(inv, vm, pids));
+    if let Some(note) = keep_whole(inv, vm, options) {
+        plan.notes.push(note);
         return false;
-    }
-    if vm.running && options.stop {
-        if let Some(why) = interface_conflict(inv, vm) {
-            plan.notes.push(shared_interface_note(vm, &why));
-            return false;
-        }
-        let refusal = match vm.class {
-            VmClass::Orphaned => classify::stop_refusal(&vm.evidence),
-            _ => None,
-        };
-        if let Some(why) = refusal {
-            plan.notes.push(Problem::warning(
-                Some(&vm.name),
-                None,
-                format!(
-                    "VM '{}' runs ({}) but is not stopped: {why} ({}). Its units are kept. Fix: \
-                     check `systemctl status microvm@{}.service`, stop it by hand if it is \
-                     unwanted, then prune again",
-                    vm.name,
-                    vm.active_units.join(", "),
-                    inv.state_dir,
-                    vm.name
-                ),
-            ));
-            return false;
-        }
     }
     if purged && vm.booted && !vm.running && options.stop && inv.live {
         // `booted` without an active unit: stop anyway, so that the purge below waits for a
@@ -871,6 +889,37 @@ mod tests {
         inv.live = true;
         inv.vms.get_mut("crashed").unwrap().running = true;
         assert!(check_purge(&inv, &overridden).is_err());
+    }
+
+    #[test]
+    fn an_orphan_that_may_run_outside_systemd_is_kept_whole() {
+        let mut inv = live_inventory();
+        inv.vms.get_mut("old").unwrap().evidence.users =
+            classify::Users::Unknown("/proc is not mounted".into());
+        let plan = build(&inv, &options(true, &[]));
+        assert!(
+            plan.steps.iter().all(|s| s.vm() != Some("old")),
+            "{:?}",
+            plan.steps
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message.contains("/proc is not mounted"))
+        );
+        inv.vms.get_mut("old").unwrap().evidence.users = classify::Users::Pids(vec![4242]);
+        inv.vms.get_mut("old").unwrap().evidence.systemd_running = false;
+        let plan = build(&inv, &options(true, &[]));
+        assert!(
+            plan.steps.iter().all(|s| s.vm() != Some("old")),
+            "{:?}",
+            plan.steps
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message.contains("process 4242"))
+        );
     }
 
     #[test]
