@@ -431,7 +431,9 @@ fn outside_paths_note(vm: &Vm, dir: &str) -> Option<Problem> {
     let mut outside: Vec<String> = Vec::new();
     for (what, path) in &vm.runner_paths {
         let full = scan::absolute(dir, path);
-        if full != dir && !full.starts_with(&format!("{dir}/")) {
+        // The store (microvm.nix shares /nix/store read-only by default) is never the VM's.
+        let nix = full == "/nix" || full.starts_with("/nix/");
+        if !nix && full != dir && !full.starts_with(&format!("{dir}/")) {
             let line = format!("{full} ({what})");
             if !outside.contains(&line) {
                 outside.push(line);
@@ -445,8 +447,8 @@ fn outside_paths_note(vm: &Vm, dir: &str) -> Option<Problem> {
         Some(&vm.name),
         Some(dir),
         format!(
-            "purging {dir} does not delete what VM '{}' used outside it: {}. Delete those by hand \
-             if no other VM or service uses them",
+            "purging {dir} does not delete what VM '{}' used outside it: {}. They are left as \
+             they are; if nothing else uses them, you may delete them by hand",
             vm.name,
             outside.join(", ")
         ),
