@@ -11,7 +11,7 @@ use super::scan::VmClass;
 
 /// Which processes use the VM's directory (cwd or an open file in it), from `/proc`.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", tag = "state", content = "pids")]
+#[serde(rename_all = "kebab-case")]
 pub enum Users {
     /// Not looked at: nothing of the VM would be removed anyway.
     NotChecked,
