@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034
-description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs; an orphan sharing a tap with a declared VM (a rename) is neither stopped nor purged, and nothing of the declared VM is touched; a VM only microvm.autostart names (the active microvms.target wants it) is neither stopped nor touched by any run"
+description="microvm host mode on a real manager: a bad --purge-state stops nothing; without --stop a running orphan is kept; prune --stop stops, resets and forgets it, deletes its tap and purged state, keeps declared and imperative VMs; an orphan sharing a tap with a declared VM (a rename) is neither stopped nor purged, and nothing of the declared VM is touched; a VM only microvm.autostart names (the active microvms.target wants it) is neither stopped nor touched by any run; nor is an orphan run outside systemd (microvm -r: only a process uses its directory), whose purge is refused"
 units=(report persist-volume microvm)
 # The stand-in template goes to the vendor directory: prune only changes writable directories.
 files=(
@@ -79,6 +79,12 @@ expect_markers=(
     "microvm shared path=/run/systemd/system/microvm@fw.service.d exists=yes"
     "microvm shared tap-down rc=0"
     "microvm shared control tap vm-fw0 exists=no unit=microvm-tap-interfaces@fw.service active=inactive load=loaded listed=[01]"
+    "microvm out warning: VM 'fg' is orphaned but runs outside systemd: process [0-9]+ has its working directory or an open file in /var/lib/microvms/fg .*"
+    "microvm foreground purge exit=2"
+    "microvm foreground-purge-out error: --purge-state fg: /var/lib/microvms/fg is kept: process [0-9]+ uses it .*Nothing was changed"
+    "microvm foreground after process=alive"
+    "microvm foreground path=/var/lib/microvms/fg/fg.img exists=yes"
+    "microvm foreground path=/run/systemd/system/microvm@fg.service.d exists=yes"
     "microvm autostart after unit=microvm@ci.service active=active load=loaded listed=1"
     "microvm autostart tap vm-ci0 exists=yes"
     "microvm autostart path=/var/lib/microvms/ci/ci.img exists=yes"
