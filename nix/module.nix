@@ -39,12 +39,12 @@ let
     uid = mkOption {
       type = types.nullOr types.ints.u32;
       default = null;
-      description = "Numeric owner; when null it comes from `users.users.<user>.uid` or `ids.uids`, else the binary resolves the name at boot.";
+      description = "Numeric owner; when null it comes from `users.users.<user>.uid` if that is set (never from `ids.uids`, which NixOS does not apply to a user without `uid`), else the binary resolves the name at boot.";
     };
     gid = mkOption {
       type = types.nullOr types.ints.u32;
       default = null;
-      description = "Numeric group; when null it comes from `users.groups.<group>.gid` or `ids.gids`, else the binary resolves the name at boot.";
+      description = "Numeric group; when null it comes from `users.groups.<group>.gid` if that is set (never from `ids.gids`), else the binary resolves the name at boot.";
     };
   };
 
@@ -141,7 +141,6 @@ let
     inherit (config) fileSystems;
     users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) config.users.users;
     groups = lib.mapAttrs (_: g: { inherit (g) gid; }) config.users.groups;
-    ids = if options ? ids then { uids = config.ids.uids or { }; gids = config.ids.gids or { }; } else { };
     pathsNeededForBoot = utils.pathsNeededForBoot or generator.defaultPathsNeededForBoot;
   };
 

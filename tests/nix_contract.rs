@@ -44,25 +44,22 @@ fn have_nix() -> bool {
     found
 }
 
-/// The optional evaluation inputs (nixpkgs.lib, impermanence, preservation); CI cannot fetch
-/// them, so they never fail a run by absence.
-fn eval_inputs() -> Option<(String, String, String)> {
-    let var = |name: &str, holds: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|dir| Path::new(dir).join(holds).is_file())
-    };
-    let lib = var("PERSIST_PREP_NIXPKGS_LIB", "lib/default.nix");
-    let imp = var("PERSIST_PREP_IMPERMANENCE", "nixos.nix");
-    let pres = var("PERSIST_PREP_PRESERVATION", "module.nix");
-    if let (Some(lib), Some(imp), Some(pres)) = (lib, imp, pres) {
-        return Some((lib, imp, pres));
+/// The nixos-kit (`PERSIST_PREP_NIXOS_KIT`, else `../shared/nixos-kit` next to the repository):
+/// the real NixOS, impermanence, preservation, Home Manager and microvm.nix sources the module is
+/// evaluated in. Absent, the evaluation tests skip; under `PERSIST_PREP_REQUIRE_ALL=1` they fail.
+fn kit() -> Option<String> {
+    let dir = std::env::var_os("PERSIST_PREP_NIXOS_KIT")
+        .map_or_else(|| repo().join("../shared/nixos-kit"), PathBuf::from);
+    if dir.join("nixpkgs/lib/default.nix").is_file()
+        && dir.join("nixpkgs/nixos/modules/system/boot/systemd/initrd.nix").is_file()
+    {
+        let dir = dir.canonicalize().expect("canonical kit path");
+        return Some(dir.to_str().expect("UTF-8 kit path").to_owned());
     }
-    eprintln!(
-        "SKIP: module evaluation needs PERSIST_PREP_NIXPKGS_LIB (a nixpkgs.lib checkout, holding \
-         lib/), PERSIST_PREP_IMPERMANENCE (an impermanence checkout, holding nixos.nix) and \
-         PERSIST_PREP_PRESERVATION (a preservation checkout, holding module.nix); see nix/README.md"
-    );
+    common::skip(&format!(
+        "the nixos-kit is not at {} (set PERSIST_PREP_NIXOS_KIT); module evaluation not tested",
+        dir.display()
+    ));
     None
 }
 
@@ -428,20 +425,13 @@ fn evaluated_fixtures_match_impermanence() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, pres)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     for dir in case_dirs("cases").into_iter().chain(case_dirs("invalid")) {
         let got = eval_ok(
-            r#"{ lib, imp, pres, dir }: (import (/. + dir + "/../../case.nix") {
-                 lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres;
-                 dir = /. + dir; }).generatorArgs"#,
-            &[
-                ("lib", &lib),
-                ("imp", &imp),
-                ("pres", &pres),
-                ("dir", dir.to_str().unwrap()),
-            ],
+            r#"{ kit, dir }: (import (/. + dir + "/../../case.nix") { kit = /. + kit; dir = /. + dir; }).generatorArgs"#,
+            &[("kit", &kit), ("dir", dir.to_str().unwrap())],
         );
         assert_eq!(
             got,
@@ -452,26 +442,17 @@ fn evaluated_fixtures_match_impermanence() {
     }
 }
 
-const CASE: &str = r#"{ lib, imp, pres, dir, extra }:
-  import (/. + dir + "/../../case.nix") {
-    lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres; dir = /. + dir;
-    extra = builtins.fromJSON extra;
-  }"#;
-
-/// The optional checkouts: nixpkgs.lib, impermanence, preservation.
-type Inputs = (String, String, String);
+const CASE: &str = r#"{ kit, dir, extra }:
+  import (/. + dir + "/../../case.nix") { kit = /. + kit; dir = /. + dir; extra = builtins.fromJSON extra; }"#;
 
 /// Evaluates `select` with the attributes of `tests/nix/case.nix`'s result in scope; `extra` is
 /// more configuration, as JSON.
-fn eval_case(inputs: &Inputs, dir: &Path, extra: &Value, select: &str) -> Result<Value, String> {
-    let (lib, imp, pres) = inputs;
+fn eval_case(kit: &str, dir: &Path, extra: &Value, select: &str) -> Result<Value, String> {
     let extra = extra.to_string();
     eval(
-        &format!("{{ lib, imp, pres, dir, extra }}@args: with (({CASE}) args); {select}"),
+        &format!("{{ kit, dir, extra }}@args: with (({CASE}) args); {select}"),
         &[
-            ("lib", lib),
-            ("imp", imp),
-            ("pres", pres),
+            ("kit", kit),
             ("dir", dir.to_str().unwrap()),
             ("extra", &extra),
         ],
@@ -483,17 +464,29 @@ fn module_writes_expected_manifest_and_assertions() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     for dir in case_dirs("cases") {
         let got = eval_case(
-            &inputs,
+            &kit,
             &dir,
             &serde_json::json!({}),
-            "{ inherit manifest problems; }",
+            "{ inherit manifest problems assertions; }",
         )
         .unwrap_or_else(|e| panic!("{}: {e}", name(&dir)));
+        // A case is a configuration NixOS accepts: only persist-prep's own assertions may fail.
+        let others: Vec<&Value> = got["assertions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| !m.as_str().unwrap().starts_with("persist-prep:"))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{}: NixOS rejects the case: {others:?}",
+            name(&dir)
+        );
         let expected = read_json(&dir.join("expected.json"));
         assert_eq!(
             got["manifest"],
@@ -515,12 +508,12 @@ fn module_units_mirror_the_initrd_unit() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let got = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({}),
         "{ inherit initrdServices services contents extraBin assertions; }",
@@ -604,12 +597,12 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let stop = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.persist-prep.unitConfig",
@@ -620,7 +613,7 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     // OnFailure alone does not stop the boot (the boot tests showed switch-root goes on):
     // initrd-cleanup must require persist-prep, as initrd/stop-boot/ does for dracut.
     let cleanup = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.initrd-cleanup",
@@ -634,14 +627,14 @@ fn module_failure_action_and_systemd_initrd_assertion() {
         cleanup["after"],
         serde_json::json!(["persist-prep.service"])
     );
-    let default = eval_case(&inputs, &dir, &serde_json::json!({}), "initrdServices").unwrap();
+    let default = eval_case(&kit, &dir, &serde_json::json!({}), "initrdServices").unwrap();
     assert!(
         default.get("initrd-cleanup").is_none(),
         "continue must leave initrd-cleanup alone"
     );
 
     let scripted = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "systemd": { "enable": false } } } }),
         "assertions",
@@ -659,7 +652,7 @@ fn module_microvm_prune_service() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
@@ -668,7 +661,7 @@ fn module_microvm_prune_service() {
         "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"], "stateDir": "/srv/microvms" },
     });
     let got = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &extra,
         "{ inherit services etc assertions; }",
@@ -685,7 +678,7 @@ fn module_microvm_prune_service() {
     assert!(!unit["restartTriggers"].as_array().unwrap().is_empty());
     assert_eq!(got["assertions"], serde_json::json!([]));
     // The host manifest the service reads: declared VMs and which autostart.
-    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest");
+    let manifest = eval_case(&kit, &dir, &extra, "hostManifest");
     assert_eq!(
         manifest.unwrap(),
         serde_json::json!({ "version": 1, "stateDir": "/srv/microvms", "vms": [
@@ -696,7 +689,7 @@ fn module_microvm_prune_service() {
         "services": { "persist-prep": { "microvm-prune": { "enable": true } } },
         "microvm": { "vms": { "web": {} } },
     });
-    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest").unwrap();
+    let manifest = eval_case(&kit, &dir, &extra, "hostManifest").unwrap();
     assert_eq!(manifest["stateDir"], "/var/lib/microvms");
 }
 
@@ -744,9 +737,10 @@ fn package_and_flake_outputs() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, _)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
+    let (lib, imp) = (format!("{kit}/nixpkgs"), format!("{kit}/impermanence"));
     let repo = repo();
     let got = eval_ok(
         PACKAGE_AND_FLAKE,
@@ -818,11 +812,10 @@ fn package_and_flake_outputs() {
 
 /// The VM tests' machines, evaluated through the same stand-ins: they must pass every assertion
 /// and yield the manifest the test scripts rely on.
-const VM_NODE: &str = r#"{ repo, lib, imp, test }:
+const VM_NODE: &str = r#"{ repo, kit, test }:
   let
-    l = import (/. + lib + "/lib");
-    t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = imp; };
-    e = import (/. + repo + "/tests/nix/eval.nix") { lib = l; config = t.nodes.machine; };
+    t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = kit + "/impermanence"; };
+    e = import (/. + repo + "/tests/nix/kit.nix") { kit = /. + kit; config = t.nodes.machine; };
     c = e.config;
   in {
     inherit (c.boot.initrd.persist-prep) manifest;
@@ -835,7 +828,7 @@ fn vm_test_machines_evaluate() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, _)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let repo = repo();
@@ -844,8 +837,7 @@ fn vm_test_machines_evaluate() {
             VM_NODE,
             &[
                 ("repo", repo.to_str().unwrap()),
-                ("lib", &lib),
-                ("imp", &imp),
+                ("kit", &kit),
                 ("test", test),
             ],
         );
@@ -949,19 +941,19 @@ fn module_ids_are_u32() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     for uid in [-1_i64, 4_294_967_296] {
         let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
             "/persist": { "directories": [ { "path": "/var/lib/x", "uid": uid } ] } } } } } });
-        let err = eval_case(&inputs, &dir, &extra, "manifest").expect_err("uid accepted");
+        let err = eval_case(&kit, &dir, &extra, "manifest").expect_err("uid accepted");
         assert!(err.contains("32 bit unsigned integer"), "uid {uid}: {err}");
     }
     let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
         "/persist": { "directories": [ { "path": "/var/lib/x", "uid": 4_294_967_295_u32 } ] } } } } } });
-    let manifest = eval_case(&inputs, &dir, &extra, "manifest").unwrap();
+    let manifest = eval_case(&kit, &dir, &extra, "manifest").unwrap();
     assert!(manifest.to_string().contains("4294967295"));
 }
 
@@ -972,12 +964,12 @@ fn module_orders_before_preservation_mounts() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/preservation");
     let before = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({}),
         "initrdServices.persist-prep.before",
@@ -997,7 +989,7 @@ fn module_orders_before_preservation_mounts() {
         assert!(before.contains(&unit), "Before= lacks {unit}: {before:?}");
     }
     let off = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "preservation": { "enable": false } }),
         "{ inherit manifest warnings; }",
@@ -1005,7 +997,7 @@ fn module_orders_before_preservation_mounts() {
     .unwrap();
     assert_eq!(off["manifest"]["storages"], serde_json::json!([]));
     let off = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "fromPreservation": false } } } }),
         "manifest",
