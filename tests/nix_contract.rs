@@ -51,7 +51,9 @@ fn kit() -> Option<String> {
     let dir = std::env::var_os("PERSIST_PREP_NIXOS_KIT")
         .map_or_else(|| repo().join("../shared/nixos-kit"), PathBuf::from);
     if dir.join("nixpkgs/lib/default.nix").is_file()
-        && dir.join("nixpkgs/nixos/modules/system/boot/systemd/initrd.nix").is_file()
+        && dir
+            .join("nixpkgs/nixos/modules/system/boot/systemd/initrd.nix")
+            .is_file()
     {
         let dir = dir.canonicalize().expect("canonical kit path");
         return Some(dir.to_str().expect("UTF-8 kit path").to_owned());
@@ -660,13 +662,7 @@ fn module_microvm_prune_service() {
         "services": { "persist-prep": { "microvm-prune": { "enable": true, "extraArgs": ["--stop"] } } },
         "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"], "stateDir": "/srv/microvms" },
     });
-    let got = eval_case(
-        &kit,
-        &dir,
-        &extra,
-        "{ inherit services etc assertions; }",
-    )
-    .unwrap();
+    let got = eval_case(&kit, &dir, &extra, "{ inherit services etc assertions; }").unwrap();
     let unit = &got["services"]["persist-prep-microvm-prune"];
     let exec = unit["serviceConfig"]["ExecStart"].as_str().unwrap();
     assert!(
@@ -815,7 +811,13 @@ fn package_and_flake_outputs() {
 const VM_NODE: &str = r#"{ repo, kit, test }:
   let
     t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = kit + "/impermanence"; };
-    e = import (/. + repo + "/tests/nix/kit.nix") { kit = /. + kit; config = t.nodes.machine; };
+    # What the test framework adds to every machine: qemu-vm.nix's root on tmpfs without a disk
+    # image, and test-instrumentation.nix's empty root password.
+    framework = { lib, ... }: {
+      virtualisation.fileSystems."/" = { device = "tmpfs"; fsType = "tmpfs"; neededForBoot = true; };
+      users.users.root.initialHashedPassword = lib.mkOverride 150 "";
+    };
+    e = import (/. + repo + "/tests/nix/kit.nix") { kit = /. + kit; config = { imports = [ t.nodes.machine framework ]; }; };
     c = e.config;
   in {
     inherit (c.boot.initrd.persist-prep) manifest;
@@ -1119,4 +1121,44 @@ srv/carol|root:50 700|root:50 700
 srv/carol/.gnupg|root:50 700|root:50 700
 ";
     assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
+}
+
+/// The ids rule: a number goes into the manifest only where the configuration fixes it
+/// (`users.users.<n>.uid`, `users.groups.<n>.gid`, the entry's own ids). A system user without
+/// `uid` gets a dynamic id at activation, whatever `ids.uids` holds for the name (git is 41
+/// there), so it must stay a name for the binary to resolve or defer.
+#[test]
+fn module_bakes_only_ids_the_configuration_fixes() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let extra = serde_json::json!({
+        "users": { "users": { "git": { "isSystemUser": true, "group": "git" } }, "groups": { "git": {} } },
+        "environment": { "persistence": { "/persist": { "directories": [
+            { "directory": "/var/lib/git", "user": "git", "group": "git", "mode": "0750" },
+            { "directory": "/var/lib/gitea", "user": "gitea", "group": "gitea" } ] } } },
+    });
+    let manifest = eval_case(&kit, &dir, &extra, "manifest").unwrap();
+    let dirs = manifest["storages"][0]["directories"].as_array().unwrap();
+    let find = |path: &str| {
+        dirs.iter()
+            .find(|d| d["path"] == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    for path in ["/var/lib/git", "/var/lib/gitea", "/srv/www/static"] {
+        let d = find(path);
+        assert!(
+            d.get("uid").is_none() && d.get("gid").is_none(),
+            "{path}: an id NixOS does not fix was baked in: {d}"
+        );
+    }
+    // Fixed by the configuration: users.users.colord.uid, users.groups.colord.gid, and the
+    // journal's group, whose gid journald.nix sets.
+    assert_eq!(find("/var/lib/colord")["uid"], 997);
+    assert_eq!(find("/var/lib/colord")["gid"], 996);
+    assert_eq!(find("/var/log")["gid"], 62);
 }

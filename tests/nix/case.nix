@@ -48,6 +48,7 @@ let
   preservedStorage = s: pick [ "persistentStoragePath" ] s // preservedEntries s // {
     users = lib.mapAttrs (_: u: pick [ "username" "home" "homeMode" "homeGroup" ] u // preservedEntries u) s.users;
   };
+  unitFields = pick [ "after" "before" "wants" "wantedBy" "requires" "requiredBy" "conflicts" "unitConfig" "serviceConfig" "environment" "restartTriggers" "description" ];
 in
 {
   inherit e;
@@ -72,19 +73,16 @@ in
   # Only persist-prep's own assertions; impermanence adds its own for the same mistakes.
   problems = builtins.filter (m: lib.hasPrefix "persist-prep:" m) (map (a: a.message) failed);
   assertions = map (a: a.message) failed;
-  initrdServices = { inherit (c.boot.initrd.systemd.services) persist-prep; }
-    // lib.optionalAttrs (c.boot.initrd.systemd.services ? persist-prep-finish) {
-    inherit (c.boot.initrd.systemd.services) persist-prep-finish;
-  }
-    // lib.optionalAttrs (c.boot.initrd.systemd.services ? initrd-cleanup) {
-    inherit (c.boot.initrd.systemd.services) initrd-cleanup;
-  };
+  # The persist-prep services (and initrd-cleanup's addition), with the attributes the tests
+  # read; the rest of a NixOS service has options without values.
+  initrdServices = lib.mapAttrs (_: unitFields) (lib.filterAttrs (n: _: lib.hasPrefix "persist-prep" n || n == "initrd-cleanup") c.boot.initrd.systemd.services);
   # The unit files NixOS renders (systemd-lib.nix), by name.
   initrdUnits = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (_: u: u.enable && u ? text) c.boot.initrd.systemd.units);
   units = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (n: u: u.enable && u ? text && lib.hasPrefix "persist-prep" n) c.systemd.units);
-  inherit (c.boot.initrd.systemd) contents extraBin;
-  services = lib.filterAttrs (n: _: lib.hasPrefix "persist-prep" n) c.systemd.services;
-  etc = c.environment.etc;
+  contents = lib.filterAttrs (n: _: lib.hasInfix "persist-prep" n) c.boot.initrd.systemd.contents;
+  extraBin = { inherit (c.boot.initrd.systemd.extraBin) persist-prep; };
+  services = lib.mapAttrs (_: unitFields) (lib.filterAttrs (n: _: lib.hasPrefix "persist-prep" n) c.systemd.services);
+  etc = lib.mapAttrs (_: pick [ "source" "target" ]) (lib.filterAttrs (n: _: lib.hasPrefix "persist-prep" n) c.environment.etc);
   inherit (c) warnings;
   hostManifest = c.services.persist-prep.microvm-prune.manifest;
 }

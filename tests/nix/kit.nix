@@ -11,7 +11,7 @@
 #   kit          the kit's directory (a path)
 #   config       the configuration under test (a module)
 #   homeManager  also import Home Manager's NixOS module (with impermanence's Home Manager module)
-#   microvm      also import microvm.nix's host module
+#   microvm      also import the options of microvm.nix's host module (its config needs much of NixOS the kit lacks)
 { kit, config, homeManager ? false, microvm ? false }:
 let
   lib = import (kit + "/nixpkgs/lib");
@@ -52,6 +52,7 @@ let
     gnugrep = drv "gnugrep";
     findutils = drv "findutils";
     kmod = drv "kmod";
+    less = drv "less";
     kmod-blacklist-ubuntu = drv "kmod-blacklist-ubuntu";
     kmod-debian-aliases = drv "kmod-debian-aliases";
     # The shells users-groups.nix checks `users.users.<name>.shell` against.
@@ -205,7 +206,7 @@ let
         home-manager.useGlobalPkgs = true;
         home-manager.sharedModules = [ (kit + "/impermanence/home-manager.nix") { home.stateVersion = "25.05"; } ];
       }
-    ] ++ lib.optional microvm (kit + "/microvm.nix/nixos-modules/host");
+    ] ++ lib.optional microvm (kit + "/microvm.nix/nixos-modules/host/options.nix");
   };
 in
 evaluated
