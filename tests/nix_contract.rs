@@ -575,10 +575,14 @@ fn module_units_mirror_the_initrd_unit() {
         got["extraBin"]
     );
 
+    // Finish joins the switch-root transaction right after NixOS's activation (>= 24.11 runs it
+    // there), never the boot transaction, which would run it before the users exist.
     let finish = &got["initrdServices"]["persist-prep-finish"];
     let after = strings(&finish["after"]);
     assert!(after.contains(&"initrd-nixos-activation.service".to_owned()));
-    assert!(strings(&finish["before"]).contains(&"initrd-switch-root.target".to_owned()));
+    assert!(after.contains(&"initrd-switch-root.target".to_owned()));
+    assert_eq!(strings(&finish["before"]), ["initrd-switch-root.service"]);
+    assert_eq!(strings(&finish["wantedBy"]), ["initrd-switch-root.service"]);
     let late = &got["services"]["persist-prep-finish-late"];
     assert!(
         late["serviceConfig"]["ExecStart"]
@@ -1161,4 +1165,341 @@ fn module_bakes_only_ids_the_configuration_fixes() {
     assert_eq!(find("/var/lib/colord")["uid"], 997);
     assert_eq!(find("/var/lib/colord")["gid"], 996);
     assert_eq!(find("/var/log")["gid"], 62);
+}
+
+/// A unit file's directives, section by section merged: key -> values. List-valued keys are split
+/// into words; booleans are spelled one way.
+fn directives(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    const LISTS: &[&str] = &[
+        "After",
+        "Before",
+        "Wants",
+        "Requires",
+        "WantedBy",
+        "RequiredBy",
+        "Conflicts",
+        "RequiresMountsFor",
+    ];
+    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("key=value");
+        let values = map.entry(key.to_owned()).or_default();
+        if LISTS.contains(&key) {
+            values.extend(value.split_whitespace().map(str::to_owned));
+        } else {
+            values.push(
+                match value {
+                    "true" => "yes",
+                    "false" => "no",
+                    v => v,
+                }
+                .to_owned(),
+            );
+        }
+    }
+    map
+}
+
+/// What a unit must say the same way for dracut and NixOS: everything but the machine's own
+/// parts (the storages' RequiresMountsFor= and the bind mounts' Before=, which dracut gets from a
+/// drop-in), the environment (log level, PATH) and where the binary and manifest live.
+fn ordering(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut map = directives(text);
+    map.remove("Environment");
+    if let Some(before) = map.get_mut("Before") {
+        before.retain(|u| !u.ends_with(".mount"));
+    }
+    if let Some(mounts) = map.get_mut("RequiresMountsFor") {
+        mounts.retain(|p| p == "/sysroot");
+    }
+    if let Some(exec) = map.get_mut("ExecStart") {
+        for e in exec.iter_mut() {
+            let (bin, args) = e.split_once(' ').unwrap_or((e.as_str(), ""));
+            let bin = bin.rsplit('/').next().unwrap();
+            *e = format!(
+                "{bin} {}",
+                args.replace(" --manifest /etc/persist-prep/manifest.json", "")
+            );
+        }
+    }
+    map
+}
+
+/// One source for the units: initrd/*.service (what dracut installs) and the texts the kit's
+/// systemd-lib.nix renders from nix/module.nix (what NixOS users run) order and run the same way:
+/// persist-prep, finish, the stage-2 finish, and the stop-the-boot drop-ins.
+#[test]
+fn rendered_units_agree_with_dracut_units() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let emergency = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } });
+    let got = eval_case(&kit, &dir, &emergency, "{ inherit initrdUnits units; }").unwrap();
+    let file = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
+    let rendered = |set: &str, name: &str| {
+        got[set][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} not rendered"))
+            .to_owned()
+    };
+    // The emergency drop-in is part of the rendered persist-prep.service.
+    let mut dracut_prep = file("initrd/persist-prep.service");
+    dracut_prep.push_str(&file(
+        "initrd/stop-boot/persist-prep.service.d/50-stop-boot.conf",
+    ));
+    for (label, dracut, nixos) in [
+        (
+            "persist-prep.service",
+            dracut_prep,
+            rendered("initrdUnits", "persist-prep.service"),
+        ),
+        (
+            "persist-prep-finish.service",
+            file("initrd/persist-prep-finish.service"),
+            rendered("initrdUnits", "persist-prep-finish.service"),
+        ),
+        (
+            "persist-prep-finish-late.service",
+            file("initrd/persist-prep-finish-late.service"),
+            rendered("units", "persist-prep-finish-late.service"),
+        ),
+        (
+            "initrd-cleanup.service drop-in",
+            file("initrd/stop-boot/initrd-cleanup.service.d/50-persist-prep-stop-boot.conf"),
+            rendered("initrdUnits", "initrd-cleanup.service"),
+        ),
+    ] {
+        assert_eq!(
+            ordering(&dracut),
+            ordering(&nixos),
+            "{label}: initrd/ and the NixOS module disagree"
+        );
+    }
+}
+
+const UPSTREAM_UNITS: &str = "/usr/lib/systemd/system";
+
+/// Lays out a rendered initrd unit set the way NixOS's generateUnits does: a drop-in where
+/// systemd ships the unit, else a file, plus the .wants/.requires links of wantedBy/requiredBy.
+fn lay_out_units(set: &Value, dir: &Path) {
+    for (name, unit) in set.as_object().unwrap() {
+        let text = unit["text"].as_str().unwrap();
+        if Path::new(UPSTREAM_UNITS).join(name).exists()
+            && unit["overrideStrategy"] == "asDropinIfExists"
+        {
+            std::fs::create_dir_all(dir.join(format!("{name}.d"))).unwrap();
+            std::fs::write(dir.join(format!("{name}.d/overrides.conf")), text).unwrap();
+        } else {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        for (kind, attr) in [
+            ("wants", "wantedBy"),
+            ("requires", "requiredBy"),
+            ("upholds", "upheldBy"),
+        ] {
+            for target in unit[attr].as_array().unwrap() {
+                let links = dir.join(format!("{}.{kind}", target.as_str().unwrap()));
+                std::fs::create_dir_all(&links).unwrap();
+                std::os::unix::fs::symlink(format!("../{name}"), links.join(name)).unwrap();
+            }
+        }
+    }
+}
+
+/// `systemd-analyze verify` of `units` (one transaction each, in turn; the earlier ones' jobs stay
+/// pending) over the laid-out set and systemd's own units; returns what it says about ordering
+/// cycles and deleted jobs (it exits 0 even then).
+fn ordering_problems(dir: &Path, units: &[&str]) -> Vec<String> {
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units)
+        .env(
+            "SYSTEMD_UNIT_PATH",
+            format!("{}:{UPSTREAM_UNITS}:", dir.display()),
+        )
+        .env("SYSTEMD_LOG_LEVEL", "info")
+        .current_dir(dir)
+        .output()
+        .expect("run systemd-analyze");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("cycle") || l.contains("deleted")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The three transactions an initrd runs: boot (initrd.target), switch-root
+/// (initrd-switch-root.target) and both pending at once (the boot transaction's jobs still
+/// installed when the switch-root one comes: deterministic, unlike one target wanting both, where
+/// systemd resolves the conflicting jobs in a random order before it looks for cycles).
+fn verify_transactions(set: &Value, label: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!(
+        "persist-prep-verify-{}-{label}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    lay_out_units(set, &dir);
+    let mut problems = Vec::new();
+    for units in [
+        &["initrd.target"][..],
+        &["initrd-switch-root.target"],
+        &["initrd.target", "initrd-switch-root.target"],
+    ] {
+        let label = units.join("+");
+        problems.extend(
+            ordering_problems(&dir, units)
+                .into_iter()
+                .map(|l| format!("{label}: {l}")),
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    problems
+}
+
+fn have_systemd_analyze() -> bool {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new(UPSTREAM_UNITS)
+            .join("initrd-switch-root.target")
+            .exists();
+    if !found {
+        common::skip("systemd-analyze and systemd's initrd units (apt-get install systemd)");
+    }
+    found
+}
+
+/// For every case, the initrd units NixOS renders (NixOS's own and persist-prep's) load into the
+/// boot, the switch-root and the combined transaction without an ordering cycle or deleted job;
+/// also with failureAction = "emergency" (its initrd-cleanup drop-in).
+#[test]
+fn rendered_initrd_units_have_no_ordering_cycle() {
+    if !have_nix() || !have_systemd_analyze() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let emergency = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } });
+    let mut runs: Vec<(PathBuf, Value, String)> = case_dirs("cases")
+        .into_iter()
+        .map(|d| {
+            let n = name(&d);
+            (d, serde_json::json!({}), n)
+        })
+        .collect();
+    runs.push((
+        repo().join("tests/nix/cases/system"),
+        emergency,
+        "system-emergency".into(),
+    ));
+    for (dir, extra, label) in runs {
+        let set = eval_case(&kit, &dir, &extra, "initrdUnitSet")
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let problems = verify_transactions(&set, &label);
+        assert!(problems.is_empty(), "{label}: {problems:#?}");
+    }
+}
+
+/// The check above can fail: finish ordered as it was before (WantedBy=initrd.target,
+/// Before=initrd.target initrd-switch-root.target, After=initrd-nixos-activation.service) forms
+/// the cycle NixOS >= 24.11 breaks by deleting a job.
+#[test]
+fn ordering_cycle_check_can_fail() {
+    if !have_nix() || !have_systemd_analyze() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let mut set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    set["persist-prep-finish.service"] = serde_json::json!({
+        "text": "[Unit]\nDefaultDependencies=no\nAfter=persist-prep.service initrd-fs.target initrd-nixos-activation.service\nBefore=initrd.target initrd-cleanup.service initrd-switch-root.target\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        "wantedBy": ["initrd.target"], "requiredBy": [], "upheldBy": [], "overrideStrategy": "asDropinIfExists",
+    });
+    let problems = verify_transactions(&set, "old-finish");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("deleted to break ordering cycle")),
+        "the pre-24.11 ordering was not caught: {problems:#?}"
+    );
+}
+
+/// Who makes the users decides who finishes deferred owners. NixOS's activation in the initrd
+/// (the default): persist-prep-finish in the switch-root transaction, after it. userborn or
+/// systemd-sysusers (and nixos-init, which needs one of them) make them in stage 2: no initrd
+/// finish (it could only fail), persist-prep-finish-late after them, before sysinit.target.
+#[test]
+fn deferred_owners_follow_whoever_makes_the_users() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let select = "{ initrd = builtins.attrNames initrdServices; inherit services assertions; }";
+    let default = eval_case(&kit, &dir, &serde_json::json!({}), select).unwrap();
+    assert_eq!(
+        default["initrd"],
+        serde_json::json!(["persist-prep", "persist-prep-finish"])
+    );
+    for (label, extra) in [
+        (
+            "userborn",
+            serde_json::json!({ "services": { "userborn": { "enable": true } } }),
+        ),
+        (
+            "sysusers",
+            serde_json::json!({ "systemd": { "sysusers": { "enable": true } } }),
+        ),
+        (
+            "nixos-init",
+            serde_json::json!({ "system": { "nixos-init": { "enable": true } }, "services": { "userborn": { "enable": true } } }),
+        ),
+    ] {
+        let got = eval_case(&kit, &dir, &extra, select).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(
+            got["initrd"],
+            serde_json::json!(["persist-prep"]),
+            "{label}"
+        );
+        let late = &got["services"]["persist-prep-finish-late"];
+        for unit in ["systemd-sysusers.service", "userborn.service"] {
+            assert!(
+                late["after"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from(unit)),
+                "{label}: {late}"
+            );
+        }
+        assert!(
+            late["before"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("sysinit.target")),
+            "{label}"
+        );
+        assert_eq!(
+            late["wantedBy"],
+            serde_json::json!(["sysinit.target"]),
+            "{label}"
+        );
+    }
 }

@@ -78,6 +78,9 @@ in
   initrdServices = lib.mapAttrs (_: unitFields) (lib.filterAttrs (n: _: lib.hasPrefix "persist-prep" n || n == "initrd-cleanup") c.boot.initrd.systemd.services);
   # The unit files NixOS renders (systemd-lib.nix), by name.
   initrdUnits = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (_: u: u.enable && u ? text) c.boot.initrd.systemd.units);
+  # The same with what generateUnits needs to lay them out: drop-in or file, and .wants links.
+  initrdUnitSet = lib.mapAttrs (_: u: { inherit (u) text wantedBy requiredBy upheldBy overrideStrategy; })
+    (lib.filterAttrs (_: u: u.enable && u ? text) c.boot.initrd.systemd.units);
   units = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (n: u: u.enable && u ? text && lib.hasPrefix "persist-prep" n) c.systemd.units);
   contents = lib.filterAttrs (n: _: lib.hasInfix "persist-prep" n) c.boot.initrd.systemd.contents;
   extraBin = { inherit (c.boot.initrd.systemd.extraBin) persist-prep; };
