@@ -1204,13 +1204,13 @@ fn directives(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 }
 
 /// What a unit must say the same way for dracut and NixOS: everything but the machine's own
-/// parts (the storages' RequiresMountsFor= and the bind mounts' Before=, which dracut gets from a
+/// parts (the storages' `RequiresMountsFor=` and the bind mounts' `Before=`, which dracut gets from a
 /// drop-in), the environment (log level, PATH) and where the binary and manifest live.
 fn ordering(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut map = directives(text);
     map.remove("Environment");
     if let Some(before) = map.get_mut("Before") {
-        before.retain(|u| !u.ends_with(".mount"));
+        before.retain(|u| Path::new(u).extension().is_none_or(|e| e != "mount"));
     }
     if let Some(mounts) = map.get_mut("RequiresMountsFor") {
         mounts.retain(|p| p == "/sysroot");
