@@ -40,8 +40,75 @@ fn have_nix() -> bool {
         eprintln!(
             "SKIP: nix-instantiate not found (apt-get install nix-bin); Nix contract not tested"
         );
+    } else {
+        nix_ready();
     }
     found
+}
+
+/// Runs `tests/nix/ready` once, alone, before any test evaluates: on a fresh machine the first
+/// evaluations race to create Nix's state (tests/setup does it too, for CI).
+fn nix_ready() {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| {
+        let out = Command::new(repo().join("tests/nix/ready"))
+            .output()
+            .expect("run tests/nix/ready");
+        assert!(
+            out.status.success(),
+            "tests/nix/ready failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A fresh machine: Nix's state directory absent. `tests/nix/ready` creates it, after which
+/// evaluations in parallel (as the tests run them) all succeed.
+#[test]
+fn nix_ready_prepares_a_fresh_machine() {
+    if !have_nix() {
+        return;
+    }
+    let fresh = std::env::temp_dir().join(format!("persist-prep-fresh-nix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    std::fs::create_dir_all(&fresh).unwrap();
+    let state = fresh.join("var/nix");
+    let with_state = |cmd: &mut Command| {
+        cmd.env("NIX_STATE_DIR", &state)
+            .env("NIX_LOG_DIR", fresh.join("var/log/nix"));
+    };
+    let mut ready = Command::new(repo().join("tests/nix/ready"));
+    with_state(&mut ready);
+    let out = ready.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        state.join("db").is_dir(),
+        "no Nix database after tests/nix/ready"
+    );
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let mut cmd = Command::new("nix-instantiate");
+            cmd.args(["--readonly-mode", "--eval", "-E", &format!("{i} + 1")]);
+            with_state(&mut cmd);
+            cmd.stderr(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&fresh).unwrap();
 }
 
 /// The nixos-kit (`PERSIST_PREP_NIXOS_KIT`, else `../shared/nixos-kit` next to the repository):
