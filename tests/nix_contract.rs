@@ -32,7 +32,9 @@ fn have_nix() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
+    if found {
+        nix_ready();
+    } else {
         assert!(
             !require_all(),
             "nix-instantiate is missing and PERSIST_PREP_REQUIRE_ALL=1 (apt-get install nix-bin)"
@@ -40,8 +42,6 @@ fn have_nix() -> bool {
         eprintln!(
             "SKIP: nix-instantiate not found (apt-get install nix-bin); Nix contract not tested"
         );
-    } else {
-        nix_ready();
     }
     found
 }
