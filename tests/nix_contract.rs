@@ -1570,3 +1570,44 @@ fn deferred_owners_follow_whoever_makes_the_users() {
         );
     }
 }
+
+/// The boot tests' stand-in for NixOS's activation (tests/boot/units/fake-nixos-activation) is
+/// ordered exactly as the kit renders initrd-nixos-activation.service, so the boot scenarios test
+/// the NixOS of today: same [Unit] ordering, same `RequiredBy=`.
+#[test]
+fn activation_stand_in_orders_like_nixos() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    let nixos = &set["initrd-nixos-activation.service"];
+    let unit_section = |text: &str| -> String {
+        text.lines()
+            .skip_while(|l| l.trim() != "[Unit]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let stand_in = std::fs::read_to_string(
+        repo().join("tests/boot/units/fake-nixos-activation/initrd-nixos-activation.service"),
+    )
+    .unwrap();
+    let mut want = directives(&unit_section(nixos["text"].as_str().unwrap()));
+    let mut have = directives(&unit_section(&stand_in));
+    want.remove("Description");
+    have.remove("Description");
+    assert_eq!(have, want, "the stand-in's [Unit] differs from NixOS's");
+    let required_by: Vec<String> = directives(&stand_in)
+        .remove("RequiredBy")
+        .unwrap_or_default();
+    assert_eq!(
+        serde_json::json!(required_by),
+        nixos["requiredBy"],
+        "RequiredBy="
+    );
+}
