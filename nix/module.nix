@@ -3,8 +3,9 @@
 # and from its own `storages` into the systemd initrd, and runs persist-prep there after the
 # persistent volumes are mounted and before any bind mount needs a source.
 #
-# The unit ordering mirrors initrd/persist-prep.service, persist-prep-finish.service and
-# persist-prep-finish-late.service, which are the single source of truth for it.
+# The units order and run exactly as initrd/persist-prep.service, persist-prep-finish.service,
+# persist-prep-finish-late.service and initrd/stop-boot/ (tests/nix_contract.rs compares them with
+# what NixOS's systemd-lib.nix renders from this module).
 { config, options, lib, pkgs, utils, ... }:
 let
   inherit (lib)

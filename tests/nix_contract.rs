@@ -6,10 +6,12 @@
 //!   configuration (`tests/nix/cases/*/evaluated.json`), gives exactly `expected.json`, and the
 //!   built binary's `validate` accepts the result; a bad one is refused with exit code 3.
 //!
-//! Optional (need checkouts that cannot be fetched in CI, named by `PERSIST_PREP_NIXPKGS_LIB` and
-//! `PERSIST_PREP_IMPERMANENCE`): each case's `config.nix` is evaluated through impermanence's real
-//! options and `nix/module.nix` with `lib.evalModules`, and must reproduce `evaluated.json`, the
-//! expected manifest and problems, and the unit ordering of `initrd/persist-prep.service`.
+//! Inside real NixOS (need the nixos-kit, `PERSIST_PREP_NIXOS_KIT` or `../shared/nixos-kit`; skipped
+//! without it, a failure under `PERSIST_PREP_REQUIRE_ALL=1`): each case's `config.nix` is evaluated
+//! with nix/module.nix inside the kit's real NixOS modules with `_module.check = true`
+//! (`tests/nix/kit.nix`), and must reproduce `evaluated.json`, the expected manifest and problems,
+//! pass NixOS's assertions, render units that agree with `initrd/*.service` and load without
+//! ordering cycles in the boot and switch-root transactions.
 
 mod common;
 
