@@ -85,7 +85,10 @@ run_scenario() (
         images_from="" expect_unchanged_from=""
     fi
     echo "$description" > "$dir/description"
-    prepare
+    prepare > "$dir/prepare.log" 2>&1 || {
+        echo "FAIL prepare: $(tail -n 3 "$dir/prepare.log" | tr '\n' ' ')" > "$dir/verdict"
+        return
+    }
     [[ $manifest == /* ]] || manifest=$BOOT_DIR/manifests/$manifest
 
     # 1. Disk images.

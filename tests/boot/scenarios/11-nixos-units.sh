@@ -4,9 +4,12 @@ description="the units NixOS renders for a real impermanence configuration (kit 
 prepare() {
     local kit=${PERSIST_PREP_NIXOS_KIT:-$REPO_DIR/../shared/nixos-kit}
     local out=$scenario_dir/rendered
+    [[ -f $kit/nixpkgs/nixos/modules/system/boot/systemd/initrd.nix ]] ||
+        { echo "needs the nixos-kit at $kit (set PERSIST_PREP_NIXOS_KIT)"; return 1; }
+    command -v nix-instantiate > /dev/null || { echo "needs nix-instantiate (tests/setup)"; return 1; }
     mkdir -p "$out/units"
     nix-instantiate --eval --strict --json -E "import $BOOT_DIR/nixos/render.nix { kit = $(realpath "$kit"); }" \
-        > "$out/render.json" 2> "$out/render.log" || { cat "$out/render.log" >&2; return 1; }
+        > "$out/render.json" 2> "$out/render.log" || { cat "$out/render.log"; return 1; }
     python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
