@@ -3,8 +3,9 @@
 # and from its own `storages` into the systemd initrd, and runs persist-prep there after the
 # persistent volumes are mounted and before any bind mount needs a source.
 #
-# The unit ordering mirrors initrd/persist-prep.service, persist-prep-finish.service and
-# persist-prep-finish-late.service, which are the single source of truth for it.
+# The units order and run exactly as initrd/persist-prep.service, persist-prep-finish.service,
+# persist-prep-finish-late.service and initrd/stop-boot/ (tests/nix_contract.rs compares them with
+# what NixOS's systemd-lib.nix renders from this module).
 { config, options, lib, pkgs, utils, ... }:
 let
   inherit (lib)
@@ -24,6 +25,12 @@ let
 
   stateDir = "/run/persist-prep";
 
+  # Who makes the users: NixOS's activation in the initrd (update-users-groups.pl, the default),
+  # or userborn / systemd-sysusers in stage 2. Those options live in modules a configuration may
+  # lack (the test kit does), hence `or false`.
+  usersInStage2 = config.services.userborn.enable or false || config.systemd.sysusers.enable or false;
+  usersInInitrd = !usersInStage2;
+
   # The three persist-prep units run once, stay active, and speak on the console and in the journal.
   oneshotOnConsole = execStart: {
     Type = "oneshot";
@@ -39,12 +46,12 @@ let
     uid = mkOption {
       type = types.nullOr types.ints.u32;
       default = null;
-      description = "Numeric owner; when null it comes from `users.users.<user>.uid` or `ids.uids`, else the binary resolves the name at boot.";
+      description = "Numeric owner; when null it comes from `users.users.<user>.uid` if that is set (never from `ids.uids`, which NixOS does not apply to a user without `uid`), else the binary resolves the name at boot.";
     };
     gid = mkOption {
       type = types.nullOr types.ints.u32;
       default = null;
-      description = "Numeric group; when null it comes from `users.groups.<group>.gid` or `ids.gids`, else the binary resolves the name at boot.";
+      description = "Numeric group; when null it comes from `users.groups.<group>.gid` if that is set (never from `ids.gids`), else the binary resolves the name at boot.";
     };
   };
 
@@ -141,7 +148,6 @@ let
     inherit (config) fileSystems;
     users = lib.mapAttrs (_: u: { inherit (u) uid group home; }) config.users.users;
     groups = lib.mapAttrs (_: g: { inherit (g) gid; }) config.users.groups;
-    ids = if options ? ids then { uids = config.ids.uids or { }; gids = config.ids.gids or { }; } else { };
     pathsNeededForBoot = utils.pathsNeededForBoot or generator.defaultPathsNeededForBoot;
   };
 
@@ -308,23 +314,29 @@ in
           after = [ "persist-prep.service" ];
         };
 
-        # Deferred owners: the users exist in /sysroot/etc/passwd once NixOS's activation ran.
-        services.persist-prep-finish = {
+        # Deferred owners, when NixOS's activation in the initrd makes the users (the default):
+        # since NixOS 24.11 initrd-nixos-activation.service runs in the switch-root transaction
+        # (After=initrd-switch-root.target, Before=initrd-switch-root.service), so finish joins
+        # that transaction right after it. Ordered before initrd.target as it once was, it ran
+        # before activation on a first boot, and with both pending the orderings formed a cycle.
+        services.persist-prep-finish = mkIf usersInInitrd {
           description = "Give deferred persistent directories their owners (persist-prep)";
-          wantedBy = [ "initrd.target" ];
-          after = [ "persist-prep.service" "initrd-fs.target" "initrd-nixos-activation.service" ];
-          before = [ "initrd.target" "initrd-cleanup.service" "initrd-switch-root.target" ];
+          wantedBy = [ "initrd-switch-root.service" ];
+          after = [ "persist-prep.service" "initrd-switch-root.target" "initrd-nixos-activation.service" ];
+          before = [ "initrd-switch-root.service" ];
           unitConfig = {
             DefaultDependencies = false;
             ConditionPathExists = [ "/etc/initrd-release" "${stateDir}/deferred.json" ];
+            RequiresMountsFor = [ "/sysroot" ];
           };
           environment.PERSIST_PREP_LOG = cfg.logLevel;
           serviceConfig = oneshotOnConsole "/bin/persist-prep finish --root /sysroot";
         };
       };
 
-      # Stage-2 fallback: the record survives switch-root in /run when users are only made by
-      # systemd-sysusers or userborn.
+      # Stage 2: with userborn or systemd-sysusers (nixos-init needs one of them) the users appear
+      # only after switch-root; the record survives in /run and this unit finishes it once they
+      # exist, before sysinit.target. It also retries whatever the initrd could not finish.
       systemd.services.persist-prep-finish-late = {
         description = "Give deferred persistent directories their owners after user creation (persist-prep)";
         wantedBy = [ "sysinit.target" ];

@@ -6,10 +6,12 @@
 //!   configuration (`tests/nix/cases/*/evaluated.json`), gives exactly `expected.json`, and the
 //!   built binary's `validate` accepts the result; a bad one is refused with exit code 3.
 //!
-//! Optional (need checkouts that cannot be fetched in CI, named by `PERSIST_PREP_NIXPKGS_LIB` and
-//! `PERSIST_PREP_IMPERMANENCE`): each case's `config.nix` is evaluated through impermanence's real
-//! options and `nix/module.nix` with `lib.evalModules`, and must reproduce `evaluated.json`, the
-//! expected manifest and problems, and the unit ordering of `initrd/persist-prep.service`.
+//! Inside real NixOS (need the nixos-kit, `PERSIST_PREP_NIXOS_KIT` or `../shared/nixos-kit`; skipped
+//! without it, a failure under `PERSIST_PREP_REQUIRE_ALL=1`): each case's `config.nix` is evaluated
+//! with nix/module.nix inside the kit's real NixOS modules with `_module.check = true`
+//! (`tests/nix/kit.nix`), and must reproduce `evaluated.json`, the expected manifest and problems,
+//! pass NixOS's assertions, render units that agree with `initrd/*.service` and load without
+//! ordering cycles in the boot and switch-root transactions.
 
 mod common;
 
@@ -32,7 +34,9 @@ fn have_nix() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
+    if found {
+        nix_ready();
+    } else {
         assert!(
             !require_all(),
             "nix-instantiate is missing and PERSIST_PREP_REQUIRE_ALL=1 (apt-get install nix-bin)"
@@ -44,25 +48,89 @@ fn have_nix() -> bool {
     found
 }
 
-/// The optional evaluation inputs (nixpkgs.lib, impermanence, preservation); CI cannot fetch
-/// them, so they never fail a run by absence.
-fn eval_inputs() -> Option<(String, String, String)> {
-    let var = |name: &str, holds: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|dir| Path::new(dir).join(holds).is_file())
-    };
-    let lib = var("PERSIST_PREP_NIXPKGS_LIB", "lib/default.nix");
-    let imp = var("PERSIST_PREP_IMPERMANENCE", "nixos.nix");
-    let pres = var("PERSIST_PREP_PRESERVATION", "module.nix");
-    if let (Some(lib), Some(imp), Some(pres)) = (lib, imp, pres) {
-        return Some((lib, imp, pres));
+/// Runs `tests/nix/ready` once, alone, before any test evaluates: on a fresh machine the first
+/// evaluations race to create Nix's state (tests/setup does it too, for CI).
+fn nix_ready() {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| {
+        let out = Command::new(repo().join("tests/nix/ready"))
+            .output()
+            .expect("run tests/nix/ready");
+        assert!(
+            out.status.success(),
+            "tests/nix/ready failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A fresh machine: Nix's state directory absent. `tests/nix/ready` creates it, after which
+/// evaluations in parallel (as the tests run them) all succeed.
+#[test]
+fn nix_ready_prepares_a_fresh_machine() {
+    if !have_nix() {
+        return;
     }
-    eprintln!(
-        "SKIP: module evaluation needs PERSIST_PREP_NIXPKGS_LIB (a nixpkgs.lib checkout, holding \
-         lib/), PERSIST_PREP_IMPERMANENCE (an impermanence checkout, holding nixos.nix) and \
-         PERSIST_PREP_PRESERVATION (a preservation checkout, holding module.nix); see nix/README.md"
+    let fresh = std::env::temp_dir().join(format!("persist-prep-fresh-nix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    std::fs::create_dir_all(&fresh).unwrap();
+    let state = fresh.join("var/nix");
+    let with_state = |cmd: &mut Command| {
+        cmd.env("NIX_STATE_DIR", &state)
+            .env("NIX_LOG_DIR", fresh.join("var/log/nix"));
+    };
+    let mut ready = Command::new(repo().join("tests/nix/ready"));
+    with_state(&mut ready);
+    let out = ready.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        state.join("db").is_dir(),
+        "no Nix database after tests/nix/ready"
+    );
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let mut cmd = Command::new("nix-instantiate");
+            cmd.args(["--readonly-mode", "--eval", "-E", &format!("{i} + 1")]);
+            with_state(&mut cmd);
+            cmd.stderr(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&fresh).unwrap();
+}
+
+/// The nixos-kit (`PERSIST_PREP_NIXOS_KIT`, else `../shared/nixos-kit` next to the repository):
+/// the real NixOS, impermanence, preservation, Home Manager and microvm.nix sources the module is
+/// evaluated in. Absent, the evaluation tests skip; under `PERSIST_PREP_REQUIRE_ALL=1` they fail.
+fn kit() -> Option<String> {
+    let dir = std::env::var_os("PERSIST_PREP_NIXOS_KIT")
+        .map_or_else(|| repo().join("../shared/nixos-kit"), PathBuf::from);
+    if dir.join("nixpkgs/lib/default.nix").is_file()
+        && dir
+            .join("nixpkgs/nixos/modules/system/boot/systemd/initrd.nix")
+            .is_file()
+    {
+        let dir = dir.canonicalize().expect("canonical kit path");
+        return Some(dir.to_str().expect("UTF-8 kit path").to_owned());
+    }
+    common::skip(&format!(
+        "the nixos-kit is not at {} (set PERSIST_PREP_NIXOS_KIT); module evaluation not tested",
+        dir.display()
+    ));
     None
 }
 
@@ -428,20 +496,13 @@ fn evaluated_fixtures_match_impermanence() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, pres)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     for dir in case_dirs("cases").into_iter().chain(case_dirs("invalid")) {
         let got = eval_ok(
-            r#"{ lib, imp, pres, dir }: (import (/. + dir + "/../../case.nix") {
-                 lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres;
-                 dir = /. + dir; }).generatorArgs"#,
-            &[
-                ("lib", &lib),
-                ("imp", &imp),
-                ("pres", &pres),
-                ("dir", dir.to_str().unwrap()),
-            ],
+            r#"{ kit, dir }: (import (/. + dir + "/../../case.nix") { kit = /. + kit; dir = /. + dir; }).generatorArgs"#,
+            &[("kit", &kit), ("dir", dir.to_str().unwrap())],
         );
         assert_eq!(
             got,
@@ -452,26 +513,17 @@ fn evaluated_fixtures_match_impermanence() {
     }
 }
 
-const CASE: &str = r#"{ lib, imp, pres, dir, extra }:
-  import (/. + dir + "/../../case.nix") {
-    lib = import (/. + lib + "/lib"); impermanence = imp; preservation = pres; dir = /. + dir;
-    extra = builtins.fromJSON extra;
-  }"#;
-
-/// The optional checkouts: nixpkgs.lib, impermanence, preservation.
-type Inputs = (String, String, String);
+const CASE: &str = r#"{ kit, dir, extra }:
+  import (/. + dir + "/../../case.nix") { kit = /. + kit; dir = /. + dir; extra = builtins.fromJSON extra; }"#;
 
 /// Evaluates `select` with the attributes of `tests/nix/case.nix`'s result in scope; `extra` is
 /// more configuration, as JSON.
-fn eval_case(inputs: &Inputs, dir: &Path, extra: &Value, select: &str) -> Result<Value, String> {
-    let (lib, imp, pres) = inputs;
+fn eval_case(kit: &str, dir: &Path, extra: &Value, select: &str) -> Result<Value, String> {
     let extra = extra.to_string();
     eval(
-        &format!("{{ lib, imp, pres, dir, extra }}@args: with (({CASE}) args); {select}"),
+        &format!("{{ kit, dir, extra }}@args: with (({CASE}) args); {select}"),
         &[
-            ("lib", lib),
-            ("imp", imp),
-            ("pres", pres),
+            ("kit", kit),
             ("dir", dir.to_str().unwrap()),
             ("extra", &extra),
         ],
@@ -483,17 +535,29 @@ fn module_writes_expected_manifest_and_assertions() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     for dir in case_dirs("cases") {
         let got = eval_case(
-            &inputs,
+            &kit,
             &dir,
             &serde_json::json!({}),
-            "{ inherit manifest problems; }",
+            "{ inherit manifest problems assertions; }",
         )
         .unwrap_or_else(|e| panic!("{}: {e}", name(&dir)));
+        // A case is a configuration NixOS accepts: only persist-prep's own assertions may fail.
+        let others: Vec<&Value> = got["assertions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| !m.as_str().unwrap().starts_with("persist-prep:"))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{}: NixOS rejects the case: {others:?}",
+            name(&dir)
+        );
         let expected = read_json(&dir.join("expected.json"));
         assert_eq!(
             got["manifest"],
@@ -515,12 +579,12 @@ fn module_units_mirror_the_initrd_unit() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let got = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({}),
         "{ inherit initrdServices services contents extraBin assertions; }",
@@ -580,10 +644,14 @@ fn module_units_mirror_the_initrd_unit() {
         got["extraBin"]
     );
 
+    // Finish joins the switch-root transaction right after NixOS's activation (>= 24.11 runs it
+    // there), never the boot transaction, which would run it before the users exist.
     let finish = &got["initrdServices"]["persist-prep-finish"];
     let after = strings(&finish["after"]);
     assert!(after.contains(&"initrd-nixos-activation.service".to_owned()));
-    assert!(strings(&finish["before"]).contains(&"initrd-switch-root.target".to_owned()));
+    assert!(after.contains(&"initrd-switch-root.target".to_owned()));
+    assert_eq!(strings(&finish["before"]), ["initrd-switch-root.service"]);
+    assert_eq!(strings(&finish["wantedBy"]), ["initrd-switch-root.service"]);
     let late = &got["services"]["persist-prep-finish-late"];
     assert!(
         late["serviceConfig"]["ExecStart"]
@@ -604,12 +672,12 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     let stop = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.persist-prep.unitConfig",
@@ -620,7 +688,7 @@ fn module_failure_action_and_systemd_initrd_assertion() {
     // OnFailure alone does not stop the boot (the boot tests showed switch-root goes on):
     // initrd-cleanup must require persist-prep, as initrd/stop-boot/ does for dracut.
     let cleanup = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } }),
         "initrdServices.initrd-cleanup",
@@ -634,14 +702,14 @@ fn module_failure_action_and_systemd_initrd_assertion() {
         cleanup["after"],
         serde_json::json!(["persist-prep.service"])
     );
-    let default = eval_case(&inputs, &dir, &serde_json::json!({}), "initrdServices").unwrap();
+    let default = eval_case(&kit, &dir, &serde_json::json!({}), "initrdServices").unwrap();
     assert!(
         default.get("initrd-cleanup").is_none(),
         "continue must leave initrd-cleanup alone"
     );
 
     let scripted = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "systemd": { "enable": false } } } }),
         "assertions",
@@ -659,7 +727,7 @@ fn module_microvm_prune_service() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
@@ -667,13 +735,7 @@ fn module_microvm_prune_service() {
         "services": { "persist-prep": { "microvm-prune": { "enable": true, "extraArgs": ["--stop"] } } },
         "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"], "stateDir": "/srv/microvms" },
     });
-    let got = eval_case(
-        &inputs,
-        &dir,
-        &extra,
-        "{ inherit services etc assertions; }",
-    )
-    .unwrap();
+    let got = eval_case(&kit, &dir, &extra, "{ inherit services etc assertions; }").unwrap();
     let unit = &got["services"]["persist-prep-microvm-prune"];
     let exec = unit["serviceConfig"]["ExecStart"].as_str().unwrap();
     assert!(
@@ -685,7 +747,7 @@ fn module_microvm_prune_service() {
     assert!(!unit["restartTriggers"].as_array().unwrap().is_empty());
     assert_eq!(got["assertions"], serde_json::json!([]));
     // The host manifest the service reads: declared VMs and which autostart.
-    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest");
+    let manifest = eval_case(&kit, &dir, &extra, "hostManifest");
     assert_eq!(
         manifest.unwrap(),
         serde_json::json!({ "version": 1, "stateDir": "/srv/microvms", "vms": [
@@ -696,7 +758,7 @@ fn module_microvm_prune_service() {
         "services": { "persist-prep": { "microvm-prune": { "enable": true } } },
         "microvm": { "vms": { "web": {} } },
     });
-    let manifest = eval_case(&inputs, &dir, &extra, "hostManifest").unwrap();
+    let manifest = eval_case(&kit, &dir, &extra, "hostManifest").unwrap();
     assert_eq!(manifest["stateDir"], "/var/lib/microvms");
 }
 
@@ -744,9 +806,10 @@ fn package_and_flake_outputs() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, _)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
+    let (lib, imp) = (format!("{kit}/nixpkgs"), format!("{kit}/impermanence"));
     let repo = repo();
     let got = eval_ok(
         PACKAGE_AND_FLAKE,
@@ -818,11 +881,16 @@ fn package_and_flake_outputs() {
 
 /// The VM tests' machines, evaluated through the same stand-ins: they must pass every assertion
 /// and yield the manifest the test scripts rely on.
-const VM_NODE: &str = r#"{ repo, lib, imp, test }:
+const VM_NODE: &str = r#"{ repo, kit, test }:
   let
-    l = import (/. + lib + "/lib");
-    t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = imp; };
-    e = import (/. + repo + "/tests/nix/eval.nix") { lib = l; config = t.nodes.machine; };
+    t = import (/. + repo + "/nix/tests/${test}.nix") { module = /. + repo + "/nix/module.nix"; impermanence = kit + "/impermanence"; };
+    # What the test framework adds to every machine: qemu-vm.nix's root on tmpfs without a disk
+    # image, and test-instrumentation.nix's empty root password.
+    framework = { lib, ... }: {
+      virtualisation.fileSystems."/" = { device = "tmpfs"; fsType = "tmpfs"; neededForBoot = true; };
+      users.users.root.initialHashedPassword = lib.mkOverride 150 "";
+    };
+    e = import (/. + repo + "/tests/nix/kit.nix") { kit = /. + kit; config = { imports = [ t.nodes.machine framework ]; }; };
     c = e.config;
   in {
     inherit (c.boot.initrd.persist-prep) manifest;
@@ -835,7 +903,7 @@ fn vm_test_machines_evaluate() {
     if !have_nix() {
         return;
     }
-    let Some((lib, imp, _)) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let repo = repo();
@@ -844,8 +912,7 @@ fn vm_test_machines_evaluate() {
             VM_NODE,
             &[
                 ("repo", repo.to_str().unwrap()),
-                ("lib", &lib),
-                ("imp", &imp),
+                ("kit", &kit),
                 ("test", test),
             ],
         );
@@ -949,19 +1016,19 @@ fn module_ids_are_u32() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/system");
     for uid in [-1_i64, 4_294_967_296] {
         let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
             "/persist": { "directories": [ { "path": "/var/lib/x", "uid": uid } ] } } } } } });
-        let err = eval_case(&inputs, &dir, &extra, "manifest").expect_err("uid accepted");
+        let err = eval_case(&kit, &dir, &extra, "manifest").expect_err("uid accepted");
         assert!(err.contains("32 bit unsigned integer"), "uid {uid}: {err}");
     }
     let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
         "/persist": { "directories": [ { "path": "/var/lib/x", "uid": 4_294_967_295_u32 } ] } } } } } });
-    let manifest = eval_case(&inputs, &dir, &extra, "manifest").unwrap();
+    let manifest = eval_case(&kit, &dir, &extra, "manifest").unwrap();
     assert!(manifest.to_string().contains("4294967295"));
 }
 
@@ -972,12 +1039,12 @@ fn module_orders_before_preservation_mounts() {
     if !have_nix() {
         return;
     }
-    let Some(inputs) = eval_inputs() else {
+    let Some(kit) = kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/preservation");
     let before = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({}),
         "initrdServices.persist-prep.before",
@@ -997,7 +1064,7 @@ fn module_orders_before_preservation_mounts() {
         assert!(before.contains(&unit), "Before= lacks {unit}: {before:?}");
     }
     let off = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "preservation": { "enable": false } }),
         "{ inherit manifest warnings; }",
@@ -1005,7 +1072,7 @@ fn module_orders_before_preservation_mounts() {
     .unwrap();
     assert_eq!(off["manifest"]["storages"], serde_json::json!([]));
     let off = eval_case(
-        &inputs,
+        &kit,
         &dir,
         &serde_json::json!({ "boot": { "initrd": { "persist-prep": { "fromPreservation": false } } } }),
         "manifest",
@@ -1127,4 +1194,422 @@ srv/carol|root:50 700|root:50 700
 srv/carol/.gnupg|root:50 700|root:50 700
 ";
     assert_eq!(run.stdout, want, "stderr:\n{}", run.stderr);
+}
+
+/// The ids rule: a number goes into the manifest only where the configuration fixes it
+/// (`users.users.<n>.uid`, `users.groups.<n>.gid`, the entry's own ids). A system user without
+/// `uid` gets a dynamic id at activation, whatever `ids.uids` holds for the name (git is 41
+/// there), so it must stay a name for the binary to resolve or defer.
+#[test]
+fn module_bakes_only_ids_the_configuration_fixes() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let extra = serde_json::json!({
+        "users": { "users": { "git": { "isSystemUser": true, "group": "git" } }, "groups": { "git": {} } },
+        "environment": { "persistence": { "/persist": { "directories": [
+            { "directory": "/var/lib/git", "user": "git", "group": "git", "mode": "0750" },
+            { "directory": "/var/lib/gitea", "user": "gitea", "group": "gitea" } ] } } },
+    });
+    let manifest = eval_case(&kit, &dir, &extra, "manifest").unwrap();
+    let dirs = manifest["storages"][0]["directories"].as_array().unwrap();
+    let find = |path: &str| {
+        dirs.iter()
+            .find(|d| d["path"] == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    for path in ["/var/lib/git", "/var/lib/gitea", "/srv/www/static"] {
+        let d = find(path);
+        assert!(
+            d.get("uid").is_none() && d.get("gid").is_none(),
+            "{path}: an id NixOS does not fix was baked in: {d}"
+        );
+    }
+    // Fixed by the configuration: users.users.colord.uid, users.groups.colord.gid, and the
+    // journal's group, whose gid journald.nix sets.
+    assert_eq!(find("/var/lib/colord")["uid"], 997);
+    assert_eq!(find("/var/lib/colord")["gid"], 996);
+    assert_eq!(find("/var/log")["gid"], 62);
+}
+
+/// A unit file's directives, section by section merged: key -> values. List-valued keys are split
+/// into words; booleans are spelled one way.
+fn directives(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    const LISTS: &[&str] = &[
+        "After",
+        "Before",
+        "Wants",
+        "Requires",
+        "WantedBy",
+        "RequiredBy",
+        "Conflicts",
+        "RequiresMountsFor",
+    ];
+    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("key=value");
+        let values = map.entry(key.to_owned()).or_default();
+        if LISTS.contains(&key) {
+            values.extend(value.split_whitespace().map(str::to_owned));
+        } else {
+            values.push(
+                match value {
+                    "true" => "yes",
+                    "false" => "no",
+                    v => v,
+                }
+                .to_owned(),
+            );
+        }
+    }
+    map
+}
+
+/// What a unit must say the same way for dracut and NixOS: everything but the machine's own
+/// parts (the storages' `RequiresMountsFor=` and the bind mounts' `Before=`, which dracut gets from a
+/// drop-in), the environment (log level, PATH) and where the binary and manifest live.
+fn ordering(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut map = directives(text);
+    map.remove("Environment");
+    if let Some(before) = map.get_mut("Before") {
+        before.retain(|u| Path::new(u).extension().is_none_or(|e| e != "mount"));
+    }
+    if let Some(mounts) = map.get_mut("RequiresMountsFor") {
+        mounts.retain(|p| p == "/sysroot");
+    }
+    if let Some(exec) = map.get_mut("ExecStart") {
+        for e in exec.iter_mut() {
+            let (bin, args) = e.split_once(' ').unwrap_or((e.as_str(), ""));
+            let bin = bin.rsplit('/').next().unwrap();
+            *e = format!(
+                "{bin} {}",
+                args.replace(" --manifest /etc/persist-prep/manifest.json", "")
+            );
+        }
+    }
+    map
+}
+
+/// One source for the units: initrd/*.service (what dracut installs) and the texts the kit's
+/// systemd-lib.nix renders from nix/module.nix (what NixOS users run) order and run the same way:
+/// persist-prep, finish, the stage-2 finish, and the stop-the-boot drop-ins.
+#[test]
+fn rendered_units_agree_with_dracut_units() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let emergency = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } });
+    let got = eval_case(&kit, &dir, &emergency, "{ inherit initrdUnits units; }").unwrap();
+    let file = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
+    let rendered = |set: &str, name: &str| {
+        got[set][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} not rendered"))
+            .to_owned()
+    };
+    // The emergency drop-in is part of the rendered persist-prep.service.
+    let mut dracut_prep = file("initrd/persist-prep.service");
+    dracut_prep.push_str(&file(
+        "initrd/stop-boot/persist-prep.service.d/50-stop-boot.conf",
+    ));
+    for (label, dracut, nixos) in [
+        (
+            "persist-prep.service",
+            dracut_prep,
+            rendered("initrdUnits", "persist-prep.service"),
+        ),
+        (
+            "persist-prep-finish.service",
+            file("initrd/persist-prep-finish.service"),
+            rendered("initrdUnits", "persist-prep-finish.service"),
+        ),
+        (
+            "persist-prep-finish-late.service",
+            file("initrd/persist-prep-finish-late.service"),
+            rendered("units", "persist-prep-finish-late.service"),
+        ),
+        (
+            "initrd-cleanup.service drop-in",
+            file("initrd/stop-boot/initrd-cleanup.service.d/50-persist-prep-stop-boot.conf"),
+            rendered("initrdUnits", "initrd-cleanup.service"),
+        ),
+    ] {
+        assert_eq!(
+            ordering(&dracut),
+            ordering(&nixos),
+            "{label}: initrd/ and the NixOS module disagree"
+        );
+    }
+}
+
+const UPSTREAM_UNITS: &str = "/usr/lib/systemd/system";
+
+/// Lays out a rendered initrd unit set the way NixOS's generateUnits does: a drop-in where
+/// systemd ships the unit, else a file, plus the .wants/.requires links of wantedBy/requiredBy.
+fn lay_out_units(set: &Value, dir: &Path) {
+    for (name, unit) in set.as_object().unwrap() {
+        let text = unit["text"].as_str().unwrap();
+        if Path::new(UPSTREAM_UNITS).join(name).exists()
+            && unit["overrideStrategy"] == "asDropinIfExists"
+        {
+            std::fs::create_dir_all(dir.join(format!("{name}.d"))).unwrap();
+            std::fs::write(dir.join(format!("{name}.d/overrides.conf")), text).unwrap();
+        } else {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        for (kind, attr) in [
+            ("wants", "wantedBy"),
+            ("requires", "requiredBy"),
+            ("upholds", "upheldBy"),
+        ] {
+            for target in unit[attr].as_array().unwrap() {
+                let links = dir.join(format!("{}.{kind}", target.as_str().unwrap()));
+                std::fs::create_dir_all(&links).unwrap();
+                std::os::unix::fs::symlink(format!("../{name}"), links.join(name)).unwrap();
+            }
+        }
+    }
+}
+
+/// `systemd-analyze verify` of `units` (one transaction each, in turn; the earlier ones' jobs stay
+/// pending) over the laid-out set and systemd's own units; returns what it says about ordering
+/// cycles and deleted jobs (it exits 0 even then).
+fn ordering_problems(dir: &Path, units: &[&str]) -> Vec<String> {
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units)
+        .env(
+            "SYSTEMD_UNIT_PATH",
+            format!("{}:{UPSTREAM_UNITS}:", dir.display()),
+        )
+        .env("SYSTEMD_LOG_LEVEL", "info")
+        .current_dir(dir)
+        .output()
+        .expect("run systemd-analyze");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("cycle") || l.contains("deleted")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The three transactions an initrd runs: boot (initrd.target), switch-root
+/// (initrd-switch-root.target) and both pending at once (the boot transaction's jobs still
+/// installed when the switch-root one comes: deterministic, unlike one target wanting both, where
+/// systemd resolves the conflicting jobs in a random order before it looks for cycles).
+fn verify_transactions(set: &Value, label: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!(
+        "persist-prep-verify-{}-{label}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    lay_out_units(set, &dir);
+    let mut problems = Vec::new();
+    for units in [
+        &["initrd.target"][..],
+        &["initrd-switch-root.target"],
+        &["initrd.target", "initrd-switch-root.target"],
+    ] {
+        let label = units.join("+");
+        problems.extend(
+            ordering_problems(&dir, units)
+                .into_iter()
+                .map(|l| format!("{label}: {l}")),
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    problems
+}
+
+fn have_systemd_analyze() -> bool {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new(UPSTREAM_UNITS)
+            .join("initrd-switch-root.target")
+            .exists();
+    if !found {
+        common::skip("systemd-analyze and systemd's initrd units (apt-get install systemd)");
+    }
+    found
+}
+
+/// For every case, the initrd units NixOS renders (NixOS's own and persist-prep's) load into the
+/// boot, the switch-root and the combined transaction without an ordering cycle or deleted job;
+/// also with failureAction = "emergency" (its initrd-cleanup drop-in).
+#[test]
+fn rendered_initrd_units_have_no_ordering_cycle() {
+    if !have_nix() || !have_systemd_analyze() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let emergency = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } });
+    let mut runs: Vec<(PathBuf, Value, String)> = case_dirs("cases")
+        .into_iter()
+        .map(|d| {
+            let n = name(&d);
+            (d, serde_json::json!({}), n)
+        })
+        .collect();
+    runs.push((
+        repo().join("tests/nix/cases/system"),
+        emergency,
+        "system-emergency".into(),
+    ));
+    for (dir, extra, label) in runs {
+        let set = eval_case(&kit, &dir, &extra, "initrdUnitSet")
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let problems = verify_transactions(&set, &label);
+        assert!(problems.is_empty(), "{label}: {problems:#?}");
+    }
+}
+
+/// The check above can fail: finish ordered as it was before (WantedBy=initrd.target,
+/// Before=initrd.target initrd-switch-root.target, After=initrd-nixos-activation.service) forms
+/// the cycle NixOS >= 24.11 breaks by deleting a job.
+#[test]
+fn ordering_cycle_check_can_fail() {
+    if !have_nix() || !have_systemd_analyze() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let mut set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    set["persist-prep-finish.service"] = serde_json::json!({
+        "text": "[Unit]\nDefaultDependencies=no\nAfter=persist-prep.service initrd-fs.target initrd-nixos-activation.service\nBefore=initrd.target initrd-cleanup.service initrd-switch-root.target\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        "wantedBy": ["initrd.target"], "requiredBy": [], "upheldBy": [], "overrideStrategy": "asDropinIfExists",
+    });
+    let problems = verify_transactions(&set, "old-finish");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("deleted to break ordering cycle")),
+        "the pre-24.11 ordering was not caught: {problems:#?}"
+    );
+}
+
+/// Who makes the users decides who finishes deferred owners. NixOS's activation in the initrd
+/// (the default): persist-prep-finish in the switch-root transaction, after it. userborn or
+/// systemd-sysusers (and nixos-init, which needs one of them) make them in stage 2: no initrd
+/// finish (it could only fail), persist-prep-finish-late after them, before sysinit.target.
+#[test]
+fn deferred_owners_follow_whoever_makes_the_users() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let select = "{ initrd = builtins.attrNames initrdServices; inherit services assertions; }";
+    let default = eval_case(&kit, &dir, &serde_json::json!({}), select).unwrap();
+    assert_eq!(
+        default["initrd"],
+        serde_json::json!(["persist-prep", "persist-prep-finish"])
+    );
+    for (label, extra) in [
+        (
+            "userborn",
+            serde_json::json!({ "services": { "userborn": { "enable": true } } }),
+        ),
+        (
+            "sysusers",
+            serde_json::json!({ "systemd": { "sysusers": { "enable": true } } }),
+        ),
+        (
+            "nixos-init",
+            serde_json::json!({ "system": { "nixos-init": { "enable": true } }, "services": { "userborn": { "enable": true } } }),
+        ),
+    ] {
+        let got = eval_case(&kit, &dir, &extra, select).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(
+            got["initrd"],
+            serde_json::json!(["persist-prep"]),
+            "{label}"
+        );
+        let late = &got["services"]["persist-prep-finish-late"];
+        for unit in ["systemd-sysusers.service", "userborn.service"] {
+            assert!(
+                late["after"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from(unit)),
+                "{label}: {late}"
+            );
+        }
+        assert!(
+            late["before"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("sysinit.target")),
+            "{label}"
+        );
+        assert_eq!(
+            late["wantedBy"],
+            serde_json::json!(["sysinit.target"]),
+            "{label}"
+        );
+    }
+}
+
+/// The boot tests' stand-in for NixOS's activation (tests/boot/units/fake-nixos-activation) is
+/// ordered exactly as the kit renders initrd-nixos-activation.service, so the boot scenarios test
+/// the NixOS of today: same [Unit] ordering, same `RequiredBy=`.
+#[test]
+fn activation_stand_in_orders_like_nixos() {
+    if !have_nix() {
+        return;
+    }
+    let Some(kit) = kit() else {
+        return;
+    };
+    let dir = repo().join("tests/nix/cases/system");
+    let set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    let nixos = &set["initrd-nixos-activation.service"];
+    let unit_section = |text: &str| -> String {
+        text.lines()
+            .skip_while(|l| l.trim() != "[Unit]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let stand_in = std::fs::read_to_string(
+        repo().join("tests/boot/units/fake-nixos-activation/initrd-nixos-activation.service"),
+    )
+    .unwrap();
+    let mut want = directives(&unit_section(nixos["text"].as_str().unwrap()));
+    let mut have = directives(&unit_section(&stand_in));
+    want.remove("Description");
+    have.remove("Description");
+    assert_eq!(have, want, "the stand-in's [Unit] differs from NixOS's");
+    let required_by: Vec<String> = directives(&stand_in)
+        .remove("RequiredBy")
+        .unwrap_or_default();
+    assert_eq!(
+        serde_json::json!(required_by),
+        nixos["requiredBy"],
+        "RequiredBy="
+    );
 }

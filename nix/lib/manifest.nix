@@ -6,7 +6,7 @@
 #
 # `generate` takes data shaped like an evaluated NixOS configuration (impermanence's
 # `config.environment.persistence`, the Home Manager users' `home.persistence`, preservation's
-# `config.preservation.preserveAt`, `config.fileSystems`, `config.users`, `config.ids`) plus
+# `config.preservation.preserveAt`, `config.fileSystems`, `config.users`) plus
 # persist-prep's own extra storages, and returns
 #   { manifest; problems; storagePaths; mountUnitPaths; }
 # where `manifest` is the version-1 manifest (ready for builtins.toJSON), `problems` lists
@@ -66,16 +66,14 @@ let
     , fileSystems ? { }
     , users ? { }
     , groups ? { }
-    , ids ? { }
     , pathsNeededForBoot ? defaultPathsNeededForBoot
     }:
     let
-      uidOf = name:
-        let u = users.${name}.uid or null; in
-        if u != null then u else ids.uids.${name} or null;
-      gidOf = name:
-        let g = groups.${name}.gid or null; in
-        if g != null then g else ids.gids.${name} or null;
+      # A number only where the configuration fixes it (users.users.<name>.uid,
+      # users.groups.<name>.gid), never from ids.nix: NixOS gives a user without `uid` a dynamic
+      # id at activation, whatever ids.uids says, so baking that number would pick the wrong owner.
+      uidOf = name: users.${name}.uid or null;
+      gidOf = name: groups.${name}.gid or null;
 
       # Owner attributes with the numeric ids the configuration fixes; other names stay names
       # and the binary resolves or defers them.

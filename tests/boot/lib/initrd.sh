@@ -115,7 +115,7 @@ write_cpio() {
     (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$2"
 }
 
-# verify_units ROOT UNIT... : systemd-analyze verify of initrd.target and the given units as they
+# verify_units ROOT UNIT... : systemd-analyze verify of initrd.target, initrd-switch-root.target and the given units as they
 # sit in ROOT (an unpacked initrd). systemd-analyze exits 0 on ordering cycles and unknown keys,
 # so any output at all is a failure. Prints the output; returns non-zero on failure.
 verify_units() {
@@ -130,8 +130,11 @@ Before=initrd-root-fs.target
 What=/dev/vda
 Where=/sysroot
 UNIT
+    # initrd.target, then initrd-switch-root.target with the boot transaction's jobs still
+    # pending (where an ordering cycle between the two transactions shows), then the units.
     out=$(systemd-analyze verify --man=no --root="$root" \
-        "$root/usr/lib/systemd/system/initrd.target" "$@" 2>&1)
+        "$root/usr/lib/systemd/system/initrd.target" \
+        "$root/usr/lib/systemd/system/initrd-switch-root.target" "$@" 2>&1)
     rc=$?
     rm -f "$root/etc/systemd/system/sysroot.mount"
     [[ -z $out ]] || printf '%s\n' "$out"

@@ -85,7 +85,10 @@ run_scenario() (
         images_from="" expect_unchanged_from=""
     fi
     echo "$description" > "$dir/description"
-    prepare
+    prepare > "$dir/prepare.log" 2>&1 || {
+        echo "FAIL prepare: $(tail -n 3 "$dir/prepare.log" | tr '\n' ' ')" > "$dir/verdict"
+        return
+    }
     [[ $manifest == /* ]] || manifest=$BOOT_DIR/manifests/$manifest
 
     # 1. Disk images.
@@ -106,7 +109,11 @@ run_scenario() (
     local stage=$dir/stage group unit spec p
     mkdir -p "$stage/etc/systemd/system" "$stage/etc/persist-prep" "$stage/etc/pp-test" "$stage/usr/lib/pp-test"
     cp "$manifest" "$stage/etc/persist-prep/manifest.json"
-    for group in "${units[@]}"; do cp "$BOOT_DIR/units/$group"/* "$stage/etc/systemd/system/"; done
+    for group in "${units[@]}"; do
+        # A group is a directory under units/, or an absolute one (units a scenario rendered).
+        [[ $group == /* ]] || group=$BOOT_DIR/units/$group
+        cp -r "$group"/* "$stage/etc/systemd/system/"
+    done
     for p in "${binds[@]}"; do
         write_bind_unit "$stage" "$p"
         report_units+=("$(mount_unit_name "$p")")
@@ -117,6 +124,15 @@ run_scenario() (
         cp -a "$BOOT_DIR/${spec%%:*}" "$stage${spec#*:}"
     done
     install -m 0755 "$BOOT_DIR/guest/report" "$stage/usr/lib/pp-test/report"
+    # The report runs in the switch-root transaction (after NixOS's activation and finish), past
+    # the isolate of initrd-switch-root.target, which would stop the boot transaction's services
+    # it reports on; keep their state for it (mounts are never stopped by an isolate).
+    for unit in "${report_units[@]}"; do
+        [[ $unit == *.service ]] || continue
+        mkdir -p "$stage/etc/systemd/system/$unit.d"
+        printf '# Test harness only: keep the state for the report.\n[Unit]\nIgnoreOnIsolate=yes\n' \
+            > "$stage/etc/systemd/system/$unit.d/90-pp-test-report.conf"
+    done
     {
         printf 'PPT_SCENARIO=%q\n' "$name"
         printf 'PPT_UNITS=%q\n' "${report_units[*]}"

@@ -3,7 +3,7 @@
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/state" = { device = "/dev/vda2"; fsType = "ext4"; neededForBoot = true; };
   fileSystems."/var/lib/private" = { device = "/state/var/lib/private"; fsType = "none"; options = [ "bind" ]; neededForBoot = true; };
-  users.users.app.uid = 400;
+  users.users.app = { uid = 400; isSystemUser = true; group = "app"; };
   users.groups.app.gid = 400;
   boot.initrd.persist-prep.storages."/state" = {
     mountPoint = "/state";

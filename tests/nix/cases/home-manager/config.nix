@@ -5,9 +5,6 @@
 {
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/persist" = { device = "/dev/vda2"; fsType = "ext4"; neededForBoot = true; };
-  ids.uids.root = 0;
-  ids.gids.root = 0;
-  ids.gids.users = 100;
   users.users.alice = { isNormalUser = true; uid = 1000; };
   users.users.carol = { isNormalUser = true; home = "/srv/carol"; group = "staff"; };
   users.groups.staff.gid = 50;

@@ -4,7 +4,6 @@
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/persist" = { device = "/dev/vda2"; fsType = "ext4"; neededForBoot = true; };
   fileSystems."/nix" = { device = "/dev/vda3"; fsType = "ext4"; };
-  ids.gids.users = 100;
   users.users.alice = { isNormalUser = true; uid = 1000; };
   environment.persistence."/persist".users.alice.directories = [{ directory = ".ssh"; mode = "0700"; }];
   environment.persistence."/nix/persist".users.alice.directories = [ "Downloads" ];

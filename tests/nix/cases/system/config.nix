@@ -2,11 +2,8 @@
 {
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/persist" = { device = "/dev/vda2"; fsType = "ext4"; neededForBoot = true; };
-  users.users.colord.uid = 997;
+  users.users.colord = { uid = 997; isSystemUser = true; group = "colord"; };
   users.groups.colord.gid = 996;
-  ids.uids.root = 0;
-  ids.gids.root = 0;
-  ids.gids.systemd-journal = 190;
   environment.persistence."/persist" = {
     directories = [
       "/var/lib/nixos"

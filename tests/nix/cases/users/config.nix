@@ -3,9 +3,6 @@
 {
   fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
   fileSystems."/nix" = { device = "/dev/vda2"; fsType = "ext4"; };
-  ids.uids.root = 0;
-  ids.gids.root = 0;
-  ids.gids.users = 100;
   users.users.alice = { isNormalUser = true; uid = 1000; };
   users.users.bob = { isNormalUser = true; home = "/srv/home/bob"; };
   environment.persistence."/nix/persist" = {
