@@ -733,7 +733,7 @@ fn module_microvm_prune_service() {
     let dir = repo().join("tests/nix/cases/system");
     let extra = serde_json::json!({
         "services": { "persist-prep": { "microvm-prune": { "enable": true, "extraArgs": ["--stop"] } } },
-        "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web"], "stateDir": "/srv/microvms" },
+        "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web", "ci"], "stateDir": "/srv/microvms" },
     });
     let got = eval_case(&kit, &dir, &extra, "{ inherit services etc assertions; }").unwrap();
     let unit = &got["services"]["persist-prep-microvm-prune"];
@@ -746,12 +746,15 @@ fn module_microvm_prune_service() {
     assert_eq!(unit["wantedBy"], serde_json::json!(["multi-user.target"]));
     assert!(!unit["restartTriggers"].as_array().unwrap().is_empty());
     assert_eq!(got["assertions"], serde_json::json!([]));
-    // The host manifest the service reads: declared VMs and which autostart.
+    // The host manifest the service reads: declared VMs, which autostart, and the whole
+    // `microvm.autostart` list, which may name VMs that `microvm.vms` does not (`ci`, installed
+    // with `microvm -c`): the pruner must keep those too.
     let manifest = eval_case(&kit, &dir, &extra, "hostManifest");
     assert_eq!(
         manifest.unwrap(),
         serde_json::json!({ "version": 1, "stateDir": "/srv/microvms", "vms": [
-            { "name": "db", "autostart": false }, { "name": "web", "autostart": true } ] })
+            { "name": "db", "autostart": false }, { "name": "web", "autostart": true } ],
+            "autostart": ["web", "ci"] })
     );
     // microvm.nix's default state directory when the configuration leaves it alone.
     let extra = serde_json::json!({
