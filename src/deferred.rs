@@ -29,7 +29,7 @@ use crate::Options;
 use crate::escape;
 use crate::exit::Exit;
 use crate::fs;
-use crate::manifest::Owner;
+use crate::manifest::{Attrs, Owner};
 use crate::mode;
 use crate::owner::{Db, Resolver};
 use crate::report;
@@ -56,6 +56,40 @@ impl Mark {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// Why a directory that carries persist-prep's owner mark gets no owner from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkDrift {
+    /// It is not declared as an entry now: a parent, or an entry since removed.
+    NotAnEntry,
+    /// Its owner or mode is no longer what persist-prep left.
+    Changed,
+    /// Its entry is declared otherwise now than when it was made.
+    Redeclared,
+}
+
+/// The one rule for a deferred owner, for `apply` and `finish` alike: the manifest decides, and
+/// the mark only proves that persist-prep made the directory. An owner goes only to a directory
+/// that is declared now as an entry (`declared`), is still exactly as persist-prep left it
+/// (root, or the half of the owner it knew, and the declared mode), and whose mark holds the
+/// declaration it has now. Anything else is drift: reported and left alone.
+pub fn may_give(mark: &Mark, meta: fs::Meta, declared: Option<&Attrs>) -> Result<(), MarkDrift> {
+    let declared = declared.ok_or(MarkDrift::NotAnEntry)?;
+    let left = (mark.uid.unwrap_or(0), mark.gid.unwrap_or(0), mark.mode);
+    if (meta.uid, meta.gid, meta.mode) != left || !meta.is_dir {
+        return Err(MarkDrift::Changed);
+    }
+    let same = |name: &str, id: Option<u32>, owner: &Owner| {
+        name == owner.name && owner.id.is_none_or(|declared| id == Some(declared))
+    };
+    if mark.mode != declared.mode
+        || !same(&mark.user, mark.uid, &declared.user)
+        || !same(&mark.group, mark.gid, &declared.group)
+    {
+        return Err(MarkDrift::Redeclared);
+    }
+    Ok(())
 }
 
 /// The owner mark of an open directory, if it carries a valid one.
@@ -96,6 +130,21 @@ impl Pending {
     pub fn same_directory(&self, meta: fs::Meta, birth: Option<u128>) -> bool {
         (meta.dev, meta.ino) == (self.dev, self.ino)
             && (self.birth.is_none() || birth == self.birth)
+    }
+
+    /// The declaration it was recorded with, which the run that recorded it had.
+    pub fn declared(&self) -> Attrs {
+        Attrs {
+            user: Owner {
+                name: self.user.clone(),
+                id: self.uid,
+            },
+            group: Owner {
+                name: self.group.clone(),
+                id: self.gid,
+            },
+            mode: self.mode,
+        }
     }
 
     pub fn mark(&self) -> Mark {
@@ -385,20 +434,22 @@ fn finish_one(
             "it is covered by its bind mount now, which shows the source; nothing to do".into(),
         );
     }
-    let ours = if p.marked {
-        read_mark(&fd).as_ref() == Some(&p.mark())
+    let mark = if p.marked {
+        read_mark(&fd).filter(|m| *m == p.mark())
     } else {
-        p.same_directory(meta, fs::birth(&fd))
+        p.same_directory(meta, fs::birth(&fd)).then(|| p.mark())
     };
-    if !ours {
+    let Some(mark) = mark else {
         return Outcome::Dropped(
             "it is not the directory persist-prep created (it lacks persist-prep's mark, or another one stands there now), so it is left alone".into(),
         );
-    }
-    if meta.uid != p.uid.unwrap_or(0) || meta.gid != p.gid.unwrap_or(0) {
+    };
+    if may_give(&mark, meta, Some(&p.declared())).is_err() {
         return Outcome::Dropped(format!(
-            "its owner was changed to {}:{} since persist-prep created it, so it is left alone",
-            meta.uid, meta.gid
+            "its owner or mode was changed to {}:{} {} since persist-prep created it, so it is left alone",
+            meta.uid,
+            meta.gid,
+            mode::display(meta.mode)
         ));
     }
     match give_owner(&fd, uid, gid, p.mode) {

@@ -73,6 +73,9 @@ fn an_owner_that_resolves_in_the_initrd_of_a_later_boot_is_given_by_apply() {
     run.assert_code(0);
     let doc = run.json();
     assert_eq!(doc["entries"][0]["state"], "finished", "{doc}");
+    // Giving an owner is its own outcome, not a creation.
+    assert_eq!(doc["summary"]["ownersGiven"], 1, "{doc}");
+    assert!(run.stderr.contains("owners given"), "{}", run.stderr);
     assert_eq!(
         doc["entries"][0]["actions"][0]["action"], "give-owner",
         "{doc}"
@@ -200,4 +203,117 @@ fn two_runs_at_once_keep_both_records() {
         );
         assert!(exists(s.root().join("persist/a/d39")) && exists(s.root().join("persist/b/d39")));
     }
+}
+
+fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn id_maps(s: &Scratch) {
+    let nixos = s.root().join("persist/var/lib/nixos");
+    std::fs::create_dir_all(&nixos).unwrap();
+    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
+    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
+}
+
+#[test]
+fn an_admins_change_to_a_deferred_directory_is_kept_by_the_next_boot() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("admin-change");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    // The admin hands it over by hand before the user exists; finish must not undo that.
+    std::os::unix::fs::chown(&source, Some(4005), Some(4005)).unwrap();
+    reboot(&s);
+    id_maps(&s);
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(0);
+    assert_eq!(stat(&source), (0o750, 4005, 4005), "{}", run.stderr);
+    assert_eq!(run.json()["entries"][0]["state"], "drift", "{}", run.stdout);
+    add_svc_user(&s);
+    s.run(&["finish"]);
+    assert_eq!(stat(&source), (0o750, 4005, 4005));
+}
+
+#[test]
+fn a_declaration_changed_after_a_boot_cut_short_decides_the_owner() {
+    if !require_root() {
+        return;
+    }
+    let changed = [
+        r#"{"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}"#,
+        r#"{"path":"/var/lib/svc","user":"svc","group":"svc","uid":1500,"gid":1500,"mode":"0750"}"#,
+    ];
+    for (i, entry) in changed.iter().enumerate() {
+        let s = Scratch::new(&format!("changed-{i}"));
+        s.manifest(SVC);
+        s.run(&["apply"]).assert_code(0);
+        reboot(&s);
+        id_maps(&s);
+        s.manifest(&format!(
+            r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{entry}]}}]}}"#
+        ));
+        let source = s.root().join("persist/var/lib/svc");
+        let run = s.run(&["apply", "--json"]);
+        run.assert_code(0);
+        assert_eq!(stat(&source), (0o750, 0, 0), "{i}: {}", run.stderr);
+        assert_eq!(
+            run.json()["entries"][0]["state"],
+            "drift",
+            "{i}: {}",
+            run.stdout
+        );
+        add_svc_user(&s);
+        s.run(&["finish"]);
+        assert_eq!(
+            stat(&source),
+            (0o750, 0, 0),
+            "{i}: finish gave the old owner"
+        );
+    }
+}
+
+#[test]
+fn a_mark_restored_onto_a_parent_hands_over_nothing() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("restored-parent");
+    s.manifest(SVC);
+    add_svc_user(&s);
+    let parent = s.root().join("persist/var/lib");
+    std::fs::create_dir_all(&parent).unwrap();
+    // As `cp -a` or `rsync -X` of a backup brings it, onto a parent that is no entry.
+    let mark = br#"{"user":"svc","group":"svc","uid":null,"gid":null,"mode":493}"#;
+    set_xattr(&parent, "trusted.persist-prep.owner", mark);
+    set_xattr(
+        &s.root().join("persist"),
+        "trusted.persist-prep.pending",
+        b"1",
+    );
+    let run = s.run(&["apply"]);
+    run.assert_code(0);
+    assert_eq!(stat(&parent), (0o755, 0, 0), "{}", run.stderr);
+    assert!(run.stderr.contains("mark"), "{}", run.stderr);
+    assert_eq!(stat(parent.join("svc")), (0o750, 4001, 4001));
+    s.run(&["finish"]).assert_code(0);
+    assert_eq!(stat(&parent), (0o755, 0, 0));
+}
+
+#[test]
+fn finish_leaves_alone_a_deferred_directory_whose_mode_an_admin_changed() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("admin-chmod");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    add_svc_user(&s);
+    let run = s.run(&["finish"]);
+    assert_eq!(stat(&source), (0o700, 0, 0), "{}", run.stderr);
 }

@@ -730,20 +730,18 @@ fn mark_of(dir: &Dir) -> Mark {
     }
 }
 
-/// Gives a marked directory its owner, after checking that it still carries that mark.
+/// Gives a marked directory its owner, after checking once more, on the handle it changes,
+/// that the one rule for deferred owners still lets it have it.
 fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Result<(), Problem> {
     let fd = fs::open_child(parent, name).map_err(|errno| open_problem(shown, errno))?;
-    let expected = Mark {
-        uid: None,
-        gid: None,
-        ..mark_of(dir)
-    };
-    let found = deferred::read_mark(&fd).map(|m| Mark {
-        uid: None,
-        gid: None,
-        ..m
-    });
-    if found.as_ref() != Some(&expected) {
+    let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
+        action: "stat",
+        path: shown.to_owned(),
+        errno,
+    })?;
+    let ours = deferred::read_mark(&fd)
+        .is_some_and(|mark| deferred::may_give(&mark, meta, dir.own.then_some(&dir.attrs)).is_ok());
+    if !ours {
         return Err(Problem::Replaced {
             path: shown.to_owned(),
         });

@@ -197,8 +197,19 @@ fn save_pending(
         .iter()
         .flat_map(|s| &s.entries)
         .any(|e| e.state == plan::EntryState::Finished);
-    if made.is_empty() && found.is_empty() && plan.deep_sides.is_empty() && !gave {
+    if made.is_empty()
+        && found.is_empty()
+        && plan.deep_sides.is_empty()
+        && plan.marks_left.is_empty()
+        && !gave
+    {
         return true;
+    }
+    // A marked directory the manifest no longer lets have its owner waits for nothing.
+    for left in &plan.marks_left {
+        record
+            .pending
+            .retain(|p| !(p.storage == left.storage && p.path == left.path));
     }
     // Directories this run gave their owner need no finishing any more.
     for s in &plan.storages {
@@ -246,6 +257,9 @@ fn report(
         for e in &s.entries {
             output::log_entry(run, e, &s.storage.path, shown);
         }
+    }
+    for left in &plan.marks_left {
+        output::log_mark_left(run, left);
     }
     let counts = Counts::of(run, plan);
     let elapsed = report::Elapsed::since(start);

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::Intent;
 use super::plan::{
-    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Plan, Problem, Skip, StoragePlan,
-    StorageState,
+    Action, ActionKind, EntryPlan, EntryState, EntryStateName, MarkLeft, Plan, Problem, Skip,
+    StoragePlan, StorageState,
 };
+use crate::deferred::{self, MarkDrift};
 use crate::escape;
 use crate::fs::Meta;
 use crate::manifest::Attrs;
@@ -153,12 +154,15 @@ pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
     let what = e.entry.describe();
     match &e.state {
         EntryState::Present => log::debug!("{what}: present"),
-        EntryState::Created | EntryState::Finished => {
+        EntryState::Created => {
             log::info!(
                 "{what}: created {}",
                 made_summary(&e.actions, storage, root)
             );
             log::debug!("{what}: made {}", action_list(&e.actions, storage, root));
+        }
+        EntryState::Finished => {
+            log::info!("{what}: gave {}", action_list(&e.actions, storage, root));
         }
         EntryState::Missing if run == Intent::DryRun => {
             log::info!(
@@ -215,10 +219,33 @@ fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
     );
 }
 
+/// A directory that carries persist-prep's owner mark but gets no owner from it.
+pub fn log_mark_left(run: Intent, left: &MarkLeft) {
+    let why = match left.why {
+        MarkDrift::NotAnEntry => {
+            "it is not declared as an entry (persist-prep gives an owner only to an entry's own directory, never to a parent)"
+        }
+        MarkDrift::Changed => "its owner or mode changed since persist-prep made it",
+        MarkDrift::Redeclared => "its entry is declared with another owner or mode now",
+    };
+    let line = format!(
+        "{} carries persist-prep's owner mark, but {why}; it gets no owner and is left alone (the mark stays, and gives nothing). Fix: if it is right as it is, remove the mark (setfattr -x {} <dir>); otherwise chown/chmod it by hand",
+        escape::text(&left.shown),
+        deferred::OWNER_MARK
+    );
+    if run == Intent::Check {
+        log::info!("{line}");
+    } else {
+        log::warn!("{line}");
+    }
+}
+
 #[derive(Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub created: usize,
+    /// Directories made with a deferred owner that got it now.
+    pub owners_given: usize,
     pub would_create: usize,
     pub present: usize,
     pub missing: usize,
@@ -248,7 +275,8 @@ impl Counts {
             for e in &s.entries {
                 match &e.state {
                     EntryState::Present => c.present += 1,
-                    EntryState::Created | EntryState::Finished => c.created += 1,
+                    EntryState::Created => c.created += 1,
+                    EntryState::Finished => c.owners_given += 1,
                     EntryState::Missing if run == Intent::DryRun => c.would_create += 1,
                     EntryState::Missing => c.missing += 1,
                     EntryState::Drift { .. } => c.drift += 1,
@@ -296,13 +324,14 @@ impl Counts {
                 self.skipped
             ),
             Intent::Apply => format!(
-                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms",
+                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped, {} owners given in {elapsed} ms",
                 self.created,
                 self.present + self.owner_unresolvable,
                 self.drift,
                 self.deferred,
                 self.failed,
-                self.skipped
+                self.skipped,
+                self.owners_given
             ),
         };
         if self.failed + self.skipped > 0 {

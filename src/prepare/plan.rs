@@ -229,6 +229,18 @@ pub struct Plan<'m> {
     /// Sides (a storage, or `None` for the root) whose pending mark made the planner look
     /// everywhere; the mark goes once nothing there waits any more.
     pub deep_sides: Vec<Option<String>>,
+    /// Directories that carry persist-prep's owner mark but get no owner from it.
+    pub marks_left: Vec<MarkLeft>,
+}
+
+/// A marked directory left alone: drift, which the report names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkLeft {
+    /// As in `Pending`: the storage, or `None` on the root side.
+    pub storage: Option<String>,
+    pub path: String,
+    pub shown: String,
+    pub why: deferred::MarkDrift,
 }
 
 /// One directory a walk opened, kept for the next entry, which usually shares it.
@@ -257,6 +269,7 @@ pub struct Planner<'a> {
     deep: [bool; 2],
     pending: Vec<Pending>,
     deep_sides: Vec<Option<String>>,
+    marks_left: Vec<MarkLeft>,
 }
 
 fn index(side: Side) -> usize {
@@ -291,6 +304,7 @@ impl<'a> Planner<'a> {
             deep: [false, deep_marked(root)],
             pending: Vec::new(),
             deep_sides: Vec::new(),
+            marks_left: Vec::new(),
         }
     }
 
@@ -303,6 +317,7 @@ impl<'a> Planner<'a> {
             storages,
             pending: std::mem::take(&mut self.pending),
             deep_sides: std::mem::take(&mut self.deep_sides),
+            marks_left: std::mem::take(&mut self.marks_left),
         };
         (plan, self.resolver)
     }
@@ -720,7 +735,7 @@ impl<'a> Planner<'a> {
         if plan.state == EntryState::Deferred {
             return Ok(meta);
         }
-        if self.recorded(storage, &entry.path, &fd, meta) {
+        if self.recorded(storage, entry, &fd, meta) {
             plan.state = EntryState::Deferred;
             return Ok(meta);
         }
@@ -744,17 +759,20 @@ impl<'a> Planner<'a> {
         Ok(meta)
     }
 
-    /// True when this run's record (file systems without marks) lists the very directory.
-    fn recorded(&self, storage: &Storage, path: &str, fd: &OwnedFd, meta: Meta) -> bool {
+    /// True when this run's record (file systems without marks) lists the very directory,
+    /// which the one rule for deferred owners still lets have its owner.
+    fn recorded(&self, storage: &Storage, entry: &Entry, fd: &OwnedFd, meta: Meta) -> bool {
         self.record.pending.iter().any(|p| {
             p.storage.as_deref() == Some(storage.path.as_str())
-                && p.path == path
+                && p.path == entry.path
                 && p.same_directory(meta, fs::birth(fd))
+                && deferred::may_give(&p.mark(), meta, entry.attrs.as_ref()).is_ok()
         })
     }
 
     /// Looks for the mark of a deferred owner on an existing directory. A marked directory
-    /// gets its owner planned when the name resolves now, else it is recorded for `finish`.
+    /// that `deferred::may_give` lets have its owner gets it planned when the name resolves
+    /// now, else it is recorded for `finish`; any other marked one is noted and left alone.
     fn look_for_mark(
         &mut self,
         storage: &Storage,
@@ -768,17 +786,17 @@ impl<'a> Planner<'a> {
         let Some(mark) = deferred::read_mark(fd) else {
             return false;
         };
-        let attrs = Attrs {
-            user: Owner {
-                name: mark.user.clone(),
-                id: mark.uid,
-            },
-            group: Owner {
-                name: mark.group.clone(),
-                id: mark.gid,
-            },
-            mode: mark.mode,
-        };
+        let own = entry.kind == Kind::Directory && path == entry.path;
+        if !own && storage.entries.iter().any(|e| e.path == path) {
+            // Another entry's own directory: that entry's walk judges it.
+            return false;
+        }
+        let declared = if own { entry.attrs.as_ref() } else { None };
+        if let Err(why) = deferred::may_give(&mark, meta, declared) {
+            self.note_mark(storage, side, path, meta, declared, why);
+            return false;
+        }
+        let attrs = declared.cloned().unwrap_or_else(Attrs::root_0755);
         let uid = self.resolver.resolve(&attrs.user, Db::User);
         let gid = self.resolver.resolve(&attrs.group, Db::Group);
         plan.state = EntryState::Deferred;
@@ -788,7 +806,7 @@ impl<'a> Planner<'a> {
             attrs,
             uid,
             gid,
-            own: entry.kind == Kind::Directory && path == entry.path,
+            own,
         };
         if dir.deferred() {
             self.pending
@@ -800,6 +818,32 @@ impl<'a> Planner<'a> {
             });
         }
         true
+    }
+
+    /// Notes a marked directory that gets no owner, unless it has its declared one already
+    /// (a run cut short after giving it, before dropping the mark).
+    fn note_mark(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        path: &str,
+        meta: Meta,
+        declared: Option<&Attrs>,
+        why: deferred::MarkDrift,
+    ) {
+        if let Some(attrs) = declared {
+            let uid = self.resolver.resolve(&attrs.user, Db::User);
+            let gid = self.resolver.resolve(&attrs.group, Db::Group);
+            if (Some(meta.uid), Some(meta.gid), meta.mode) == (uid, gid, attrs.mode) {
+                return;
+            }
+        }
+        self.marks_left.push(MarkLeft {
+            storage: (side == Side::Storage).then(|| storage.path.clone()),
+            path: path.to_owned(),
+            shown: self.shown(&storage.path, side, path),
+            why,
+        });
     }
 }
 
