@@ -25,13 +25,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, renameat, unlinkat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::Options;
 use crate::escape;
-use crate::exit::Exit;
 use crate::fs;
 use crate::manifest::{Attrs, Owner};
-use crate::mode;
-use crate::owner::{Db, Resolver};
 use crate::report;
 
 const FILE: &str = "deferred.json";
@@ -156,15 +152,6 @@ impl Pending {
             mode: self.mode,
         }
     }
-
-    /// Where it is, as a person would find it under the root.
-    pub fn display(&self, root: &str) -> String {
-        format!(
-            "{root}{}{}",
-            self.storage.as_deref().unwrap_or(""),
-            self.path
-        )
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -275,193 +262,6 @@ pub fn merge(record: &mut Record, new: Vec<Pending>) {
     }
 }
 
-/// What became of one pending directory.
-enum Outcome {
-    Done(u32, u32),
-    StillPending(String),
-    /// Nothing left to do: it is gone, or a bind mount now covers it (a root-side mount point).
-    Moot(String),
-    /// Changed hands since it was made; left alone, and worth a warning.
-    Dropped(String),
-    Failed(String),
-}
-
-/// `persist-prep finish`: give recorded directories their owners now that names resolve.
-pub fn finish(options: &Options) -> Exit {
-    let start = std::time::Instant::now();
-    let root_display = crate::prepare::root_display(&options.root);
-    let Some(root) = crate::prepare::open_root(&options.root, "finish", options.json) else {
-        return Exit::Failed;
-    };
-    let Some(_lock) = crate::prepare::lock_root(root.as_fd(), &root_display, true) else {
-        return Exit::Failed;
-    };
-    let mut record = match load(&options.state_dir) {
-        Ok(record) => record,
-        Err(message) => {
-            log::error!("{message}");
-            return Exit::Failed;
-        }
-    };
-    let sides: Vec<Option<String>> = record.pending.iter().map(|p| p.storage.clone()).collect();
-    let mut resolver = Resolver::new(root.as_fd());
-    for storage in record.pending.iter().filter_map(|p| p.storage.as_deref()) {
-        resolver.add_storage(storage);
-    }
-    let (mut done, mut pending, mut failed, mut results) = (0, 0, 0, Vec::new());
-    let mut keep = Vec::new();
-    for p in std::mem::take(&mut record.pending) {
-        let place = p.display(&root_display);
-        let outcome = finish_one(root.as_fd(), &mut resolver, &p);
-        let (state, message) = match &outcome {
-            Outcome::Done(uid, gid) => {
-                done += 1;
-                log::info!(
-                    "gave {place} its owner {}:{} ({uid}:{gid}) and mode {} for {}",
-                    p.user,
-                    p.group,
-                    mode::display(p.mode),
-                    p.entry
-                );
-                ("done", String::new())
-            }
-            Outcome::StillPending(why) => {
-                pending += 1;
-                log::warn!("{place} for {}: {why}", p.entry);
-                keep.push(p.clone());
-                ("pending", why.clone())
-            }
-            Outcome::Moot(why) => {
-                log::info!("{place} for {}: {why}", p.entry);
-                ("nothing-to-do", why.clone())
-            }
-            Outcome::Dropped(why) => {
-                log::warn!("{place} for {}: {why}", p.entry);
-                ("left-alone", why.clone())
-            }
-            Outcome::Failed(why) => {
-                failed += 1;
-                log::error!("{place} for {}: {why}", p.entry);
-                keep.push(p.clone());
-                ("failed", why.clone())
-            }
-        };
-        results.push(serde_json::json!({
-            "path": place, "entry": p.entry, "user": p.user, "group": p.group,
-            "state": state, "message": message,
-        }));
-    }
-    record.pending = keep;
-    settle_sides(root.as_fd(), &sides, &record);
-    let mut exit = if pending + failed > 0 {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    };
-    if let Err(message) = save(&options.state_dir, &record) {
-        log::error!("{message}");
-        exit = Exit::Failed;
-    }
-    let elapsed = report::Elapsed::since(start);
-    let summary = format!(
-        "persist-prep: finish: {done} given their owner, {pending} still pending, {failed} failed in {elapsed} ms"
-    );
-    if exit == Exit::Ok {
-        log::info!("{summary}");
-    } else {
-        log::warn!("{summary}");
-    }
-    if options.json {
-        report::print_json(&serde_json::json!({
-            "version": 1, "command": "finish", "results": results,
-            "summary": {"done": done, "pending": pending, "failed": failed, "elapsedMs": elapsed.millis()},
-        }));
-    }
-    exit
-}
-
-fn finish_one(
-    root: std::os::fd::BorrowedFd<'_>,
-    resolver: &mut Resolver<'_>,
-    p: &Pending,
-) -> Outcome {
-    let user = Owner {
-        name: p.user.clone(),
-        id: p.uid,
-    };
-    let group = Owner {
-        name: p.group.clone(),
-        id: p.gid,
-    };
-    let (uid, gid) = (
-        resolver.resolve(&user, Db::User),
-        resolver.resolve(&group, Db::Group),
-    );
-    let (Some(uid), Some(gid)) = (uid, gid) else {
-        let missing = if uid.is_none() {
-            format!("user {:?}", p.user)
-        } else {
-            format!("group {:?}", p.group)
-        };
-        return Outcome::StillPending(format!(
-            "{missing} still cannot be resolved (not in etc/passwd, etc/group or var/lib/nixos/uid-map/gid-map); it stays root-owned. Fix: declare the {missing} (users.users / users.groups), or give its numeric id in the manifest"
-        ));
-    };
-    let fd = match open_recorded(root, p) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => {
-            return Outcome::Moot("it no longer exists; nothing to do".into());
-        }
-        Err(errno) => {
-            return Outcome::Failed(format!(
-                "cannot open it: {}; fix: {}",
-                report::errno_words(errno),
-                report::errno_fix(errno)
-            ));
-        }
-    };
-    let meta = match fs::meta(&fd) {
-        Ok(meta) => meta,
-        Err(errno) => {
-            return Outcome::Failed(format!("cannot stat it: {}", report::errno_words(errno)));
-        }
-    };
-    if (meta.uid, meta.gid, meta.mode) == (uid, gid, p.mode) {
-        return Outcome::Moot("it has its owner already; nothing to do".into());
-    }
-    if p.storage.is_none() && fs::is_mount_point(&fd).unwrap_or(false) {
-        return Outcome::Moot(
-            "it is covered by its bind mount now, which shows the source; nothing to do".into(),
-        );
-    }
-    let mark = if p.marked {
-        read_mark(&fd).filter(|m| *m == p.mark())
-    } else {
-        p.same_directory(meta, fs::birth(&fd)).then(|| p.mark())
-    };
-    let Some(mark) = mark else {
-        return Outcome::Dropped(
-            "it is not the directory persist-prep created (it lacks persist-prep's mark, or another one stands there now), so it is left alone".into(),
-        );
-    };
-    if may_give(&mark, meta, Some(&p.declared())).is_err() {
-        return Outcome::Dropped(format!(
-            "its owner or mode was changed to {}:{} {} since persist-prep created it, so it is left alone",
-            meta.uid,
-            meta.gid,
-            mode::display(meta.mode)
-        ));
-    }
-    match give_owner(&fd, uid, gid, p.mode) {
-        Ok(()) => Outcome::Done(uid, gid),
-        Err(errno) => Outcome::Failed(format!(
-            "cannot give it its owner: {}; fix: {}",
-            report::errno_words(errno),
-            report::errno_fix(errno)
-        )),
-    }
-}
-
 /// Gives a directory its deferred owner, then its mode (chown clears set-id bits), then drops
 /// the mark. A cut in between leaves a mark on a finished directory, which is harmless.
 pub fn give_owner(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), rustix::io::Errno> {
@@ -491,18 +291,4 @@ pub fn settle_sides(root: std::os::fd::BorrowedFd<'_>, done: &[Option<String>], 
             }
         }
     }
-}
-
-/// Opens a recorded directory with the same rules `apply` used to create it.
-fn open_recorded(
-    root: std::os::fd::BorrowedFd<'_>,
-    p: &Pending,
-) -> Result<OwnedFd, rustix::io::Errno> {
-    let base = match &p.storage {
-        Some(storage) => fs::open_in_root(root, storage)?,
-        None => fs::open_beneath(root, "/")?,
-    };
-    let (parent, name) = p.path.rsplit_once('/').unwrap_or(("", &p.path));
-    let parent = fs::open_beneath(&base, parent)?;
-    fs::open_child(&parent, name)
 }

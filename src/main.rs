@@ -3,23 +3,15 @@
 //!
 //! `main` only parses arguments and maps outcomes to exit codes; the work lives in the modules.
 
-mod deferred;
-mod escape;
-mod exit;
-mod fs;
-mod manifest;
-#[cfg(feature = "microvm")]
-mod microvm;
-mod mode;
-mod owner;
-mod prepare;
-mod report;
-
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use exit::Exit;
+use persist_prep::Options;
+use persist_prep::commands;
+use persist_prep::escape;
+use persist_prep::exit::Exit;
+use persist_prep::report;
 
 const USAGE: &str = "\
 usage: persist-prep apply    [--manifest PATH] [--root DIR] [--state-dir DIR] [--dry-run] [--json]
@@ -42,15 +34,6 @@ log level: RUST_LOG=error|warn|info|debug|trace or env_logger filters (module=le
 
 const DEFAULT_MANIFEST: &str = "/etc/persist-prep/manifest.json";
 const DEFAULT_STATE_DIR: &str = "/run/persist-prep";
-
-/// What a subcommand was asked to do, after argument parsing.
-pub struct Options {
-    pub manifest: PathBuf,
-    pub root: PathBuf,
-    pub state_dir: PathBuf,
-    pub dry_run: bool,
-    pub json: bool,
-}
 
 fn default_root() -> PathBuf {
     if std::path::Path::new("/etc/initrd-release").exists() {
@@ -192,10 +175,10 @@ fn run(mut parser: lexopt::Parser) -> Exit {
     };
     report::init_logging();
     match command.to_str() {
-        Some("apply") => prepare::apply(&options),
-        Some("check") => prepare::check(&options),
-        Some("finish") => deferred::finish(&options),
-        _ => manifest::validate_command(&options),
+        Some("apply") => commands::apply::apply(&options),
+        Some("check") => commands::apply::check(&options),
+        Some("finish") => commands::finish::run(&options),
+        _ => commands::validate::run(&options),
     }
 }
 
@@ -203,7 +186,7 @@ fn run(mut parser: lexopt::Parser) -> Exit {
 #[cfg(feature = "microvm")]
 fn microvm_main(args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
     report::init_logging();
-    microvm::main(args)
+    persist_prep::microvm::main(args)
 }
 
 /// The initrd build leaves host mode out; say so instead of calling it an unknown command.

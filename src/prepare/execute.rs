@@ -17,6 +17,7 @@ use crate::deferred::{self, Mark, Pending};
 use crate::escape;
 use crate::fs;
 use crate::manifest::{Entry, Storage};
+use crate::root::Root;
 
 /// One directory the executor opened or made, for the entries after it.
 struct Link {
@@ -54,7 +55,7 @@ struct Traits {
 
 pub struct Executor<'a> {
     root: BorrowedFd<'a>,
-    root_display: String,
+    tree: &'a Root,
     euid: u32,
     egid: u32,
     chains: [Vec<Link>; 2],
@@ -86,12 +87,12 @@ pub fn temp_name(name: &str) -> String {
 }
 
 impl<'a> Executor<'a> {
-    pub fn new(root: BorrowedFd<'a>, root_display: String) -> Self {
+    pub fn new(tree: &'a Root) -> Self {
         // Modes are given exactly; mkdir must not have bits masked off behind our back.
         rustix::process::umask(rustix::fs::Mode::empty());
         Executor {
-            root,
-            root_display,
+            root: tree.fd(),
+            tree,
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             chains: [Vec::new(), Vec::new()],
@@ -118,7 +119,7 @@ impl<'a> Executor<'a> {
                     .map(|fd| existing("/", fd))
                     .map_err(|errno| Problem::Errno {
                         action: "open",
-                        path: format!("{}{}", self.root_display, storage.path),
+                        path: self.tree.path(Some(&storage.path), ""),
                         errno,
                     }),
                 StorageState::Missing => self.make_storage(s.create.as_ref(), storage, &mut stage),
@@ -165,7 +166,7 @@ impl<'a> Executor<'a> {
     /// Places a storage directory made as a stage, with everything made below it.
     fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
         self.bases[0] = None;
-        let shown = format!("{}{}", self.root_display, stage.path);
+        let shown = self.tree.path(None, &stage.path);
         match fs::place(&stage.parent, &stage.tmp, &stage.leaf) {
             Ok(()) => {
                 log::info!(
@@ -200,8 +201,8 @@ impl<'a> Executor<'a> {
             path: storage.path.clone(),
             errno: Errno::INVAL,
         })?;
-        let display = self.root_display.clone();
-        let shown = |path: &str| format!("{display}{path}");
+        let tree = self.tree;
+        let shown = |path: &str| tree.path(None, path);
         let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Errno {
             action: "open",
             path: shown(&create.base),
@@ -269,8 +270,8 @@ impl<'a> Executor<'a> {
         for action in actions {
             let dir = &action.dir;
             let shown = match dir.side {
-                Side::Storage => format!("{}{}{}", self.root_display, storage.path, dir.path),
-                Side::Root => format!("{}{}", self.root_display, dir.path),
+                Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
+                Side::Root => self.tree.path(None, &dir.path),
             };
             let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
             let parent_path = if parent_path.is_empty() {
@@ -585,8 +586,8 @@ impl<'a> Executor<'a> {
 
     fn shown_on(&self, side: Side, path: &str) -> String {
         match side {
-            Side::Storage => format!("{}{}{path}", self.root_display, self.storage_path),
-            Side::Root => format!("{}{path}", self.root_display),
+            Side::Storage => self.tree.path(Some(&self.storage_path), path),
+            Side::Root => self.tree.path(None, path),
         }
     }
 

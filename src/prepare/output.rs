@@ -150,7 +150,29 @@ fn action_list(actions: &[Action], storage: &str, root: &str) -> String {
 }
 
 /// Logs one entry the way its state deserves.
-pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
+/// Logs every storage and entry that has something to say.
+pub fn log_plan(run: Intent, plan: &Plan<'_>, shown: &str) {
+    for s in &plan.storages {
+        if let Some(message) = storage_message(s, shown) {
+            match (&s.state, run) {
+                (StorageState::Missing, Intent::DryRun) => log::info!(
+                    "would create storage directory {shown}{} (root:root 0755)",
+                    escape::text(&s.storage.path)
+                ),
+                (StorageState::Missing, _) | (_, Intent::Check) => log::debug!("{message}"),
+                _ => log::error!("{message}"),
+            }
+        }
+        for e in &s.entries {
+            log_entry(run, e, &s.storage.path, shown);
+        }
+    }
+    for left in &plan.marks_left {
+        log_mark_left(run, left);
+    }
+}
+
+fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
     let what = e.entry.describe();
     match &e.state {
         EntryState::Present => log::debug!("{what}: present"),
@@ -220,7 +242,7 @@ fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
 }
 
 /// A directory that carries persist-prep's owner mark but gets no owner from it.
-pub fn log_mark_left(run: Intent, left: &MarkLeft) {
+fn log_mark_left(run: Intent, left: &MarkLeft) {
     let why = match left.why {
         MarkDrift::NotAnEntry => {
             "it is not declared as an entry (persist-prep gives an owner only to an entry's own directory, never to a parent)"
@@ -499,7 +521,7 @@ pub fn document<'a>(
 ) -> Document<'a> {
     Document {
         version: 1,
-        command: super::command_name(run),
+        command: run.command(),
         dry_run: run == Intent::DryRun,
         root: if root.is_empty() { "/" } else { root },
         manifest,

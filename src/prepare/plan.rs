@@ -19,6 +19,7 @@ use crate::manifest::{self, Attrs, Entry, Kind, Manifest, Owner, Storage};
 use crate::mode;
 use crate::owner::{Db, Resolver};
 use crate::report;
+use crate::root::Root;
 
 /// Which side of the bind mount a directory is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,7 +260,7 @@ enum Walked {
 
 pub struct Planner<'a> {
     root: BorrowedFd<'a>,
-    pub root_display: String,
+    tree: &'a Root,
     pub resolver: Resolver<'a>,
     record: &'a Record,
     planned: [HashSet<String>; 2],
@@ -293,10 +294,11 @@ pub fn dirs_of(entry: &Entry) -> &str {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(root: BorrowedFd<'a>, root_display: String, record: &'a Record) -> Self {
+    pub fn new(tree: &'a Root, record: &'a Record) -> Self {
+        let root = tree.fd();
         Planner {
             root,
-            root_display,
+            tree,
             resolver: Resolver::new(root),
             record,
             planned: [HashSet::new(), HashSet::new()],
@@ -434,13 +436,13 @@ impl<'a> Planner<'a> {
     }
 
     fn shown_in_root(&self, path: &str) -> String {
-        format!("{}{path}", self.root_display)
+        self.tree.path(None, path)
     }
 
     pub fn shown(&self, storage: &str, side: Side, path: &str) -> String {
         match side {
-            Side::Storage => format!("{}{storage}{path}", self.root_display),
-            Side::Root => format!("{}{path}", self.root_display),
+            Side::Storage => self.tree.path(Some(storage), path),
+            Side::Root => self.tree.path(None, path),
         }
     }
 
@@ -944,9 +946,9 @@ mod tests {
         }
         fn plan(&self, manifest: &str) -> Vec<(String, Vec<String>)> {
             let manifest = crate::manifest::parse(manifest).unwrap();
-            let root = fs::open_root(&self.0).unwrap();
+            let root = Root::open(&self.0).unwrap();
             let record = Record::default();
-            let (plan, _) = Planner::new(root.as_fd(), String::new(), &record).plan(&manifest);
+            let (plan, _) = Planner::new(&root, &record).plan(&manifest);
             plan.storages
                 .iter()
                 .flat_map(|s| &s.entries)
