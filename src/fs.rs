@@ -290,32 +290,89 @@ pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
-/// Removes a tree of empty directories that an interrupted run of ours left. Anything in it
-/// that is not a directory stops the removal: a file or a link is data, and is never removed.
-pub fn remove_empty_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
-    match remove_empty(&dir, name) {
-        Err(Errno::NOTEMPTY | Errno::EXIST) => {}
-        other => return other,
+/// Reads a tree of directories without changing it, through handles that follow no link,
+/// parents first: `accept` sees each one's path below the top ("" for the top) and its owner
+/// and mode. `Ok(None)` when the top is missing; `Ok(Some(false))` as soon as anything in it is
+/// not a directory, has a name that is not UTF-8, or is refused by `accept`.
+pub fn tree_accepted(
+    dir: impl AsFd,
+    name: &str,
+    accept: &mut dyn FnMut(&str, Meta) -> bool,
+) -> Result<Option<bool>, Errno> {
+    let fd = match open_child(&dir, name) {
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => return Ok(Some(false)),
+        other => other?,
+    };
+    visit(&fd, "", accept).map(Some)
+}
+
+fn visit(
+    fd: &OwnedFd,
+    rel: &str,
+    accept: &mut dyn FnMut(&str, Meta) -> bool,
+) -> Result<bool, Errno> {
+    if !accept(rel, meta(fd)?) {
+        return Ok(false);
     }
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
+        let bytes = entry.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(child) = std::str::from_utf8(bytes) else {
+            return Ok(false);
+        };
+        if entry.file_type() != rustix::fs::FileType::Directory {
+            return Ok(false);
+        }
+        let sub = match open_child(fd, child) {
+            Err(Errno::LOOP | Errno::NOTDIR) => return Ok(false),
+            other => other?,
+        };
+        let path = if rel.is_empty() {
+            child.to_owned()
+        } else {
+            format!("{rel}/{child}")
+        };
+        if !visit(&sub, &path, accept)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes a tree of directories, children first, through handles that follow no link. The
+/// kernel refuses a directory that is not empty, so nothing but empty directories can go;
+/// the paths below the top that went are added to `removed`.
+pub fn remove_dirs(
+    dir: impl AsFd,
+    name: &str,
+    rel: &str,
+    removed: &mut Vec<String>,
+) -> Result<(), Errno> {
     let fd = open_child(&dir, name)?;
     let mut children = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;
-        let child = entry.file_name().to_string_lossy().into_owned();
-        if child == "." || child == ".." {
-            continue;
+        let bytes = entry.file_name().to_bytes();
+        if bytes != b"." && bytes != b".." {
+            children.push(String::from_utf8_lossy(bytes).into_owned());
         }
-        if entry.file_type() != rustix::fs::FileType::Directory
-            || entry.file_name().to_str().is_err()
-        {
-            return Err(Errno::NOTEMPTY);
-        }
-        children.push(child);
     }
     for child in children {
-        remove_empty_tree(&fd, &child)?;
+        let path = if rel.is_empty() {
+            child.clone()
+        } else {
+            format!("{rel}/{child}")
+        };
+        remove_dirs(&fd, &child, &path, removed)?;
     }
-    remove_empty(dir, name)
+    drop(fd);
+    remove_empty(dir, name)?;
+    removed.push(rel.to_owned());
+    Ok(())
 }
 
 /// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.

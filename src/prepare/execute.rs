@@ -12,11 +12,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
-use super::plan::{Action, ActionKind, Dir, EntryState, Plan, Problem, Side, Skip, StorageState};
+use super::plan::{
+    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Plan, Problem, Side, Skip,
+    StorageState,
+};
 use crate::deferred::{self, Mark, Pending};
 use crate::escape;
 use crate::fs;
-use crate::manifest::{Entry, Storage};
+use crate::manifest::Storage;
 use crate::root::Root;
 
 /// One directory the executor opened or made, for the entries after it.
@@ -66,6 +69,9 @@ pub struct Executor<'a> {
     /// Entries (by index in their storage) whose stage could not be placed.
     failures: Vec<(usize, Problem)>,
     storage_path: String,
+    /// The storage directory is being made: what stands below its path on the root side is
+    /// the storage side.
+    creating_storage: bool,
 }
 
 fn index(side: Side) -> usize {
@@ -101,6 +107,7 @@ impl<'a> Executor<'a> {
             pending: Vec::new(),
             failures: Vec::new(),
             storage_path: String::new(),
+            creating_storage: false,
         }
     }
 
@@ -122,7 +129,13 @@ impl<'a> Executor<'a> {
                         path: self.tree.path(Some(&storage.path), ""),
                         errno,
                     }),
-                StorageState::Missing => self.make_storage(s.create.as_ref(), storage, &mut stage),
+                StorageState::Missing => {
+                    self.creating_storage = true;
+                    let made =
+                        self.make_storage(s.create.as_ref(), storage, &s.entries, &mut stage);
+                    self.creating_storage = false;
+                    made
+                }
                 _ => continue,
             };
             match base {
@@ -135,13 +148,15 @@ impl<'a> Executor<'a> {
                     continue;
                 }
             }
-            for (idx, e) in s.entries.iter_mut().enumerate() {
+            for idx in 0..s.entries.len() {
+                let e = &s.entries[idx];
                 if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
                     || e.actions.is_empty()
                 {
                     continue;
                 }
-                let result = self.entry(storage, idx, e.entry, &e.actions);
+                let result = self.entry(storage, idx, &s.entries);
+                let e = &mut s.entries[idx];
                 e.state = after(
                     std::mem::replace(&mut e.state, EntryState::Present),
                     &e.actions,
@@ -194,6 +209,7 @@ impl<'a> Executor<'a> {
         &mut self,
         create: Option<&super::plan::StorageCreate>,
         storage: &Storage,
+        all: &[EntryPlan<'_>],
         stage: &mut Option<StorageStage>,
     ) -> Result<Link, Problem> {
         let create = create.ok_or(Problem::Errno {
@@ -222,7 +238,8 @@ impl<'a> Executor<'a> {
                 own: false,
             };
             let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            let (_, staged_as) = self.make(pfd, "", parent.traits, name, &dir, &shown(&path))?;
+            let (_, staged_as) =
+                self.make((pfd, "", parent.traits), name, &dir, &shown(&path), all)?;
             let on_disk = staged_as.clone().unwrap_or_else(|| name.clone());
             let fd = fs::open_child(pfd, &on_disk)
                 .map_err(|errno| open_problem(&shown(&path), errno))?;
@@ -264,10 +281,10 @@ impl<'a> Executor<'a> {
         &mut self,
         storage: &Storage,
         idx: usize,
-        entry: &Entry,
-        actions: &[Action],
+        all: &[EntryPlan<'_>],
     ) -> Result<(), Problem> {
-        for action in actions {
+        let entry = all[idx].entry;
+        for action in &all[idx].actions {
             let dir = &action.dir;
             let shown = match dir.side {
                 Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
@@ -292,7 +309,8 @@ impl<'a> Executor<'a> {
                     }
                     let traits = at.traits;
                     let pfd = self.link_fd(dir.side, at.at);
-                    let (made, staged_as) = self.make(pfd, &at.rel, traits, name, dir, &shown)?;
+                    let (made, staged_as) =
+                        self.make((pfd, &at.rel, traits), name, dir, &shown, all)?;
                     if traits.staged {
                         self.join_stage(dir.side, idx);
                     }
@@ -447,12 +465,11 @@ impl<'a> Executor<'a> {
     /// owner, and the temporary name when it started a stage.
     fn make(
         &self,
-        parent: BorrowedFd<'_>,
-        rel: &str,
-        traits: Traits,
+        (parent, rel, traits): (BorrowedFd<'_>, &str, Traits),
         leaf: &str,
         dir: &Dir,
         shown: &str,
+        all: &[EntryPlan<'_>],
     ) -> Result<(Option<Made>, Option<String>), Problem> {
         let name = format!("{rel}{leaf}");
         if traits.staged {
@@ -460,32 +477,18 @@ impl<'a> Executor<'a> {
         }
         let leaf_tmp = temp_name(leaf);
         let tmp = format!("{rel}{leaf_tmp}");
-        if !traits.fresh {
-            // A killed run may have left its temporary directory here, whichever way this
-            // run makes the directory; it goes only if nothing but empty directories is in it.
-            let leftover = leftover_path(shown, &leaf_tmp);
-            match fs::remove_empty_tree(parent, &tmp) {
-                Ok(()) => log::info!(
-                    "removed {}, left by an interrupted persist-prep run",
-                    escape::text(&leftover)
-                ),
-                Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
-                    return Err(Problem::Leftover { path: leftover });
-                }
-                // Nothing there, or a file system that refuses (read-only): mkdir says why.
-                Err(_) => {}
-            }
-            if traits.private {
-                let made = self.make_final(parent, &tmp, traits, dir, shown)?;
-                return Ok((made, Some(leaf_tmp)));
-            }
+        if !traits.fresh && traits.private {
+            // A killed run may have left its stage here; only root can have made it.
+            self.clear_leftover(parent, &tmp, dir, all, &leftover_path(shown, &leaf_tmp))?;
+            let made = self.make_final(parent, &tmp, traits, dir, shown)?;
+            return Ok((made, Some(leaf_tmp)));
         }
         if self.exact(traits, dir) {
             return fs::make_child(parent, &name, dir.attrs.mode)
                 .map(|()| (None, None))
                 .map_err(|errno| create_problem(shown, errno));
         }
-        Self::make_temp(parent, &tmp, &leaf_tmp, shown)?;
+        Self::make_temp(parent, &tmp, &leaf_tmp, traits, shown)?;
         let placed = self
             .finish_temp(parent, &tmp, traits, dir, shown)
             .and_then(|made| {
@@ -591,26 +594,109 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Makes the temporary directory, removing an empty one that a killed run left.
+    /// Makes the temporary directory. One that stands there already is not this run's: where
+    /// only root can write, `clear_leftover` has removed what it could prove its own; elsewhere
+    /// anyone could have made it. Either way it is reported and left alone.
     fn make_temp(
         parent: BorrowedFd<'_>,
         tmp: &str,
         leaf_tmp: &str,
+        traits: Traits,
         shown: &str,
     ) -> Result<(), Problem> {
         match fs::make_child(parent, tmp, 0o700) {
-            Err(Errno::EXIST) => {}
-            other => return other.map_err(|errno| create_problem(shown, errno)),
+            Err(Errno::EXIST) => Err(Problem::Leftover {
+                path: leftover_path(shown, leaf_tmp),
+                why: if traits.private {
+                    LeftoverWhy::NotOurs
+                } else {
+                    LeftoverWhy::OpenParent
+                },
+            }),
+            other => other.map_err(|errno| create_problem(shown, errno)),
         }
-        let leftover = leftover_path(shown, leaf_tmp);
-        fs::remove_empty(parent, tmp).map_err(|_| Problem::Leftover {
-            path: leftover.clone(),
-        })?;
-        log::info!(
-            "removed {}, left empty by an interrupted persist-prep run",
-            escape::text(&leftover)
-        );
-        fs::make_child(parent, tmp, 0o700).map_err(|errno| create_problem(shown, errno))
+    }
+
+    /// Removes what a killed run left under the temporary name of `dir`, in a parent only root
+    /// can write to: whole, and only when every directory in it is one this run would make
+    /// there, with the owner and mode it has at some step of making it. Else it stays.
+    fn clear_leftover(
+        &self,
+        parent: BorrowedFd<'_>,
+        tmp: &str,
+        dir: &Dir,
+        all: &[EntryPlan<'_>],
+        leftover: &str,
+    ) -> Result<(), Problem> {
+        let mut accept = |rel: &str, meta: fs::Meta| {
+            let path = if rel.is_empty() {
+                dir.path.clone()
+            } else {
+                format!("{}/{rel}", dir.path)
+            };
+            self.expected(dir.side, &path, all)
+                .is_some_and(|attrs| self.as_made(meta, attrs))
+        };
+        let refused = |_: Errno| Problem::Leftover {
+            path: leftover.to_owned(),
+            why: LeftoverWhy::NotOurs,
+        };
+        match fs::tree_accepted(parent, tmp, &mut accept) {
+            Ok(None) => return Ok(()),
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => return Err(refused(Errno::NOTEMPTY)),
+            Err(errno) => return Err(refused(errno)),
+        }
+        let mut removed = Vec::new();
+        let result = fs::remove_dirs(parent, tmp, "", &mut removed);
+        let list: Vec<String> = removed
+            .iter()
+            .rev()
+            .map(|rel| {
+                let path = if rel.is_empty() {
+                    leftover.to_owned()
+                } else {
+                    format!("{leftover}/{rel}")
+                };
+                escape::text(&path).into_owned()
+            })
+            .collect();
+        if !list.is_empty() {
+            log::info!(
+                "removed {}, left empty by an interrupted persist-prep run",
+                list.join(", ")
+            );
+        }
+        result.map_err(refused)
+    }
+
+    /// What this run makes at `path` on a side: (uid, gid, mode) as it ends up.
+    fn expected(&self, side: Side, path: &str, all: &[EntryPlan<'_>]) -> Option<(u32, u32, u32)> {
+        if self.creating_storage && side == Side::Root {
+            let storage = self.storage_path.as_str();
+            if crate::manifest::contains(path, storage) {
+                return Some((0, 0, 0o755));
+            }
+            if let Some(below) = path.strip_prefix(storage).filter(|r| r.starts_with('/')) {
+                return self.expected(Side::Storage, below, all);
+            }
+        }
+        all.iter()
+            .flat_map(|e| &e.actions)
+            .find(|a| a.kind == ActionKind::Mkdir && a.dir.side == side && a.dir.path == path)
+            .map(|a| {
+                let d = &a.dir;
+                (d.uid.unwrap_or(0), d.gid.unwrap_or(0), d.attrs.mode)
+            })
+    }
+
+    /// True when a directory has its final owner and mode, or the private mode it is made
+    /// with, before or after its chown.
+    fn as_made(&self, meta: fs::Meta, (uid, gid, mode): (u32, u32, u32)) -> bool {
+        let private = meta.mode & !0o2000 == 0o700;
+        meta.is_dir
+            && ((meta.uid, meta.gid, meta.mode) == (uid, gid, mode)
+                || (private && (meta.uid == self.euid || (meta.uid, meta.gid) == (uid, gid))))
     }
 
     /// Gives a temporary directory its mark, owner and mode through a handle, after checking

@@ -84,7 +84,18 @@ pub enum Problem {
     },
     Leftover {
         path: String,
+        why: LeftoverWhy,
     },
+}
+
+/// Why a temporary directory of persist-prep's name was left where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftoverWhy {
+    /// Its parent is not root's alone, so anyone who can write there may have made it.
+    OpenParent,
+    /// It holds something this run would not make there as it makes it: a file, another
+    /// name, another owner or mode.
+    NotOurs,
 }
 
 impl Problem {
@@ -94,7 +105,7 @@ impl Problem {
             | Problem::NotADirectory { path }
             | Problem::Errno { path, .. }
             | Problem::Replaced { path }
-            | Problem::Leftover { path } => path,
+            | Problem::Leftover { path, .. } => path,
         }
     }
 
@@ -120,8 +131,12 @@ impl Problem {
                 format!("{shown} changed while persist-prep was creating it (it is not the directory just made)"),
                 "find out what else writes there during boot, then run `persist-prep apply` again".into(),
             ),
-            Problem::Leftover { .. } => (
-                format!("{shown}, left by an interrupted persist-prep run, is not an empty directory, so it was not removed"),
+            Problem::Leftover { why: LeftoverWhy::OpenParent, .. } => (
+                format!("{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"),
+                "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
+            ),
+            Problem::Leftover { why: LeftoverWhy::NotOurs, .. } => (
+                format!("{shown}, named like persist-prep's temporary directory, holds something persist-prep would not make there (a file, another name, another owner or mode), so none of it was removed and it is left alone"),
                 "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
             ),
         }
