@@ -61,6 +61,18 @@ pub fn open_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
     openat2(dir, relative(path), DIR_PATH, Mode::empty(), STRICT)
 }
 
+/// As `open_beneath`, and also refusing to cross into another mount (`EXDEV`): a path that
+/// opens so is on the very mount of `dir`, which no further question needs to confirm.
+pub fn open_beneath_same_mount(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
+    openat2(
+        dir,
+        relative(path),
+        DIR_PATH,
+        Mode::empty(),
+        STRICT.union(ResolveFlags::NO_XDEV),
+    )
+}
+
 /// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.
 pub fn open_dir_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
     openat2(dir, relative(path), DIR_READ, Mode::empty(), STRICT)

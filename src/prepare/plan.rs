@@ -86,6 +86,11 @@ pub enum Problem {
         path: String,
         why: LeftoverWhy,
     },
+    /// A directory below a storage is not on the storage's volume (its path is shown in `why`).
+    OffVolume {
+        why: NotMounted,
+        mount_point: String,
+    },
 }
 
 /// Why a temporary directory of persist-prep's name was left where it stands.
@@ -106,6 +111,7 @@ impl Problem {
             | Problem::Errno { path, .. }
             | Problem::Replaced { path }
             | Problem::Leftover { path, .. } => path,
+            Problem::OffVolume { why, .. } => why.path(),
         }
     }
 
@@ -130,6 +136,10 @@ impl Problem {
             Problem::Replaced { .. } => (
                 format!("{shown} changed while persist-prep was creating it (it is not the directory just made)"),
                 "find out what else writes there during boot, then run `persist-prep apply` again".into(),
+            ),
+            Problem::OffVolume { why, mount_point } => (
+                format!("{}, so what is created there would not persist", why.explain("")),
+                why.fix(mount_point),
             ),
             Problem::Leftover { why: LeftoverWhy::OpenParent, .. } => (
                 format!("{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"),
@@ -286,6 +296,9 @@ pub struct Planner<'a> {
     pending: Vec<Pending>,
     deep_sides: Vec<Option<String>>,
     marks_left: Vec<MarkLeft>,
+    /// The storage's volume, when it declares a mountPoint: every directory the storage side
+    /// relies on must be on it.
+    volume: Option<volume::Volume>,
 }
 
 fn index(side: Side) -> usize {
@@ -322,6 +335,7 @@ impl<'a> Planner<'a> {
             pending: Vec::new(),
             deep_sides: Vec::new(),
             marks_left: Vec::new(),
+            volume: None,
         }
     }
 
@@ -349,11 +363,15 @@ impl<'a> Planner<'a> {
             create: None,
             entries: Vec::new(),
         };
+        self.volume = None;
         if let Some(mount_point) = &storage.mount_point {
-            if let Err(why) = volume::check(self.root, storage, mount_point) {
-                plan.state = StorageState::NotMounted(why);
-                plan.entries = skipped(storage, Skip::StorageNotMounted);
-                return plan;
+            match volume::check(self.root, storage, mount_point) {
+                Ok(volume) => self.volume = Some(volume),
+                Err(why) => {
+                    plan.state = StorageState::NotMounted(why);
+                    plan.entries = skipped(storage, Skip::StorageNotMounted);
+                    return plan;
+                }
             }
         }
         let storage_fd = match self.storage_dir(storage) {
@@ -608,10 +626,17 @@ impl<'a> Planner<'a> {
         }
         let rest = dirs[prefix.len()..].to_owned();
         let deep = self.deep[index(side)];
+        let volume = self.volume.filter(|_| side == Side::Storage);
         if !deep {
-            // The common case on every boot after the first: everything is there, one call.
+            // The common case on every boot after the first: everything is there, one call;
+            // below a storage on its volume, one that stays on the storage's mount.
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
-            if let Ok(fd) = fs::open_beneath(from, &rest) {
+            let opened = if volume.is_some() {
+                fs::open_beneath_same_mount(from, &rest)
+            } else {
+                fs::open_beneath(from, &rest)
+            };
+            if let Ok(fd) = opened {
                 chain.push(Link {
                     prefix: dirs.to_owned(),
                     fd,
@@ -623,7 +648,7 @@ impl<'a> Planner<'a> {
             prefix.push('/');
             prefix.push_str(name);
             let parent = chain.last().map_or(base, |l| l.fd.as_fd());
-            match fs::open_child_path(parent, name) {
+            match self.open_on_volume(volume, parent, name, storage, &prefix) {
                 Ok(fd) => {
                     if deep {
                         self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
@@ -633,15 +658,44 @@ impl<'a> Planner<'a> {
                         fd,
                     });
                 }
-                Err(errno) => {
+                Err(Ok(errno)) => {
                     return match fs::diagnose(parent, name, errno) {
                         Obstacle::Missing => Ok(Walked::MissingFrom(prefix)),
                         obstacle => Err(self.obstacle(storage, obstacle, side, &prefix, errno)),
                     };
                 }
+                Err(Err(problem)) => return Err(problem),
             }
         }
         Ok(Walked::Exists)
+    }
+
+    /// Opens one component; below a storage on its volume, one that crosses into another
+    /// mount is asked where it is (one `statx`, only then), and refused off the volume.
+    fn open_on_volume(
+        &self,
+        volume: Option<volume::Volume>,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        storage: &Storage,
+        prefix: &str,
+    ) -> Result<OwnedFd, Result<Errno, Problem>> {
+        let Some(volume) = volume else {
+            return fs::open_child_path(parent, name).map_err(Ok);
+        };
+        match fs::open_beneath_same_mount(parent, name) {
+            Err(Errno::XDEV) => {}
+            other => return other.map_err(Ok),
+        }
+        let fd = fs::open_child_path(parent, name).map_err(Ok)?;
+        let shown = self.shown(&storage.path, Side::Storage, prefix);
+        volume.holds(&fd, &shown).map_err(|why| {
+            Err(Problem::OffVolume {
+                why,
+                mount_point: storage.mount_point.clone().unwrap_or_default(),
+            })
+        })?;
+        Ok(fd)
     }
 
     /// The first component of `dirs` that a previous entry already planned, if any.

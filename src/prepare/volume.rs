@@ -8,7 +8,7 @@
 //! on a mount beneath it (by mount id), and not on the root's own file system (by device).
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
@@ -35,6 +35,18 @@ pub enum NotMounted {
 }
 
 impl NotMounted {
+    /// The path it names, as stored.
+    pub fn path(&self) -> &str {
+        match self {
+            NotMounted::Missing { mount_point }
+            | NotMounted::NotAMountPoint { mount_point }
+            | NotMounted::RootFileSystem { mount_point } => mount_point,
+            NotMounted::OffVolume { path, .. }
+            | NotMounted::BindOfRoot { path }
+            | NotMounted::Unknown { path, .. } => path,
+        }
+    }
+
     /// What it is, in words, with paths shown under the root.
     pub fn explain(&self, root: &str) -> String {
         match self {
@@ -86,8 +98,54 @@ impl NotMounted {
     }
 }
 
+/// Where a storage was found on its volume, for the walk below it: a directory on the
+/// storage's own mount is on the volume; one on another mount is asked again.
+#[derive(Debug, Clone, Copy)]
+pub struct Volume {
+    storage: (Option<u64>, u64),
+    mount_point: (Option<u64>, u64),
+    root: (Option<u64>, u64),
+    /// The mountPoint is `/`: the root's own file system is the volume.
+    on_root: bool,
+}
+
+impl Volume {
+    /// Checks the mount of a directory that a walk below the storage reached by crossing a
+    /// mount: it must sit on the mountPoint's mount or beneath it, and not be the root's own
+    /// file system. `path` is how it is shown.
+    pub fn holds(&self, fd: impl AsFd, path: &str) -> Result<(), NotMounted> {
+        let (mount, dev) = fs::mount_of(fd).map_err(|errno| NotMounted::Unknown {
+            path: path.to_owned(),
+            errno,
+        })?;
+        if (mount, dev) == self.storage {
+            return Ok(());
+        }
+        let beneath = match (mount, self.mount_point.0) {
+            (Some(mount), Some(mp)) => mount == mp || is_beneath(mount, mp),
+            _ => dev == self.mount_point.1,
+        };
+        if !beneath {
+            return Err(NotMounted::OffVolume {
+                path: path.to_owned(),
+                link: None,
+            });
+        }
+        if !self.on_root && (dev == self.root.1 || mount == self.root.0) {
+            return Err(NotMounted::BindOfRoot {
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks a storage that declares a `mountPoint`.
-pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Result<(), NotMounted> {
+pub fn check(
+    root: BorrowedFd<'_>,
+    storage: &Storage,
+    mount_point: &str,
+) -> Result<Volume, NotMounted> {
     let unknown = |path: &str, errno| NotMounted::Unknown {
         path: path.to_owned(),
         errno,
@@ -126,7 +184,12 @@ pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Resu
     if mount_point != "/" && (dev == root_dev || mount == root_mount) {
         return Err(NotMounted::BindOfRoot { path: deepest });
     }
-    Ok(())
+    Ok(Volume {
+        storage: (mount, dev),
+        mount_point: (mp_mount, mp_dev),
+        root: (root_mount, root_dev),
+        on_root: mount_point == "/",
+    })
 }
 
 /// The deepest ancestor of `path` (or `path` itself) that exists, resolved inside the root.
