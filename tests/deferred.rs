@@ -201,3 +201,33 @@ fn two_runs_at_once_keep_both_records() {
         assert!(exists(s.root().join("persist/a/d39")) && exists(s.root().join("persist/b/d39")));
     }
 }
+
+/// `finish` shows a path from the manifest exactly as `apply` does: a U+202E override and a
+/// newline escaped, on the one line of its message, in the journal and on a terminal alike.
+#[test]
+fn finish_escapes_paths_exactly_like_apply() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("finish-escape");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/a\u202eb\nc","user":"svc","group":"svc","mode":"0750"}]}]}"#,
+    );
+    let shown = "persist/var/lib/a\\xe2\\x80\\xaeb\\nc";
+    let apply = s.run(&["apply"]);
+    apply.assert_code(0);
+    assert!(apply.stderr.contains(shown), "{}", apply.stderr);
+    let entry = "directory /var/lib/a\\xe2\\x80\\xaeb\\nc (storages[0].directories[0])";
+    assert!(apply.stderr.contains(entry), "{}", apply.stderr);
+    add_svc_user(&s);
+    let finish = s.run(&["finish"]);
+    finish.assert_code(0);
+    for raw in ['\u{202e}', '\r'] {
+        assert!(!finish.stderr.contains(raw), "{}", finish.stderr);
+    }
+    assert_eq!(finish.stderr.lines().count(), 3, "{}", finish.stderr);
+    let gave = finish.stderr.lines().next().unwrap();
+    assert!(gave.contains(shown), "{gave}");
+    assert!(gave.ends_with(&format!("for {entry}")), "{gave}");
+}
