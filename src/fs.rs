@@ -10,9 +10,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    AtFlags, FlockOperation, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags,
-    XattrFlags, chmodat, chownat, fchmod, fchown, fgetxattr, flock, fremovexattr, fsetxattr, fstat,
-    mkdirat, openat2, readlinkat, renameat_with, statx, unlinkat,
+    AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags, XattrFlags,
+    chmodat, chownat, fchmod, fchown, fgetxattr, fremovexattr, fsetxattr, fstat, mkdirat, openat2,
+    readlinkat, renameat_with, statx, unlinkat,
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
@@ -199,7 +199,7 @@ pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
     }
 }
 
-/// Reopens a path handle for reading, which extended attributes and `flock` need.
+/// Reopens a path handle for reading, which extended attributes need.
 pub fn reopen(fd: impl AsFd) -> Result<OwnedFd, Errno> {
     openat2(fd, ".", DIR_READ, Mode::empty(), STRICT)
 }
@@ -316,23 +316,6 @@ pub fn remove_empty_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
         remove_empty_tree(&fd, &child)?;
     }
     remove_empty(dir, name)
-}
-
-/// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.
-/// `Ok(None)` when `wait` is false and another run holds it.
-pub fn lock(root: impl AsFd, exclusive: bool, wait: bool) -> Result<Option<OwnedFd>, Errno> {
-    let fd = reopen(root)?;
-    let op = match (exclusive, wait) {
-        (true, true) => FlockOperation::LockExclusive,
-        (true, false) => FlockOperation::NonBlockingLockExclusive,
-        (false, true) => FlockOperation::LockShared,
-        (false, false) => FlockOperation::NonBlockingLockShared,
-    };
-    match flock(&fd, op) {
-        Ok(()) => Ok(Some(fd)),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Strips the leading slash: openat2 resolves relative to the handle (or the root, for `IN_ROOT`).

@@ -122,7 +122,8 @@ fn a_run_waits_for_the_one_holding_the_lock() {
     let s = Scratch::new("locked");
     s.manifest(SVC);
     let mut holder = Command::new("flock")
-        .arg(s.root())
+        .args(["-x", "-o"])
+        .arg(s.state().join("lock"))
         .args(["sleep", "1"])
         .spawn()
         .unwrap();
