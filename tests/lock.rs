@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Scratch, exists, require_root};
+use common::{Scratch, exists, require_root};
 
 const ONE: &str = r#"{"version":1,"storages":[{"path":"/persist","directories":[
   {"path":"/var/lib/a","user":"root","group":"root","mode":"0700"}]}]}"#;
