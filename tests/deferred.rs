@@ -232,3 +232,44 @@ fn finish_escapes_paths_exactly_like_apply() {
     assert!(gave.contains(shown), "{gave}");
     assert!(gave.ends_with(&format!("for {entry}")), "{gave}");
 }
+
+/// In a user namespace (as on a sandboxed virtiofs), setting a `trusted.*` attribute fails
+/// with EPERM: that means "no marks here", as on a file system without extended attributes,
+/// and the record alone carries the deferral, which `finish` then completes.
+#[test]
+fn trusted_marks_refused_with_eperm_leave_the_deferral_to_the_record() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("userns-marks");
+    s.manifest(SVC);
+    // Root inside the namespace is our own uid mapped; it lacks CAP_SYS_ADMIN over the files.
+    let out = s
+        .wrapped(&["unshare", "--user", "--map-root-user"], "apply")
+        .arg("--json")
+        .output()
+        .unwrap();
+    let run = common::Run::from(out);
+    if run.stderr.contains("unshare failed") || run.stderr.contains("unshare: ") {
+        common::skip(&format!("no user namespaces here: {}", run.stderr));
+        return;
+    }
+    run.assert_code(0);
+    assert_eq!(
+        run.json()["entries"][0]["state"],
+        "deferred",
+        "{}",
+        run.stderr
+    );
+    let source = s.root().join("persist/var/lib/svc");
+    assert_eq!(stat(&source), (0o750, 0, 0));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap()).unwrap();
+    let pending = record["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 2, "{record}");
+    assert!(pending.iter().all(|p| p["marked"] == false), "{record}");
+    add_svc_user(&s);
+    s.run(&["finish"]).assert_code(0);
+    assert_eq!(stat(&source), (0o750, 4001, 4001));
+    assert_eq!(stat(s.root().join("var/lib/svc")), (0o750, 4001, 4001));
+}
