@@ -103,7 +103,7 @@ pub struct Pending {
     pub storage: Option<String>,
     /// Absolute path below the storage (or the root).
     pub path: String,
-    /// The manifest entry it was created for, for messages.
+    /// The manifest entry it was created for, as `apply` shows it (escaped), for messages.
     pub entry: String,
     pub user: String,
     pub group: String,

@@ -10,9 +10,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    AtFlags, FlockOperation, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags,
-    XattrFlags, chmodat, chownat, fchmod, fchown, fgetxattr, flock, fremovexattr, fsetxattr, fstat,
-    mkdirat, openat2, readlinkat, renameat_with, statx, unlinkat,
+    AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags, XattrFlags,
+    chmodat, chownat, fchmod, fchown, fgetxattr, fremovexattr, fsetxattr, fstat, mkdirat, openat2,
+    readlinkat, renameat_with, statx, unlinkat,
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
@@ -211,7 +211,7 @@ pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
     }
 }
 
-/// Reopens a path handle for reading, which extended attributes and `flock` need.
+/// Reopens a path handle for reading, which extended attributes need.
 pub fn reopen(fd: impl AsFd) -> Result<OwnedFd, Errno> {
     openat2(fd, ".", DIR_READ, Mode::empty(), STRICT)
 }
@@ -229,19 +229,24 @@ pub fn get_mark(fd: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
     }
 }
 
-/// Sets an extended attribute; `Ok(false)` when the file system keeps none.
+/// Sets an extended attribute; `Ok(false)` when the file system keeps none here. A `trusted.`
+/// attribute refused with `EPERM` (a user namespace, a sandboxed virtiofs) counts as none: we
+/// can neither set nor read one there, so the record alone must carry what it would hold.
 pub fn set_mark(fd: impl AsFd, name: &str, value: &[u8]) -> Result<bool, Errno> {
     match fsetxattr(fd, name, value, XattrFlags::empty()) {
         Ok(()) => Ok(true),
         Err(Errno::OPNOTSUPP) => Ok(false),
+        Err(Errno::PERM) if name.starts_with("trusted.") => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Removes an extended attribute; one already gone is fine.
+/// Removes an extended attribute; one already gone, or a `trusted.` one we may not touch here
+/// (and so cannot have set), is fine.
 pub fn clear_mark(fd: impl AsFd, name: &str) -> Result<(), Errno> {
     match fremovexattr(fd, name) {
         Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+        Err(Errno::PERM) if name.starts_with("trusted.") => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -385,23 +390,6 @@ pub fn remove_dirs(
     remove_empty(dir, name)?;
     removed.push(rel.to_owned());
     Ok(())
-}
-
-/// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.
-/// `Ok(None)` when `wait` is false and another run holds it.
-pub fn lock(root: impl AsFd, exclusive: bool, wait: bool) -> Result<Option<OwnedFd>, Errno> {
-    let fd = reopen(root)?;
-    let op = match (exclusive, wait) {
-        (true, true) => FlockOperation::LockExclusive,
-        (true, false) => FlockOperation::NonBlockingLockExclusive,
-        (false, true) => FlockOperation::LockShared,
-        (false, false) => FlockOperation::NonBlockingLockShared,
-    };
-    match flock(&fd, op) {
-        Ok(()) => Ok(Some(fd)),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Strips the leading slash: openat2 resolves relative to the handle (or the root, for `IN_ROOT`).

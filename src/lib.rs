@@ -10,6 +10,7 @@ mod deferred;
 pub mod escape;
 pub mod exit;
 mod fs;
+mod lock;
 mod manifest;
 #[cfg(feature = "microvm")]
 pub mod microvm;

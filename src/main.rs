@@ -29,6 +29,7 @@ defaults: --manifest /etc/persist-prep/manifest.json
           --root /sysroot when /etc/initrd-release exists, else /
           --state-dir /run/persist-prep
 exit codes: 0 ok, 1 some entries failed or are not ok, 2 usage error, 3 invalid manifest
+lock wait: PERSIST_PREP_LOCK_TIMEOUT=SECONDS (default 30) before apply/finish give up
 log level: RUST_LOG=error|warn|info|debug|trace or env_logger filters (module=level,...);
            PERSIST_PREP_LOG=error|warn|info|debug when RUST_LOG is unset (default info)";
 

@@ -1,7 +1,8 @@
-//! The root every path is resolved from: its handle, how it is shown, and the lock that keeps
-//! two runs apart.
+//! The root every path is resolved from: its handle and how it is shown.
 //!
-//! Built once per run, so that every message shows `root + storage + path` the same way.
+//! Built once per run, so that every message shows `root + storage + path` the same way. (The
+//! lock that keeps two runs apart is not on the root, which any user can open, but in the
+//! state directory: see `lock`.)
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -10,7 +11,6 @@ use rustix::io::Errno;
 
 use crate::escape;
 use crate::fs;
-use crate::report;
 
 /// An open root directory and the way it is shown.
 pub struct Root {
@@ -36,45 +36,6 @@ impl Root {
     /// The root as it prefixes every path in messages: `/sysroot`, or empty for `/`.
     pub fn shown(&self) -> &str {
         &self.shown
-    }
-
-    /// Serialises runs on one root, so that a double start cannot interleave two plans or lose
-    /// a record. A run that finds the lock taken says so and waits.
-    pub fn lock(&self, exclusive: bool) -> Option<OwnedFd> {
-        let shown = if self.shown.is_empty() {
-            "/"
-        } else {
-            &self.shown
-        };
-        let fail = |errno| {
-            log::error!(
-                "cannot lock the root {shown}: {}; fix: {}",
-                report::errno_words(errno),
-                report::errno_fix(errno)
-            );
-        };
-        match fs::lock(&self.fd, exclusive, false) {
-            Ok(Some(lock)) => return Some(lock),
-            Ok(None) => {}
-            Err(errno) => {
-                fail(errno);
-                return None;
-            }
-        }
-        if !exclusive {
-            log::warn!(
-                "another persist-prep run is changing {shown}; this report may be out of date soon"
-            );
-            return fs::reopen(&self.fd).ok();
-        }
-        log::info!("waiting for another persist-prep run on {shown} to finish");
-        match fs::lock(&self.fd, true, true) {
-            Ok(lock) => lock,
-            Err(errno) => {
-                fail(errno);
-                None
-            }
-        }
     }
 
     /// `root + storage + path` as data (JSON, and problems that output escapes later).

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::Options;
 use crate::deferred;
 use crate::exit::Exit;
+use crate::lock::Access;
 use crate::manifest;
 use crate::prepare::{Intent, execute, output, plan};
 use crate::report;
@@ -58,8 +59,14 @@ fn run(options: &Options, run: Intent) -> Exit {
         Ok(root) => root,
         Err(exit) => return exit,
     };
-    let Some(_lock) = root.lock(run != Intent::Check) else {
-        return Exit::Failed;
+    let access = if run == Intent::Check {
+        Access::Shared
+    } else {
+        Access::Exclusive
+    };
+    let lock = match super::lock(options, access) {
+        Ok(lock) => lock,
+        Err(exit) => return exit,
     };
     let record = deferred::load(&options.state_dir).unwrap_or_else(|message| {
         log::warn!("{message}");
@@ -75,6 +82,8 @@ fn run(options: &Options, run: Intent) -> Exit {
             exit = Exit::Failed;
         }
     }
+    // Output can block (a pager, a full pipe): no other run may wait for it.
+    drop(lock);
     let exit = report(options, run, &plan, root.shown(), start, exit);
     // The process ends now: freeing thousands of small allocations one by one is work that
     // exit does for nothing.

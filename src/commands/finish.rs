@@ -13,6 +13,7 @@ use super::Options;
 use crate::deferred::{self, Pending, Record};
 use crate::exit::Exit;
 use crate::fs;
+use crate::lock::Access;
 use crate::manifest::Owner;
 use crate::owner::{Db, Resolver};
 use crate::report;
@@ -72,8 +73,9 @@ pub fn run(options: &Options) -> Exit {
         Ok(root) => root,
         Err(exit) => return exit,
     };
-    let Some(lock) = root.lock(true) else {
-        return Exit::Failed;
+    let lock = match super::lock(options, Access::Exclusive) {
+        Ok(lock) => lock,
+        Err(exit) => return exit,
     };
     let mut record = match deferred::load(&options.state_dir) {
         Ok(record) => record,

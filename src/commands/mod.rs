@@ -3,15 +3,13 @@
 
 pub mod apply;
 pub mod finish;
+mod output;
 pub mod validate;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
-use crate::escape;
 use crate::exit::Exit;
-use crate::report;
+use crate::lock::{self, Access, Lock};
 use crate::root::Root;
 
 /// What a subcommand was asked to do, after argument parsing.
@@ -23,34 +21,33 @@ pub struct Options {
     pub json: bool,
 }
 
-/// The document a command prints with `--json` when it could not even start.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FailedStart<'a> {
-    version: u32,
-    command: &'a str,
-    error: String,
-    fix: &'a str,
-}
-
 /// Opens the root every path is resolved from, or says why not (in JSON too, when asked).
-fn open_root(options: &Options, command: &str) -> Result<Root, Exit> {
+fn open_root(options: &Options, command: &'static str) -> Result<Root, Exit> {
     Root::open(&options.root).map_err(|errno| {
-        let error = format!(
-            "cannot open the root {}: {}",
-            escape::bytes(options.root.as_os_str().as_encoded_bytes()),
-            report::errno_words(errno)
-        );
-        let fix = "pass the mounted real root with --root (in the initrd it is /sysroot)";
-        log::error!("{error}; fix: {fix}");
-        if options.json {
-            report::print_serialized(&FailedStart {
-                version: 1,
-                command,
-                error,
-                fix,
-            });
-        }
+        output::root_unopened(options, command, errno);
         Exit::Failed
     })
+}
+
+/// Takes the lock of the runs that share the state directory. `apply` and `finish` wait for it within a bound
+/// and fail after it; `check` never waits, and goes on without it when it cannot have it, as
+/// every command does on a file system that keeps no locks.
+fn lock(options: &Options, access: Access) -> Result<Lock, Exit> {
+    let waited = lock::timeout();
+    match lock::take(&options.state_dir, access, waited, |event| {
+        output::lock_event(&event, access, waited);
+    }) {
+        Ok(Some(held)) => Ok(held),
+        Ok(None) => Ok(lock::none()),
+        Err(problem) => {
+            let go_on =
+                access == Access::Shared || matches!(problem, lock::Problem::Unsupported { .. });
+            output::lock_problem(&problem, &options.state_dir, go_on);
+            if go_on {
+                Ok(lock::none())
+            } else {
+                Err(Exit::Failed)
+            }
+        }
+    }
 }

@@ -102,7 +102,8 @@ fn message(p: &Pending, outcome: &Outcome) -> String {
 /// Logs one directory's outcome, at the priority it deserves.
 fn log_one(root: &Root, p: &Pending, outcome: &Outcome) {
     let place = root.display(p.storage.as_deref(), &p.path);
-    let entry = escape::text(&p.entry);
+    // The record keeps the entry as apply showed it (`Entry::describe`), escaped already.
+    let entry = &p.entry;
     match (state(outcome), outcome) {
         (_, Outcome::Done { uid, gid }) => log::info!(
             "gave {place} its owner {}:{} ({uid}:{gid}) and mode {} for {entry}",
