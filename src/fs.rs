@@ -6,7 +6,7 @@
 //! a user who owns a persistent directory must not be able to steer our next `mkdir`/`chown`
 //! through a link into a root-owned place.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
@@ -56,26 +56,70 @@ pub fn read_in_root(root: impl AsFd, path: &str) -> Result<Vec<u8>, Errno> {
     Ok(data)
 }
 
+/// The longest path one call is given. A longer one (an entry deeper than `PATH_MAX`) is
+/// opened in pieces, each from the handle the last one gave, so that no call gets a path that
+/// grows with the entry; a single name too long stays the kernel's `ENAMETOOLONG`.
+pub const PIECE: usize = 2048;
+
+/// Opens `path` below `dir` with `open`, in one call, or in pieces of at most `PIECE` bytes.
+fn in_pieces(
+    dir: impl AsFd,
+    path: &str,
+    open: impl Fn(BorrowedFd<'_>, &str) -> Result<OwnedFd, Errno>,
+) -> Result<OwnedFd, Errno> {
+    let path = relative(path);
+    if path.len() <= PIECE {
+        return open(dir.as_fd(), path);
+    }
+    let mut fd: Option<OwnedFd> = None;
+    let mut rest = path;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= PIECE {
+            rest.len()
+        } else {
+            // At the last `/` within the piece; a name longer than a piece goes whole, and the
+            // kernel refuses it.
+            rest.as_bytes()[..=PIECE]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .filter(|&at| at > 0)
+                .or_else(|| rest.find('/'))
+                .unwrap_or(rest.len())
+        };
+        let from = fd.as_ref().map_or(dir.as_fd(), AsFd::as_fd);
+        let next = open(from, &rest[..cut])?;
+        fd = Some(next);
+        rest = rest[cut..].trim_start_matches('/');
+    }
+    fd.ok_or(Errno::INVAL)
+}
+
 /// Opens a directory below `dir` in one call, refusing every symlink on the way.
 pub fn open_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
-    openat2(dir, relative(path), DIR_PATH, Mode::empty(), STRICT)
+    in_pieces(dir, path, |dir, path| {
+        openat2(dir, path, DIR_PATH, Mode::empty(), STRICT)
+    })
 }
 
 /// As `open_beneath`, and also refusing to cross into another mount (`EXDEV`): a path that
 /// opens so is on the very mount of `dir`, which no further question needs to confirm.
 pub fn open_beneath_same_mount(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
-    openat2(
-        dir,
-        relative(path),
-        DIR_PATH,
-        Mode::empty(),
-        STRICT.union(ResolveFlags::NO_XDEV),
-    )
+    in_pieces(dir, path, |dir, path| {
+        openat2(
+            dir,
+            path,
+            DIR_PATH,
+            Mode::empty(),
+            STRICT.union(ResolveFlags::NO_XDEV),
+        )
+    })
 }
 
 /// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.
 pub fn open_dir_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
-    openat2(dir, relative(path), DIR_READ, Mode::empty(), STRICT)
+    in_pieces(dir, path, |dir, path| {
+        openat2(dir, path, DIR_READ, Mode::empty(), STRICT)
+    })
 }
 
 /// Opens one child directory, refusing a symlink; the handle can be chowned and chmodded.

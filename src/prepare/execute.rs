@@ -277,87 +277,113 @@ impl<'a> Executor<'a> {
         Ok(parent)
     }
 
+    /// Carries out an entry's actions. Below a directory that could not be made nothing can
+    /// be, but the rest still is (the other side, parents that later entries share), so that
+    /// one entry's failure stays its own; the first problem is the entry's.
     fn entry(
         &mut self,
         storage: &Storage,
         idx: usize,
         all: &[EntryPlan<'_>],
     ) -> Result<(), Problem> {
-        let entry = all[idx].entry;
+        let mut first = None;
+        let mut failed: Vec<(Side, &str)> = Vec::new();
         for action in &all[idx].actions {
             let dir = &action.dir;
-            let shown = match dir.side {
-                Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
-                Side::Root => self.tree.path(None, &dir.path),
-            };
-            let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
-            let parent_path = if parent_path.is_empty() {
-                "/"
-            } else {
-                parent_path
-            };
-            let at = self.parent(dir.side, parent_path, &shown)?;
-            let context = (storage, entry);
-            match action.kind {
-                ActionKind::Mkdir => {
-                    if dir.deferred() {
-                        self.mark_side(dir.side).map_err(|errno| Problem::Errno {
-                            action: "mark the base of",
-                            path: shown.clone(),
-                            errno,
-                        })?;
-                    }
-                    let traits = at.traits;
-                    let pfd = self.link_fd(dir.side, at.at);
-                    let (made, staged_as) =
-                        self.make((pfd, &at.rel, traits), name, dir, &shown, all)?;
-                    if traits.staged {
-                        self.join_stage(dir.side, idx);
-                    }
-                    if let Some(made) = made {
-                        let (storage, entry) = context;
-                        let mut p = super::plan::pending_of(
-                            storage,
-                            dir,
-                            entry,
-                            &mark_of(dir),
-                            made.meta,
-                            made.birth,
-                        );
-                        p.marked = made.marked;
-                        self.pending.push(p);
-                    }
-                    self.chains[index(dir.side)].push(Link {
-                        path: dir.path.clone(),
-                        fd: None,
-                        traits: Traits {
-                            plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
-                            // Private only below a private parent: a root-only directory
-                            // inside a user's one can be swapped for a link by that user.
-                            private: traits.private
-                                && dir.uid == Some(0)
-                                && dir.attrs.mode & 0o022 == 0,
-                            fresh: true,
-                            staged: traits.staged || staged_as.is_some(),
-                        },
-                        members: if staged_as.is_some() {
-                            vec![idx]
-                        } else {
-                            Vec::new()
-                        },
-                        disk_name: staged_as,
-                    });
+            if failed
+                .iter()
+                .any(|&(side, path)| side == dir.side && crate::manifest::contains(path, &dir.path))
+            {
+                continue;
+            }
+            if let Err(problem) = self.action(storage, idx, all, action) {
+                failed.push((dir.side, dir.path.as_str()));
+                first.get_or_insert(problem);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn action(
+        &mut self,
+        storage: &Storage,
+        idx: usize,
+        all: &[EntryPlan<'_>],
+        action: &Action,
+    ) -> Result<(), Problem> {
+        let entry = all[idx].entry;
+        let dir = &action.dir;
+        let shown = match dir.side {
+            Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
+            Side::Root => self.tree.path(None, &dir.path),
+        };
+        let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
+        let parent_path = if parent_path.is_empty() {
+            "/"
+        } else {
+            parent_path
+        };
+        let at = self.parent(dir.side, parent_path, &shown)?;
+        let context = (storage, entry);
+        match action.kind {
+            ActionKind::Mkdir => {
+                if dir.deferred() {
+                    self.mark_side(dir.side).map_err(|errno| Problem::Errno {
+                        action: "mark the base of",
+                        path: shown.clone(),
+                        errno,
+                    })?;
                 }
-                ActionKind::GiveOwner => {
-                    let pfd = self.link_fd(dir.side, at.at);
-                    give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
-                    log::info!(
-                        "gave {} its deferred owner {}:{}",
-                        escape::text(&shown),
-                        escape::text(&dir.attrs.user.name),
-                        escape::text(&dir.attrs.group.name)
+                let traits = at.traits;
+                let pfd = self.link_fd(dir.side, at.at);
+                let (made, staged_as) =
+                    self.make((pfd, &at.rel, traits), name, dir, &shown, all)?;
+                if traits.staged {
+                    self.join_stage(dir.side, idx);
+                }
+                if let Some(made) = made {
+                    let (storage, entry) = context;
+                    let mut p = super::plan::pending_of(
+                        storage,
+                        dir,
+                        entry,
+                        &mark_of(dir),
+                        made.meta,
+                        made.birth,
                     );
+                    p.marked = made.marked;
+                    self.pending.push(p);
                 }
+                self.chains[index(dir.side)].push(Link {
+                    path: dir.path.clone(),
+                    fd: None,
+                    traits: Traits {
+                        plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
+                        // Private only below a private parent: a root-only directory
+                        // inside a user's one can be swapped for a link by that user.
+                        private: traits.private
+                            && dir.uid == Some(0)
+                            && dir.attrs.mode & 0o022 == 0,
+                        fresh: true,
+                        staged: traits.staged || staged_as.is_some(),
+                    },
+                    members: if staged_as.is_some() {
+                        vec![idx]
+                    } else {
+                        Vec::new()
+                    },
+                    disk_name: staged_as,
+                });
+            }
+            ActionKind::GiveOwner => {
+                let pfd = self.link_fd(dir.side, at.at);
+                give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
+                log::info!(
+                    "gave {} its deferred owner {}:{}",
+                    escape::text(&shown),
+                    escape::text(&dir.attrs.user.name),
+                    escape::text(&dir.attrs.group.name)
+                );
             }
         }
         Ok(())
@@ -426,7 +452,9 @@ impl<'a> Executor<'a> {
                 None => link.path.rsplit('/').next().unwrap_or("").to_owned(),
             };
             rel.push_str(&name);
-            if self.chains[i][k].traits.private {
+            // Through a private link by name, while the path stays short: a deep chain is
+            // opened on the way, so that no call gets a path that grows with the entry.
+            if self.chains[i][k].traits.private && rel.len() + 256 < fs::PIECE {
                 rel.push('/');
                 continue;
             }
