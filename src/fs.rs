@@ -346,6 +346,74 @@ pub fn place(dir: impl AsFd, tmp: &str, name: &str) -> Result<(), Errno> {
     }
 }
 
+/// Whether a file system writes metadata to disk in the order it was changed (a journal, or
+/// copy on write, or no disk at all), so that a power cut can never show a renamed directory
+/// without the owner and mode it was given before the rename. Conservative: only the file
+/// systems known to do so; ext2/3/4 only with a running journal. `key` identifies the file
+/// system, so that callers can keep the answer.
+pub fn orders_metadata(dir: impl AsFd) -> Result<(u64, bool), Errno> {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const ZFS: i64 = 0x2fc1_2fc1;
+    const BCACHEFS: i64 = 0xca45_1a4e;
+    const EXT: i64 = 0xef53;
+    let st = rustix::fs::fstatfs(&dir)?;
+    #[allow(clippy::useless_conversion, clippy::cast_possible_wrap)]
+    let kind = i64::from(st.f_type);
+    let dev = fstat(&dir)?.st_dev;
+    let ordered = match kind {
+        TMPFS | RAMFS | XFS | BTRFS | ZFS | BCACHEFS => true,
+        EXT => ext_has_journal(dev),
+        _ => false,
+    };
+    Ok((dev, ordered))
+}
+
+/// True when the ext2/3/4 file system on `dev` runs a journal: ext4 shows its journal thread
+/// in `/sys/fs/ext4/<device>/journal_task` ("<none>" without one). Unknown counts as none.
+fn ext_has_journal(dev: u64) -> bool {
+    let link = format!(
+        "/sys/dev/block/{}:{}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    let Ok(target) = std::fs::read_link(link) else {
+        return false;
+    };
+    let Some(name) = target.file_name() else {
+        return false;
+    };
+    let task = Path::new("/sys/fs/ext4").join(name).join("journal_task");
+    std::fs::read_to_string(task).is_ok_and(|t| !t.trim().is_empty() && t.trim() != "<none>")
+}
+
+/// Writes a directory made under a temporary name to disk, with every directory in it,
+/// children first, and then its parent, so that on a file system that does not order
+/// metadata the rename that follows cannot reach the disk before them.
+pub fn make_durable(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    fn sync_tree(fd: &OwnedFd) -> Result<(), Errno> {
+        let mut children = Vec::new();
+        for entry in rustix::fs::Dir::read_from(fd)? {
+            let entry = entry?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes != b"."
+                && bytes != b".."
+                && entry.file_type() == rustix::fs::FileType::Directory
+            {
+                children.push(String::from_utf8_lossy(bytes).into_owned());
+            }
+        }
+        for child in children {
+            sync_tree(&open_child(fd, &child)?)?;
+        }
+        rustix::fs::fsync(fd)
+    }
+    sync_tree(&open_child(&dir, name)?)?;
+    rustix::fs::fsync(reopen(&dir)?)
+}
+
 /// Removes an empty directory; a full one is refused by the kernel, so no data can go.
 pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     unlinkat(dir, name, AtFlags::REMOVEDIR)

@@ -72,6 +72,9 @@ pub struct Executor<'a> {
     /// The storage directory is being made: what stands below its path on the root side is
     /// the storage side.
     creating_storage: bool,
+    /// File systems met (by device) and whether they order metadata; where one does not, a
+    /// directory is written to disk before it is renamed into place.
+    ordered: std::cell::RefCell<Vec<(u64, bool)>>,
 }
 
 fn index(side: Side) -> usize {
@@ -108,6 +111,7 @@ impl<'a> Executor<'a> {
             failures: Vec::new(),
             storage_path: String::new(),
             creating_storage: false,
+            ordered: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -182,7 +186,7 @@ impl<'a> Executor<'a> {
     fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
         self.bases[0] = None;
         let shown = self.tree.path(None, &stage.path);
-        match fs::place(&stage.parent, &stage.tmp, &stage.leaf) {
+        match self.place(stage.parent.as_fd(), &stage.tmp, &stage.leaf) {
             Ok(()) => {
                 log::info!(
                     "created storage directory {} (root:root 0755)",
@@ -520,7 +524,7 @@ impl<'a> Executor<'a> {
         let placed = self
             .finish_temp(parent, &tmp, traits, dir, shown)
             .and_then(|made| {
-                fs::place(parent, &tmp, &name)
+                self.place(parent, &tmp, &name)
                     .map(|()| (made, None))
                     .map_err(|errno| place_problem(shown, errno))
             });
@@ -590,7 +594,7 @@ impl<'a> Executor<'a> {
                 let path = self.chains[i][k].path.clone();
                 let leaf = path.rsplit('/').next().unwrap_or("").to_owned();
                 let up = k.checked_sub(1);
-                if let Err(errno) = fs::place(self.link_fd(side, up), &tmp, &leaf) {
+                if let Err(errno) = self.place(self.link_fd(side, up), &tmp, &leaf) {
                     let shown = self.shown_on(side, &path);
                     let problem = place_problem(&shown, errno);
                     for &member in &self.chains[i][k].members {
@@ -600,6 +604,27 @@ impl<'a> Executor<'a> {
             }
             self.chains[i].pop();
         }
+    }
+
+    /// Renames a directory made under its temporary name into place. On a file system that
+    /// does not order metadata (ext4 without a journal) it is written to disk first; a power
+    /// cut could else show it at its name with the temporary owner and mode.
+    fn place(&self, parent: BorrowedFd<'_>, tmp: &str, name: &str) -> Result<(), Errno> {
+        if !self.orders_metadata(parent) {
+            fs::make_durable(parent, tmp)?;
+        }
+        fs::place(parent, tmp, name)
+    }
+
+    fn orders_metadata(&self, dir: BorrowedFd<'_>) -> bool {
+        let dev = rustix::fs::fstat(dir).map(|st| st.st_dev).ok();
+        let mut known = self.ordered.borrow_mut();
+        if let Some(&(_, ordered)) = known.iter().find(|(d, _)| Some(*d) == dev) {
+            return ordered;
+        }
+        let (dev, ordered) = fs::orders_metadata(dir).unwrap_or((dev.unwrap_or(0), false));
+        known.push((dev, ordered));
+        ordered
     }
 
     /// Counts an entry among those that made something in the stage it works in.
