@@ -299,6 +299,7 @@ pub struct Planner<'a> {
     /// The storage's volume, when it declares a mountPoint: every directory the storage side
     /// relies on must be on it.
     volume: Option<volume::Volume>,
+    retired: fs::Retired,
 }
 
 fn index(side: Side) -> usize {
@@ -336,6 +337,7 @@ impl<'a> Planner<'a> {
             deep_sides: Vec::new(),
             marks_left: Vec::new(),
             volume: None,
+            retired: fs::Retired::new(),
         }
     }
 
@@ -354,8 +356,9 @@ impl<'a> Planner<'a> {
     }
 
     fn storage<'m>(&mut self, storage: &'m Storage) -> StoragePlan<'m> {
-        self.chains[0].clear();
-        self.chains[1].clear();
+        for link in self.chains.iter_mut().flat_map(std::mem::take) {
+            self.retired.retire(link.fd);
+        }
         self.planned[0].clear();
         let mut plan = StoragePlan {
             storage,
@@ -603,7 +606,9 @@ impl<'a> Planner<'a> {
             .iter()
             .take_while(|link| manifest::contains(&link.prefix, dirs))
             .count();
-        chain.truncate(shared);
+        for link in chain.drain(shared..) {
+            self.retired.retire(link.fd);
+        }
         let result = self.walk_chain(storage, side, base, &mut chain, dirs, entry, plan);
         self.chains[i] = chain;
         result
