@@ -56,6 +56,21 @@ struct Traits {
     staged: bool,
 }
 
+impl Traits {
+    /// The one rule for a directory this run makes in a parent with `parent`'s traits.
+    fn of_new(parent: Traits, dir: &Dir, staged: bool) -> Traits {
+        Traits {
+            // A set-group-id directory hands its group and the bit to what is made in it.
+            plain: parent.plain && dir.attrs.mode & 0o2000 == 0,
+            // Private only below a private parent: a root-only directory inside a user's one
+            // can be swapped for a link by that user.
+            private: parent.private && dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+            fresh: true,
+            staged: parent.staged || staged,
+        }
+    }
+}
+
 pub struct Executor<'a> {
     root: BorrowedFd<'a>,
     tree: &'a Root,
@@ -253,12 +268,7 @@ impl<'a> Executor<'a> {
                     escape::text(&shown(&path))
                 );
             }
-            let traits = Traits {
-                plain: parent.traits.plain,
-                private: true,
-                fresh: true,
-                staged: parent.traits.staged || staged_as.is_some(),
-            };
+            let traits = Traits::of_new(parent.traits, &dir, staged_as.is_some());
             let old = std::mem::replace(
                 &mut parent,
                 Link {
@@ -315,7 +325,6 @@ impl<'a> Executor<'a> {
         all: &[EntryPlan<'_>],
         action: &Action,
     ) -> Result<(), Problem> {
-        let entry = all[idx].entry;
         let dir = &action.dir;
         let shown = match dir.side {
             Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
@@ -328,57 +337,8 @@ impl<'a> Executor<'a> {
             parent_path
         };
         let at = self.parent(dir.side, parent_path, &shown)?;
-        let context = (storage, entry);
         match action.kind {
-            ActionKind::Mkdir => {
-                if dir.deferred() {
-                    self.mark_side(dir.side).map_err(|errno| Problem::Errno {
-                        action: "mark the base of",
-                        path: shown.clone(),
-                        errno,
-                    })?;
-                }
-                let traits = at.traits;
-                let pfd = self.link_fd(dir.side, at.at);
-                let (made, staged_as) =
-                    self.make((pfd, &at.rel, traits), name, dir, &shown, all)?;
-                if traits.staged {
-                    self.join_stage(dir.side, idx);
-                }
-                if let Some(made) = made {
-                    let (storage, entry) = context;
-                    let mut p = super::plan::pending_of(
-                        storage,
-                        dir,
-                        entry,
-                        &mark_of(dir),
-                        made.meta,
-                        made.birth,
-                    );
-                    p.marked = made.marked;
-                    self.pending.push(p);
-                }
-                self.chains[index(dir.side)].push(Link {
-                    path: dir.path.clone(),
-                    fd: None,
-                    traits: Traits {
-                        plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
-                        // Private only below a private parent: a root-only directory
-                        // inside a user's one can be swapped for a link by that user.
-                        private: traits.private
-                            && dir.uid == Some(0)
-                            && dir.attrs.mode & 0o022 == 0,
-                        fresh: true,
-                        staged: traits.staged || staged_as.is_some(),
-                    },
-                    members: if staged_as.is_some() {
-                        vec![idx]
-                    } else {
-                        Vec::new()
-                    },
-                    disk_name: staged_as,
-                });
-            }
+            ActionKind::Mkdir => self.mkdir(storage, idx, all, dir, (&at, name, &shown)),
             ActionKind::GiveOwner => {
                 let pfd = self.link_fd(dir.side, at.at);
                 give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
@@ -388,8 +348,51 @@ impl<'a> Executor<'a> {
                     escape::text(&dir.attrs.user.name),
                     escape::text(&dir.attrs.group.name)
                 );
+                Ok(())
             }
         }
+    }
+
+    /// Makes one planned directory in the parent located for it, and keeps it in the chain.
+    fn mkdir(
+        &mut self,
+        storage: &Storage,
+        idx: usize,
+        all: &[EntryPlan<'_>],
+        dir: &Dir,
+        (at, name, shown): (&Located, &str, &str),
+    ) -> Result<(), Problem> {
+        if dir.deferred() {
+            self.mark_side(dir.side).map_err(|errno| Problem::Errno {
+                action: "mark the base of",
+                path: shown.to_owned(),
+                errno,
+            })?;
+        }
+        let traits = at.traits;
+        let pfd = self.link_fd(dir.side, at.at);
+        let (made, staged_as) = self.make((pfd, &at.rel, traits), name, dir, shown, all)?;
+        if traits.staged {
+            self.join_stage(dir.side, idx);
+        }
+        if let Some(made) = made {
+            let mark = mark_of(dir);
+            let mut p =
+                super::plan::pending_of(storage, dir, all[idx].entry, &mark, made.meta, made.birth);
+            p.marked = made.marked;
+            self.pending.push(p);
+        }
+        self.chains[index(dir.side)].push(Link {
+            path: dir.path.clone(),
+            fd: None,
+            traits: Traits::of_new(traits, dir, staged_as.is_some()),
+            members: if staged_as.is_some() {
+                vec![idx]
+            } else {
+                Vec::new()
+            },
+            disk_name: staged_as,
+        });
         Ok(())
     }
 
