@@ -30,6 +30,10 @@ pub enum NotMounted {
     OffVolume { path: String, link: Option<String> },
     /// The storage path is on a mount beneath the mountPoint, but of the root's file system.
     BindOfRoot { path: String },
+    /// The storage path is on a mount other than the mountPoint's, and which mount that one
+    /// sits beneath cannot be told: `/proc/self/mountinfo` cannot be read (no `/proc`, as in an
+    /// installer's chroot).
+    NoMountinfo { path: String, errno: Errno },
     /// The question itself failed.
     Unknown { path: String, errno: Errno },
 }
@@ -63,6 +67,11 @@ impl NotMounted {
                 "{root}{} is a bind mount of a directory on the root's own file system",
                 escape::text(path)
             ),
+            NotMounted::NoMountinfo { path, errno } => format!(
+                "cannot tell whether {root}{}, which is on a mount of its own, is on the volume: /proc/self/mountinfo cannot be read ({})",
+                escape::text(path),
+                report::errno_words(*errno)
+            ),
             NotMounted::Unknown { path, errno } => format!(
                 "cannot tell whether {root}{} is on the volume ({})",
                 escape::text(path),
@@ -79,6 +88,9 @@ impl NotMounted {
                 "make {} a real directory on the volume mounted at {mp} (remove the symlink or bind mount that stands there), or change the storage's path",
                 escape::text(path)
             ),
+            NotMounted::NoMountinfo { .. } => {
+                "mount /proc (mount -t proc proc /proc; in a chroot, bind the host's /proc into it) and run persist-prep again".to_owned()
+            }
             _ => format!(
                 "mount the volume at {mp} before persist-prep runs; on NixOS set fileSystems.\"{mp}\".neededForBoot = true"
             ),
@@ -116,7 +128,16 @@ pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Resu
     let (deepest, fd) = deepest_existing(root, &storage.path).map_err(|e| unknown("/", e))?;
     let (mount, dev) = fs::mount_of(&fd).map_err(|e| unknown(&deepest, e))?;
     let beneath = match (mount, mp_mount) {
-        (Some(mount), Some(mp_mount)) => mount == mp_mount || is_beneath(mount, mp_mount),
+        (Some(mount), Some(mp_mount)) if mount == mp_mount => true,
+        (Some(mount), Some(mp_mount)) => match is_beneath(mount, mp_mount) {
+            Ok(beneath) => beneath,
+            Err(errno) => {
+                return Err(NotMounted::NoMountinfo {
+                    path: deepest,
+                    errno,
+                });
+            }
+        },
         // Before Linux 5.8 there are no mount ids: the device must be the volume's.
         _ => dev == mp_dev,
     };
@@ -172,21 +193,24 @@ fn leads_off(root: BorrowedFd<'_>, path: &str, deepest: &str) -> NotMounted {
     }
 }
 
-/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`.
-fn is_beneath(id: u64, ancestor: u64) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`; the
+/// errno when that cannot be read (or names neither mount, as an empty `/proc` would).
+fn is_beneath(id: u64, ancestor: u64) -> Result<bool, Errno> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     let parents = parse_mountinfo(&text);
+    if !parents.contains_key(&id) {
+        return Err(Errno::NOENT);
+    }
     let mut at = id;
     for _ in 0..parents.len() {
         match parents.get(&at) {
-            Some(&parent) if parent == ancestor => return true,
+            Some(&parent) if parent == ancestor => return Ok(true),
             Some(&parent) if parent != at => at = parent,
-            _ => return false,
+            _ => return Ok(false),
         }
     }
-    false
+    Ok(false)
 }
 
 /// Mount id to parent mount id, from the first two fields of each mountinfo line.
