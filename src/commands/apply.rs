@@ -38,22 +38,27 @@ struct Invalid<'a> {
     errors: &'a [String],
 }
 
+/// The validated manifest, or the exit after saying what is wrong with it.
+fn load(options: &Options, run: Intent) -> Result<manifest::Manifest, Exit> {
+    manifest::load(&options.manifest).map_err(|errors| {
+        super::validate::report_invalid(options, &errors);
+        if options.json {
+            report::print_serialized(&Invalid {
+                version: 1,
+                command: run.command(),
+                valid: false,
+                errors: &errors,
+            });
+        }
+        Exit::InvalidManifest
+    })
+}
+
 fn run(options: &Options, run: Intent) -> Exit {
     let start = Instant::now();
-    let manifest = match manifest::load(&options.manifest) {
+    let manifest = match load(options, run) {
         Ok(manifest) => manifest,
-        Err(errors) => {
-            super::validate::report_invalid(options, &errors);
-            if options.json {
-                report::print_serialized(&Invalid {
-                    version: 1,
-                    command: run.command(),
-                    valid: false,
-                    errors: &errors,
-                });
-            }
-            return Exit::InvalidManifest;
-        }
+        Err(exit) => return exit,
     };
     let root = match super::open_root(options, run.command()) {
         Ok(root) => root,
