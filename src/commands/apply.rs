@@ -73,8 +73,11 @@ fn run(options: &Options, run: Intent) -> Exit {
         Ok(lock) => lock,
         Err(exit) => return exit,
     };
-    let record = deferred::load(&options.state_dir).unwrap_or_else(|message| {
-        log::warn!("{message}");
+    let record = deferred::load(&options.state_dir).unwrap_or_else(|error| {
+        log::warn!(
+            "{}",
+            super::output::record_error(&options.state_dir, &error)
+        );
         deferred::Record::default()
     });
     let planner = plan::Planner::new(&root, &record);
@@ -128,10 +131,15 @@ fn save_pending(
     deferred::merge(&mut record, found);
     deferred::merge(&mut record, made);
     let saved = deferred::save(&options.state_dir, &record);
-    deferred::settle_sides(root.fd(), &plan.deep_sides, &record);
+    super::output::pending_marks_left(&deferred::settle_sides(
+        root.fd(),
+        &plan.deep_sides,
+        &record,
+    ));
     match saved {
         Ok(()) => true,
-        Err(message) => {
+        Err(error) => {
+            let message = super::output::record_error(&options.state_dir, &error);
             log::error!("{message}; the deferred owners will not be finished");
             false
         }

@@ -78,18 +78,24 @@ pub fn run(options: &Options) -> Exit {
     };
     let mut record = match deferred::load(&options.state_dir) {
         Ok(record) => record,
-        Err(message) => {
-            log::error!("{message}");
+        Err(error) => {
+            log::error!(
+                "{}",
+                super::output::record_error(&options.state_dir, &error)
+            );
             return Exit::Failed;
         }
     };
     let results = finish_all(&root, &mut record);
     let saved = deferred::save(&options.state_dir, &record);
     drop(lock);
+    let save_error = saved
+        .err()
+        .map(|e| super::output::record_error(&options.state_dir, &e));
     output::report(
         &root,
         &results,
-        saved.err().as_deref(),
+        save_error.as_deref(),
         report::Elapsed::since(start),
         options.json,
     )
@@ -110,7 +116,7 @@ fn finish_all(root: &Root, record: &mut Record) -> Vec<(Pending, Outcome)> {
         }
         results.push((p, outcome));
     }
-    deferred::settle_sides(root.fd(), &sides, record);
+    super::output::pending_marks_left(&deferred::settle_sides(root.fd(), &sides, record));
     results
 }
 
