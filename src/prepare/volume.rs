@@ -129,7 +129,7 @@ pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Resu
     let (mount, dev) = fs::mount_of(&fd).map_err(|e| unknown(&deepest, e))?;
     let beneath = match (mount, mp_mount) {
         (Some(mount), Some(mp_mount)) if mount == mp_mount => true,
-        (Some(mount), Some(mp_mount)) => match is_beneath(mount, mp_mount) {
+        (Some(mount), Some(mp_mount)) => match beneath_by_mountinfo(mount, mp_mount) {
             Ok(beneath) => beneath,
             Err(errno) => {
                 return Err(NotMounted::NoMountinfo {
@@ -193,9 +193,16 @@ fn leads_off(root: BorrowedFd<'_>, path: &str, deepest: &str) -> NotMounted {
     }
 }
 
+/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`;
+/// false when that cannot be read.
+#[allow(dead_code)]
+fn is_beneath(id: u64, ancestor: u64) -> bool {
+    beneath_by_mountinfo(id, ancestor).unwrap_or(false)
+}
+
 /// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`; the
-/// errno when that cannot be read (or names neither mount, as an empty `/proc` would).
-fn is_beneath(id: u64, ancestor: u64) -> Result<bool, Errno> {
+/// errno when that cannot be read (or does not name the mount, as an empty `/proc` would).
+fn beneath_by_mountinfo(id: u64, ancestor: u64) -> Result<bool, Errno> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     let parents = parse_mountinfo(&text);
