@@ -18,17 +18,14 @@
 //!   all three, and the owner it left, to be unchanged.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, renameat, unlinkat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::escape;
 use crate::fs;
 use crate::manifest::{Attrs, Owner};
-use crate::report;
 
 const FILE: &str = "deferred.json";
 
@@ -165,39 +162,51 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
+/// Why the record could not be read or written. Data only: `commands` says it in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    Read(Errno),
+    /// It is not a regular file (a FIFO would hang the boot).
+    NotAFile,
+    /// It is not a record: serde's words about the bytes.
+    Invalid(String),
+    Write {
+        op: WriteOp,
+        errno: Errno,
+    },
+}
+
+/// The step of writing the record that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    Remove,
+    CreateDir,
+    OpenDir,
+    Write,
+}
+
 /// Reads the record; a missing file is an empty record. Neither the state directory nor the
 /// record may be a symlink, and the record must be a regular file (a FIFO would hang the boot).
-pub fn load(state_dir: &Path) -> Result<Record, String> {
-    let file = path(state_dir);
-    let fail = |why: String| {
-        format!(
-            "cannot read the deferred-owner record {}: {why}; fix: remove it and run `persist-prep apply` again",
-            escape::bytes(file.as_os_str().as_bytes())
-        )
-    };
+pub fn load(state_dir: &Path) -> Result<Record, RecordError> {
     let dir = match open_state_dir(state_dir) {
         Ok(dir) => dir,
         Err(Errno::NOENT) => return Ok(empty()),
-        Err(errno) => return Err(fail(report::errno_words(errno))),
+        Err(errno) => return Err(RecordError::Read(errno)),
     };
-    let fd = match openat(
-        &dir,
-        FILE,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match openat(&dir, FILE, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(empty()),
-        Err(errno) => return Err(fail(report::errno_words(errno))),
+        Err(errno) => return Err(RecordError::Read(errno)),
     };
-    let st = rustix::fs::fstat(&fd).map_err(|e| fail(report::errno_words(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(RecordError::Read)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(fail("it is not a regular file".into()));
+        return Err(RecordError::NotAFile);
     }
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
-        .map_err(|e| fail(report::io_error_words(&e)))?;
-    serde_json::from_slice(&data).map_err(|e| fail(e.to_string()))
+        .map_err(|e| RecordError::Read(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    serde_json::from_slice(&data).map_err(|e| RecordError::Invalid(e.to_string()))
 }
 
 fn empty() -> Record {
@@ -218,37 +227,34 @@ fn open_state_dir(state_dir: &Path) -> Result<OwnedFd, Errno> {
 
 /// Writes the record atomically, or removes it when nothing is pending. The new file is made
 /// exclusively under a temporary name, so that a planted link cannot redirect the write.
-pub fn save(state_dir: &Path, record: &Record) -> Result<(), String> {
-    let fail = |what: &str, errno: Errno| {
-        format!(
-            "cannot {what} the deferred-owner record {}: {}; fix: make {} a writable directory (it is normally on the /run tmpfs)",
-            escape::bytes(path(state_dir).as_os_str().as_bytes()),
-            report::errno_words(errno),
-            escape::bytes(state_dir.as_os_str().as_bytes())
-        )
-    };
+pub fn save(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
+    let fail = |op, errno| RecordError::Write { op, errno };
     if record.pending.is_empty() {
         return match open_state_dir(state_dir)
             .and_then(|dir| unlinkat(&dir, FILE, AtFlags::empty()))
         {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
-            Err(errno) => Err(fail("remove", errno)),
+            Err(errno) => Err(fail(WriteOp::Remove, errno)),
         };
     }
     match rustix::fs::mkdir(state_dir, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(errno) => return Err(fail("create the directory for", errno)),
+        Err(errno) => return Err(fail(WriteOp::CreateDir, errno)),
     }
-    let dir = open_state_dir(state_dir).map_err(|e| fail("open the directory for", e))?;
+    let dir = open_state_dir(state_dir).map_err(|e| fail(WriteOp::OpenDir, e))?;
     let tmp = format!(".{FILE}.tmp");
     let _ = unlinkat(&dir, tmp.as_str(), AtFlags::empty());
     let data = serde_json::to_vec_pretty(record).unwrap_or_default();
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = openat(&dir, tmp.as_str(), flags, Mode::from_raw_mode(0o600))
-        .map_err(|e| fail("write", e))?;
-    std::io::Write::write_all(&mut std::fs::File::from(fd), &data)
-        .map_err(|e| fail("write", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-    renameat(&dir, tmp.as_str(), &dir, FILE).map_err(|e| fail("write", e))
+        .map_err(|e| fail(WriteOp::Write, e))?;
+    std::io::Write::write_all(&mut std::fs::File::from(fd), &data).map_err(|e| {
+        fail(
+            WriteOp::Write,
+            Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        )
+    })?;
+    renameat(&dir, tmp.as_str(), &dir, FILE).map_err(|e| fail(WriteOp::Write, e))
 }
 
 /// Adds newly deferred directories, replacing older records of the same directory.
@@ -269,26 +275,26 @@ pub fn give_owner(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), ru
     fs::clear_mark(&fd, OWNER_MARK)
 }
 
-/// Drops the pending mark of every side that has nothing pending any more.
-pub fn settle_sides(root: std::os::fd::BorrowedFd<'_>, done: &[Option<String>], record: &Record) {
+/// Drops the pending mark of every side that has nothing pending any more; returns the sides
+/// (storage, or `None` for the root) whose mark could not be removed, with the errno.
+pub fn settle_sides(
+    root: std::os::fd::BorrowedFd<'_>,
+    done: &[Option<String>],
+    record: &Record,
+) -> Vec<(Option<String>, Errno)> {
     let mut seen: Vec<&Option<String>> = Vec::new();
+    let mut left = Vec::new();
     for side in done {
         if seen.contains(&side) || record.pending.iter().any(|p| &p.storage == side) {
             continue;
         }
         seen.push(side);
-        let base = match side {
-            Some(storage) => fs::open_in_root(root, storage),
-            None => fs::open_in_root(root, "/"),
-        };
+        let base = fs::open_in_root(root, side.as_deref().unwrap_or("/"));
         if let Ok(fd) = base.and_then(fs::reopen) {
             if let Err(errno) = fs::clear_mark(&fd, PENDING_MARK) {
-                log::warn!(
-                    "cannot remove the pending mark of {}: {}; the next boot looks for deferred owners there once more",
-                    escape::text(side.as_deref().unwrap_or("/")),
-                    report::errno_words(errno)
-                );
+                left.push((side.clone(), errno));
             }
         }
     }
+    left
 }

@@ -127,26 +127,32 @@ fn path_value(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String
     Ok(PathBuf::from(value))
 }
 
-fn run(mut parser: lexopt::Parser) -> Exit {
-    let command = match parser.next() {
-        Ok(Some(lexopt::Arg::Value(command))) => command,
-        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
-            return print_usage();
-        }
+/// The command word, or the exit for `--help`, `--version` and a missing command.
+fn command(parser: &mut lexopt::Parser) -> Result<std::ffi::OsString, Exit> {
+    match parser.next() {
+        Ok(Some(lexopt::Arg::Value(command))) => Ok(command),
+        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => Err(print_usage()),
         Ok(Some(lexopt::Arg::Long("version") | lexopt::Arg::Short('V'))) => {
             let _ = writeln!(
                 std::io::stdout(),
                 "persist-prep {}",
                 env!("CARGO_PKG_VERSION")
             );
-            return Exit::Ok;
+            Err(Exit::Ok)
         }
-        Ok(None) => return usage_error("no command given"),
+        Ok(None) => Err(usage_error("no command given")),
         Ok(Some(arg)) => {
             let shown = arg_error(&arg.unexpected());
-            return usage_error(&format!("no command given ({shown})"));
+            Err(usage_error(&format!("no command given ({shown})")))
         }
-        Err(e) => return usage_error(&arg_error(&e)),
+        Err(e) => Err(usage_error(&arg_error(&e))),
+    }
+}
+
+fn run(mut parser: lexopt::Parser) -> Exit {
+    let command = match command(&mut parser) {
+        Ok(command) => command,
+        Err(exit) => return exit,
     };
     let allowed: &[&str] = match command.to_str() {
         Some("apply") => &["--manifest", "--root", "--state-dir", "--dry-run", "--json"],

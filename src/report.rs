@@ -195,11 +195,6 @@ impl std::fmt::Display for Elapsed {
     }
 }
 
-/// Writes a JSON document to stdout on one line.
-pub fn print_json(value: &serde_json::Value) {
-    print_serialized(value);
-}
-
 /// Writes any serialisable document to stdout on one line.
 pub fn print_serialized(value: &impl serde::Serialize) {
     let mut out = std::io::stdout().lock();

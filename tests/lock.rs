@@ -196,3 +196,29 @@ fn a_file_system_without_locks_is_warned_about_and_the_run_goes_on() {
         );
     }
 }
+
+#[test]
+fn a_state_directory_others_can_write_to_is_refused_for_the_lock() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-unsafe");
+    s.manifest(ONE);
+    std::fs::set_permissions(s.state(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (run, _) = apply_within(&s, "10", &[]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("so others could take or replace its lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!exists(s.root().join("persist")));
+    // `check` only reads: it says so and goes on without the lock.
+    let check = s.run(&["check"]);
+    assert!(
+        check.stderr.contains("going on without the lock"),
+        "{}",
+        check.stderr
+    );
+}

@@ -102,6 +102,33 @@ fn a_mount_point_bind_mounted_from_the_root_is_not_mounted() {
     );
 }
 
+/// Without `/proc` (an installer's chroot) a storage on a mount beneath its mountPoint cannot
+/// be told from a bind mount: say that mountinfo could not be read and how to fix it, instead
+/// of calling a correct storage a symlink or bind mount.
+#[test]
+fn without_proc_the_missing_evidence_is_named_with_its_fix() {
+    if !require_root() {
+        return;
+    }
+    let (s, apply, check, stderr) = run_case(
+        "vol-no-proc",
+        r#"mount -t tmpfs tmpfs "$ROOT/nix"; mkdir "$ROOT/nix/persist"; mount -t tmpfs tmpfs "$ROOT/nix/persist"
+           mount -t tmpfs noproc /proc"#,
+    );
+    for doc in [&apply, &check] {
+        let storage = &doc["storages"][0];
+        assert_eq!(storage["state"], "not-mounted", "{doc}\n{stderr}");
+        let message = storage["message"].as_str().unwrap();
+        assert!(
+            message.contains("/proc/self/mountinfo cannot be read"),
+            "{message}"
+        );
+        assert!(message.contains("Fix: mount /proc"), "{message}");
+        assert!(!message.contains("bind mount of"), "{message}");
+    }
+    assert!(!exists(s.root().join("var")));
+}
+
 #[test]
 fn a_storage_on_a_mount_beneath_the_volume_or_bound_within_it_is_used() {
     if !require_root() {

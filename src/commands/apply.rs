@@ -38,22 +38,27 @@ struct Invalid<'a> {
     errors: &'a [String],
 }
 
+/// The validated manifest, or the exit after saying what is wrong with it.
+fn load(options: &Options, run: Intent) -> Result<manifest::Manifest, Exit> {
+    manifest::load(&options.manifest).map_err(|errors| {
+        super::validate::report_invalid(options, &errors);
+        if options.json {
+            report::print_serialized(&Invalid {
+                version: 1,
+                command: run.command(),
+                valid: false,
+                errors: &errors,
+            });
+        }
+        Exit::InvalidManifest
+    })
+}
+
 fn run(options: &Options, run: Intent) -> Exit {
     let start = Instant::now();
-    let manifest = match manifest::load(&options.manifest) {
+    let manifest = match load(options, run) {
         Ok(manifest) => manifest,
-        Err(errors) => {
-            super::validate::report_invalid(options, &errors);
-            if options.json {
-                report::print_serialized(&Invalid {
-                    version: 1,
-                    command: run.command(),
-                    valid: false,
-                    errors: &errors,
-                });
-            }
-            return Exit::InvalidManifest;
-        }
+        Err(exit) => return exit,
     };
     let root = match super::open_root(options, run.command()) {
         Ok(root) => root,
@@ -68,8 +73,11 @@ fn run(options: &Options, run: Intent) -> Exit {
         Ok(lock) => lock,
         Err(exit) => return exit,
     };
-    let record = deferred::load(&options.state_dir).unwrap_or_else(|message| {
-        log::warn!("{message}");
+    let record = deferred::load(&options.state_dir).unwrap_or_else(|error| {
+        log::warn!(
+            "{}",
+            super::output::record_error(&options.state_dir, &error)
+        );
         deferred::Record::default()
     });
     let planner = plan::Planner::new(&root, &record);
@@ -134,10 +142,15 @@ fn save_pending(
     deferred::merge(&mut record, found);
     deferred::merge(&mut record, made);
     let saved = deferred::save(&options.state_dir, &record);
-    deferred::settle_sides(root.fd(), &plan.deep_sides, &record);
+    super::output::pending_marks_left(&deferred::settle_sides(
+        root.fd(),
+        &plan.deep_sides,
+        &record,
+    ));
     match saved {
         Ok(()) => true,
-        Err(message) => {
+        Err(error) => {
+            let message = super::output::record_error(&options.state_dir, &error);
             log::error!("{message}; the deferred owners will not be finished");
             false
         }

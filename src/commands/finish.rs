@@ -79,18 +79,24 @@ pub fn run(options: &Options) -> Exit {
     };
     let mut record = match deferred::load(&options.state_dir) {
         Ok(record) => record,
-        Err(message) => {
-            log::error!("{message}");
+        Err(error) => {
+            log::error!(
+                "{}",
+                super::output::record_error(&options.state_dir, &error)
+            );
             return Exit::Failed;
         }
     };
     let results = finish_all(&root, &mut record);
     let saved = deferred::save(&options.state_dir, &record);
     drop(lock);
+    let save_error = saved
+        .err()
+        .map(|e| super::output::record_error(&options.state_dir, &e));
     output::report(
         &root,
         &results,
-        saved.err().as_deref(),
+        save_error.as_deref(),
         report::Elapsed::since(start),
         options.json,
     )
@@ -111,11 +117,12 @@ fn finish_all(root: &Root, record: &mut Record) -> Vec<(Pending, Outcome)> {
         }
         results.push((p, outcome));
     }
-    deferred::settle_sides(root.fd(), &sides, record);
+    super::output::pending_marks_left(&deferred::settle_sides(root.fd(), &sides, record));
     results
 }
 
-fn finish_one(root: BorrowedFd<'_>, resolver: &mut Resolver<'_>, p: &Pending) -> Outcome {
+/// The recorded owner's ids, or which of the two names still does not resolve.
+fn resolve(resolver: &mut Resolver<'_>, p: &Pending) -> Result<(u32, u32), Outcome> {
     let user = Owner {
         name: p.user.clone(),
         id: p.uid,
@@ -124,30 +131,21 @@ fn finish_one(root: BorrowedFd<'_>, resolver: &mut Resolver<'_>, p: &Pending) ->
         name: p.group.clone(),
         id: p.gid,
     };
-    let Some(uid) = resolver.resolve(&user, Db::User) else {
-        return Outcome::Unresolved { db: Db::User };
+    let uid = resolver.resolve(&user, Db::User);
+    let uid = uid.ok_or(Outcome::Unresolved { db: Db::User })?;
+    let gid = resolver.resolve(&group, Db::Group);
+    let gid = gid.ok_or(Outcome::Unresolved { db: Db::Group })?;
+    Ok((uid, gid))
+}
+
+fn finish_one(root: BorrowedFd<'_>, resolver: &mut Resolver<'_>, p: &Pending) -> Outcome {
+    let (uid, gid) = match resolve(resolver, p) {
+        Ok(ids) => ids,
+        Err(outcome) => return outcome,
     };
-    let Some(gid) = resolver.resolve(&group, Db::Group) else {
-        return Outcome::Unresolved { db: Db::Group };
-    };
-    let fd = match open_recorded(root, p) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Outcome::Gone,
-        Err(errno) => {
-            return Outcome::Failed {
-                op: Op::Open,
-                errno,
-            };
-        }
-    };
-    let meta = match fs::meta(&fd) {
-        Ok(meta) => meta,
-        Err(errno) => {
-            return Outcome::Failed {
-                op: Op::Stat,
-                errno,
-            };
-        }
+    let (fd, meta) = match open_recorded(root, p) {
+        Ok(found) => found,
+        Err(outcome) => return outcome,
     };
     if (meta.uid, meta.gid, meta.mode) == (uid, gid, p.mode) {
         return Outcome::AlreadyOwned;
@@ -180,8 +178,29 @@ fn finish_one(root: BorrowedFd<'_>, resolver: &mut Resolver<'_>, p: &Pending) ->
     }
 }
 
+/// Opens a recorded directory and reads its owner and mode, or says why not.
+fn open_recorded(root: BorrowedFd<'_>, p: &Pending) -> Result<(OwnedFd, fs::Meta), Outcome> {
+    let fd = match open_path(root, p) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Err(Outcome::Gone),
+        Err(errno) => {
+            return Err(Outcome::Failed {
+                op: Op::Open,
+                errno,
+            });
+        }
+    };
+    match fs::meta(&fd) {
+        Ok(meta) => Ok((fd, meta)),
+        Err(errno) => Err(Outcome::Failed {
+            op: Op::Stat,
+            errno,
+        }),
+    }
+}
+
 /// Opens a recorded directory with the same rules `apply` used to create it.
-fn open_recorded(root: BorrowedFd<'_>, p: &Pending) -> Result<OwnedFd, Errno> {
+fn open_path(root: BorrowedFd<'_>, p: &Pending) -> Result<OwnedFd, Errno> {
     let base = match &p.storage {
         Some(storage) => fs::open_in_root(root, storage)?,
         None => fs::open_beneath(root, "/")?,

@@ -3,7 +3,7 @@
 
 pub mod apply;
 pub mod finish;
-mod output;
+pub(crate) mod output;
 pub mod validate;
 
 use std::path::PathBuf;

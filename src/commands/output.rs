@@ -8,6 +8,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 
 use super::Options;
+use crate::deferred::{self, RecordError, WriteOp};
 use crate::escape;
 use crate::lock::{Access, Event, Holder, Problem};
 use crate::report;
@@ -114,5 +115,48 @@ pub fn lock_problem(problem: &Problem, state_dir: &Path, go_on: bool) {
         log::warn!("{what}; going on without the lock. Fix: {fix}");
     } else {
         log::error!("{what}; nothing was done. Fix: {fix}");
+    }
+}
+
+/// The deferred-owner record's problem in words, with its fix.
+pub fn record_error(state_dir: &Path, error: &RecordError) -> String {
+    let dir = escape::bytes(state_dir.as_os_str().as_encoded_bytes());
+    let file = escape::bytes(deferred::path(state_dir).as_os_str().as_encoded_bytes());
+    let read_fix = "remove it and run `persist-prep apply` again";
+    match error {
+        RecordError::Read(errno) => format!(
+            "cannot read the deferred-owner record {file}: {}; fix: {read_fix}",
+            report::errno_words(*errno)
+        ),
+        RecordError::NotAFile => format!(
+            "cannot read the deferred-owner record {file}: it is not a regular file; fix: {read_fix}"
+        ),
+        RecordError::Invalid(why) => format!(
+            "cannot read the deferred-owner record {file}: {}; fix: {read_fix}",
+            escape::text(why)
+        ),
+        RecordError::Write { op, errno } => {
+            let what = match op {
+                WriteOp::Remove => "remove",
+                WriteOp::CreateDir => "create the directory for",
+                WriteOp::OpenDir => "open the directory for",
+                WriteOp::Write => "write",
+            };
+            format!(
+                "cannot {what} the deferred-owner record {file}: {}; fix: make {dir} a writable directory (it is normally on the /run tmpfs)",
+                report::errno_words(*errno)
+            )
+        }
+    }
+}
+
+/// A side whose pending mark stays although nothing waits there any more.
+pub fn pending_marks_left(left: &[(Option<String>, Errno)]) {
+    for (side, errno) in left {
+        log::warn!(
+            "cannot remove the pending mark of {}: {}; the next boot looks for deferred owners there once more",
+            escape::text(side.as_deref().unwrap_or("/")),
+            report::errno_words(*errno)
+        );
     }
 }
