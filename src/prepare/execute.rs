@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 
 use super::plan::{
-    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Plan, Problem, Side, Skip,
+    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Plan, Problem, Side, Sides, Skip,
     StorageState,
 };
 use crate::deferred::{self, Mark, Pending};
@@ -76,10 +76,10 @@ pub struct Executor<'a> {
     tree: &'a Root,
     euid: u32,
     egid: u32,
-    chains: [Vec<Link>; 2],
-    bases: [Option<Link>; 2],
+    chains: Sides<Vec<Link>>,
+    bases: Sides<Option<Link>>,
     /// The side's base carries the pending mark already (set before a deferred directory).
-    marked: [bool; 2],
+    marked: Sides<bool>,
     pub pending: Vec<Pending>,
     /// Entries (by index in their storage) whose stage could not be placed.
     failures: Vec<(usize, Problem)>,
@@ -90,13 +90,6 @@ pub struct Executor<'a> {
     /// File systems met (by device) and whether they order metadata; where one does not, a
     /// directory is written to disk before it is renamed into place.
     ordered: std::cell::RefCell<Vec<(u64, bool)>>,
-}
-
-fn index(side: Side) -> usize {
-    match side {
-        Side::Storage => 0,
-        Side::Root => 1,
-    }
 }
 
 /// The temporary name a directory is made under: fixed for a name, so that the next run finds
@@ -119,9 +112,9 @@ impl<'a> Executor<'a> {
             tree,
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
-            chains: [Vec::new(), Vec::new()],
-            bases: [None, None],
-            marked: [false, false],
+            chains: Sides::default(),
+            bases: Sides::default(),
+            marked: Sides::default(),
             pending: Vec::new(),
             failures: Vec::new(),
             storage_path: String::new(),
@@ -131,13 +124,13 @@ impl<'a> Executor<'a> {
     }
 
     pub fn execute(&mut self, plan: &mut Plan<'_>) {
-        self.bases[1] = fs::open_in_root(self.root, "/")
+        self.bases.root = fs::open_in_root(self.root, "/")
             .ok()
             .map(|fd| existing("/", fd));
         for s in &mut plan.storages {
             let storage = s.storage;
-            self.chains = [Vec::new(), Vec::new()];
-            self.marked[0] = false;
+            self.chains = Sides::default();
+            self.marked.storage = false;
             self.storage_path.clone_from(&storage.path);
             let mut stage = None;
             let base = match &s.state {
@@ -158,7 +151,7 @@ impl<'a> Executor<'a> {
                 _ => continue,
             };
             match base {
-                Ok(link) => self.bases[0] = Some(link),
+                Ok(link) => self.bases.storage = Some(link),
                 Err(problem) => {
                     s.state = StorageState::Failed(problem);
                     for e in &mut s.entries {
@@ -199,7 +192,7 @@ impl<'a> Executor<'a> {
 
     /// Places a storage directory made as a stage, with everything made below it.
     fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
-        self.bases[0] = None;
+        self.bases.storage = None;
         let shown = self.tree.path(None, &stage.path);
         match self.place(stage.parent.as_fd(), &stage.tmp, &stage.leaf) {
             Ok(()) => {
@@ -382,7 +375,7 @@ impl<'a> Executor<'a> {
             p.marked = made.marked;
             self.pending.push(p);
         }
-        self.chains[index(dir.side)].push(Link {
+        self.chains[dir.side].push(Link {
             path: dir.path.clone(),
             fd: None,
             traits: Traits::of_new(traits, dir, staged_as.is_some()),
@@ -410,23 +403,22 @@ impl<'a> Executor<'a> {
                 traits,
             });
         }
-        let i = index(side);
-        let keep = self.chains[i]
+        let keep = self.chains[side]
             .iter()
             .take_while(|l| crate::manifest::contains(&l.path, path))
             .count();
         self.settle(side, keep);
-        if self.chains[i].last().is_some_and(|l| l.path == path) {
+        if self.chains[side].last().is_some_and(|l| l.path == path) {
             return self.reach(side, keep - 1, shown);
         }
-        let Some(last) = self.chains[i].last() else {
+        let Some(last) = self.chains[side].last() else {
             let fd = fs::open_dir_beneath(self.link_fd(side, None), path)
                 .map_err(|errno| open_problem(shown, errno))?;
-            self.chains[i].push(existing(path, fd));
+            self.chains[side].push(existing(path, fd));
             return Ok(Located {
                 at: Some(0),
                 rel: String::new(),
-                traits: self.chains[i][0].traits,
+                traits: self.chains[side][0].traits,
             });
         };
         let (from, rest) = (keep - 1, path[last.path.len()..].to_owned());
@@ -436,24 +428,23 @@ impl<'a> Executor<'a> {
             &format!("{}{}", base.rel, rest.trim_start_matches('/')),
         )
         .map_err(|errno| open_problem(shown, errno))?;
-        self.chains[i].push(existing(path, fd));
-        let at = self.chains[i].len() - 1;
+        self.chains[side].push(existing(path, fd));
+        let at = self.chains[side].len() - 1;
         Ok(Located {
             at: Some(at),
             rel: String::new(),
-            traits: self.chains[i][at].traits,
+            traits: self.chains[side][at].traits,
         })
     }
 
     /// Reaches link `at`: the nearest link above it that has a handle, and the names from
     /// there, opening on the way any link that is not private.
     fn reach(&mut self, side: Side, at: usize, shown: &str) -> Result<Located, Problem> {
-        let i = index(side);
-        let top = (0..=at).rev().find(|&k| self.chains[i][k].fd.is_some());
+        let top = (0..=at).rev().find(|&k| self.chains[side][k].fd.is_some());
         let mut from = top;
         let mut rel = String::new();
         for k in top.map_or(0, |t| t + 1)..=at {
-            let link = &self.chains[i][k];
+            let link = &self.chains[side][k];
             let name = match &link.disk_name {
                 Some(tmp) => tmp.clone(),
                 None => link.path.rsplit('/').next().unwrap_or("").to_owned(),
@@ -461,27 +452,27 @@ impl<'a> Executor<'a> {
             rel.push_str(&name);
             // Through a private link by name, while the path stays short: a deep chain is
             // opened on the way, so that no call gets a path that grows with the entry.
-            if self.chains[i][k].traits.private && rel.len() + 256 < fs::PIECE {
+            if self.chains[side][k].traits.private && rel.len() + 256 < fs::PIECE {
                 rel.push('/');
                 continue;
             }
             let fd = fs::open_child(self.link_fd(side, from), &rel)
                 .map_err(|errno| open_problem(shown, errno))?;
-            self.chains[i][k].fd = Some(fd);
+            self.chains[side][k].fd = Some(fd);
             from = Some(k);
             rel.clear();
         }
         Ok(Located {
             at: from,
             rel,
-            traits: self.chains[i][at].traits,
+            traits: self.chains[side][at].traits,
         })
     }
 
     fn link(&self, side: Side, at: Option<usize>) -> Option<&Link> {
         match at {
-            Some(at) => self.chains[index(side)].get(at),
-            None => self.bases[index(side)].as_ref(),
+            Some(at) => self.chains[side].get(at),
+            None => self.bases[side].as_ref(),
         }
     }
 
@@ -590,22 +581,21 @@ impl<'a> Executor<'a> {
     /// Renames the stage that link `k` of a side started into place, then drops the links
     /// from `keep` on. A stage that cannot be placed fails the entries that made it.
     fn settle(&mut self, side: Side, keep: usize) {
-        let i = index(side);
-        while self.chains[i].len() > keep {
-            let k = self.chains[i].len() - 1;
-            if let Some(tmp) = self.chains[i][k].disk_name.take() {
-                let path = self.chains[i][k].path.clone();
+        while self.chains[side].len() > keep {
+            let k = self.chains[side].len() - 1;
+            if let Some(tmp) = self.chains[side][k].disk_name.take() {
+                let path = self.chains[side][k].path.clone();
                 let leaf = path.rsplit('/').next().unwrap_or("").to_owned();
                 let up = k.checked_sub(1);
                 if let Err(errno) = self.place(self.link_fd(side, up), &tmp, &leaf) {
                     let shown = self.shown_on(side, &path);
                     let problem = place_problem(&shown, errno);
-                    for &member in &self.chains[i][k].members {
+                    for &member in &self.chains[side][k].members {
                         self.failures.push((member, problem.clone()));
                     }
                 }
             }
-            self.chains[i].pop();
+            self.chains[side].pop();
         }
     }
 
@@ -632,7 +622,7 @@ impl<'a> Executor<'a> {
 
     /// Counts an entry among those that made something in the stage it works in.
     fn join_stage(&mut self, side: Side, idx: usize) {
-        if let Some(top) = self.chains[index(side)]
+        if let Some(top) = self.chains[side]
             .iter_mut()
             .rev()
             .find(|l| l.disk_name.is_some())
@@ -797,14 +787,13 @@ impl<'a> Executor<'a> {
 
     /// Marks the side's base as holding deferred owners, before the first of them appears.
     fn mark_side(&mut self, side: Side) -> Result<(), Errno> {
-        let i = index(side);
-        if self.marked[i] {
+        if self.marked[side] {
             return Ok(());
         }
         let base = self.link_fd(side, None);
         let fd = fs::reopen(base)?;
         fs::set_mark(&fd, deferred::PENDING_MARK, b"1")?;
-        self.marked[i] = true;
+        self.marked[side] = true;
         Ok(())
     }
 }

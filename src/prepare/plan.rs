@@ -30,6 +30,38 @@ pub enum Side {
     Root,
 }
 
+/// One value for each side, indexed by `Side`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sides<T> {
+    pub storage: T,
+    pub root: T,
+}
+
+impl<T> Sides<T> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        [&mut self.storage, &mut self.root].into_iter()
+    }
+}
+
+impl<T> std::ops::Index<Side> for Sides<T> {
+    type Output = T;
+    fn index(&self, side: Side) -> &T {
+        match side {
+            Side::Storage => &self.storage,
+            Side::Root => &self.root,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Side> for Sides<T> {
+    fn index_mut(&mut self, side: Side) -> &mut T {
+        match side {
+            Side::Storage => &mut self.storage,
+            Side::Root => &mut self.root,
+        }
+    }
+}
+
 /// One directory the plan makes or finishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dir {
@@ -288,11 +320,11 @@ pub struct Planner<'a> {
     tree: &'a Root,
     pub resolver: Resolver<'a>,
     record: &'a Record,
-    planned: [HashSet<String>; 2],
-    chains: [Vec<Link>; 2],
+    planned: Sides<HashSet<String>>,
+    chains: Sides<Vec<Link>>,
     /// A side whose base carries the mark of deferred owners left by an earlier run: every
     /// existing directory on it is looked at, not only the entries' own.
-    deep: [bool; 2],
+    deep: Sides<bool>,
     pending: Vec<Pending>,
     deep_sides: Vec<Option<String>>,
     marks_left: Vec<MarkLeft>,
@@ -300,13 +332,6 @@ pub struct Planner<'a> {
     /// relies on must be on it.
     volume: Option<volume::Volume>,
     retired: fs::Retired,
-}
-
-fn index(side: Side) -> usize {
-    match side {
-        Side::Storage => 0,
-        Side::Root => 1,
-    }
 }
 
 /// The directory an entry needs: itself, or a file's parent.
@@ -330,9 +355,12 @@ impl<'a> Planner<'a> {
             tree,
             resolver: Resolver::new(root),
             record,
-            planned: [HashSet::new(), HashSet::new()],
-            chains: [Vec::new(), Vec::new()],
-            deep: [false, deep_marked(root)],
+            planned: Sides::default(),
+            chains: Sides::default(),
+            deep: Sides {
+                storage: false,
+                root: deep_marked(root),
+            },
             pending: Vec::new(),
             deep_sides: Vec::new(),
             marks_left: Vec::new(),
@@ -343,7 +371,7 @@ impl<'a> Planner<'a> {
 
     pub fn plan<'m>(mut self, manifest: &'m Manifest) -> (Plan<'m>, Resolver<'a>) {
         let storages = manifest.storages.iter().map(|s| self.storage(s)).collect();
-        if self.deep[1] {
+        if self.deep.root {
             self.deep_sides.push(None);
         }
         let plan = Plan {
@@ -359,7 +387,7 @@ impl<'a> Planner<'a> {
         for link in self.chains.iter_mut().flat_map(std::mem::take) {
             self.retired.retire(link.fd);
         }
-        self.planned[0].clear();
+        self.planned.storage.clear();
         let mut plan = StoragePlan {
             storage,
             state: StorageState::Ok,
@@ -390,8 +418,8 @@ impl<'a> Planner<'a> {
                 return plan;
             }
         };
-        self.deep[0] = storage_fd.as_ref().is_some_and(deep_marked);
-        if self.deep[0] {
+        self.deep.storage = storage_fd.as_ref().is_some_and(deep_marked);
+        if self.deep.storage {
             self.deep_sides.push(Some(storage.path.clone()));
         }
         if storage_fd.is_some() {
@@ -600,8 +628,7 @@ impl<'a> Planner<'a> {
         if let Some(from) = self.planned_from(side, dirs) {
             return Ok(Walked::MissingFrom(from));
         }
-        let i = index(side);
-        let mut chain = std::mem::take(&mut self.chains[i]);
+        let mut chain = std::mem::take(&mut self.chains[side]);
         let shared = chain
             .iter()
             .take_while(|link| manifest::contains(&link.prefix, dirs))
@@ -610,7 +637,7 @@ impl<'a> Planner<'a> {
             self.retired.retire(link.fd);
         }
         let result = self.walk_chain(storage, side, base, &mut chain, dirs, entry, plan);
-        self.chains[i] = chain;
+        self.chains[side] = chain;
         result
     }
 
@@ -630,7 +657,7 @@ impl<'a> Planner<'a> {
             return Ok(Walked::Exists);
         }
         let rest = dirs[prefix.len()..].to_owned();
-        let deep = self.deep[index(side)];
+        let deep = self.deep[side];
         let volume = self.volume.filter(|_| side == Side::Storage);
         if !deep {
             // The common case on every boot after the first: everything is there, one call;
@@ -705,7 +732,7 @@ impl<'a> Planner<'a> {
 
     /// The first component of `dirs` that a previous entry already planned, if any.
     fn planned_from(&self, side: Side, dirs: &str) -> Option<String> {
-        let planned = &self.planned[index(side)];
+        let planned = &self.planned[side];
         if planned.is_empty() {
             return None;
         }
@@ -752,7 +779,7 @@ impl<'a> Planner<'a> {
     ) {
         let mut path = from.to_owned();
         loop {
-            if self.planned[index(side)].insert(path.clone()) {
+            if self.planned[side].insert(path.clone()) {
                 let attrs = attrs_of(&path);
                 let uid = self.resolver.resolve(&attrs.user, Db::User);
                 let gid = self.resolver.resolve(&attrs.group, Db::Group);
@@ -784,7 +811,7 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Meta, Errno> {
-        let fd = &self.chains[0].last().ok_or(Errno::NOENT)?.fd;
+        let fd = &self.chains.storage.last().ok_or(Errno::NOENT)?.fd;
         let meta = fs::meta(fd)?;
         plan.actual = Some(meta);
         let Some(attrs) = &entry.attrs else {
@@ -796,14 +823,16 @@ impl<'a> Planner<'a> {
             return Ok(meta);
         }
         // Rare from here on: a handle of its own, so that the chain can be borrowed again.
-        let fd = self.chains[0]
+        let fd = self
+            .chains
+            .storage
             .last()
             .ok_or(Errno::NOENT)?
             .fd
             .try_clone()
             .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
         // On a marked side the walk has looked at this directory already.
-        if !self.deep[0]
+        if !self.deep.storage
             && self.look_for_mark(storage, Side::Storage, &entry.path, &fd, entry, plan)
         {
             return Ok(meta);
