@@ -14,7 +14,7 @@ use rustix::io::Errno;
 
 use super::plan::{
     Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Plan, Problem, Side, Sides, Skip,
-    StorageState,
+    StoragePlan, StorageState,
 };
 use crate::deferred::{self, Mark, Pending};
 use crate::escape;
@@ -128,31 +128,14 @@ impl<'a> Executor<'a> {
             .ok()
             .map(|fd| existing("/", fd));
         for s in &mut plan.storages {
-            let storage = s.storage;
             self.chains = Sides::default();
             self.marked.storage = false;
-            self.storage_path.clone_from(&storage.path);
+            self.storage_path.clone_from(&s.storage.path);
             let mut stage = None;
-            let base = match &s.state {
-                StorageState::Ok => fs::open_in_root(self.root, &storage.path)
-                    .map(|fd| existing("/", fd))
-                    .map_err(|errno| Problem::Errno {
-                        action: "open",
-                        path: self.tree.path(Some(&storage.path), ""),
-                        errno,
-                    }),
-                StorageState::Missing => {
-                    self.creating_storage = true;
-                    let made =
-                        self.make_storage(s.create.as_ref(), storage, &s.entries, &mut stage);
-                    self.creating_storage = false;
-                    made
-                }
-                _ => continue,
-            };
-            match base {
-                Ok(link) => self.bases.storage = Some(link),
-                Err(problem) => {
+            match self.open_storage(s, &mut stage) {
+                None => continue,
+                Some(Ok(link)) => self.bases.storage = Some(link),
+                Some(Err(problem)) => {
                     s.state = StorageState::Failed(problem);
                     for e in &mut s.entries {
                         e.state = EntryState::Skipped(Skip::StorageError);
@@ -160,23 +143,7 @@ impl<'a> Executor<'a> {
                     continue;
                 }
             }
-            for idx in 0..s.entries.len() {
-                let e = &s.entries[idx];
-                if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
-                    || e.actions.is_empty()
-                {
-                    continue;
-                }
-                let result = self.entry(storage, idx, &s.entries);
-                let e = &mut s.entries[idx];
-                e.state = after(
-                    std::mem::replace(&mut e.state, EntryState::Present),
-                    &e.actions,
-                    result,
-                );
-            }
-            self.settle(Side::Storage, 0);
-            self.settle(Side::Root, 0);
+            self.entries(s);
             if let Some(stage) = stage {
                 self.place_storage(s, &stage);
             } else if s.state == StorageState::Missing {
@@ -190,8 +157,55 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The storage directory to work below: opened, or made (as a stage where its parent
+    /// allows); `None` when the plan skips the storage.
+    fn open_storage(
+        &mut self,
+        s: &StoragePlan<'_>,
+        stage: &mut Option<StorageStage>,
+    ) -> Option<Result<Link, Problem>> {
+        let storage = s.storage;
+        Some(match &s.state {
+            StorageState::Ok => fs::open_in_root(self.root, &storage.path)
+                .map(|fd| existing("/", fd))
+                .map_err(|errno| Problem::Errno {
+                    action: "open",
+                    path: self.tree.path(Some(&storage.path), ""),
+                    errno,
+                }),
+            StorageState::Missing => {
+                self.creating_storage = true;
+                let made = self.make_storage(s.create.as_ref(), storage, &s.entries, stage);
+                self.creating_storage = false;
+                made
+            }
+            _ => return None,
+        })
+    }
+
+    /// Carries out the storage's entries in order, then places the stages left open.
+    fn entries(&mut self, s: &mut StoragePlan<'_>) {
+        for idx in 0..s.entries.len() {
+            let e = &s.entries[idx];
+            if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
+                || e.actions.is_empty()
+            {
+                continue;
+            }
+            let result = self.entry(s.storage, idx, &s.entries);
+            let e = &mut s.entries[idx];
+            e.state = after(
+                std::mem::replace(&mut e.state, EntryState::Present),
+                &e.actions,
+                result,
+            );
+        }
+        self.settle(Side::Storage, 0);
+        self.settle(Side::Root, 0);
+    }
+
     /// Places a storage directory made as a stage, with everything made below it.
-    fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
+    fn place_storage(&mut self, s: &mut StoragePlan<'_>, stage: &StorageStage) {
         self.bases.storage = None;
         let shown = self.tree.path(None, &stage.path);
         match self.place(stage.parent.as_fd(), &stage.tmp, &stage.leaf) {
@@ -229,11 +243,9 @@ impl<'a> Executor<'a> {
             path: storage.path.clone(),
             errno: Errno::INVAL,
         })?;
-        let tree = self.tree;
-        let shown = |path: &str| tree.path(None, path);
         let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Errno {
             action: "open",
-            path: shown(&create.base),
+            path: self.tree.path(None, &create.base),
             errno,
         })?;
         let mut parent = existing(&create.base, fd);
@@ -241,38 +253,9 @@ impl<'a> Executor<'a> {
         for name in &create.names {
             path.push('/');
             path.push_str(name);
-            let dir = Dir {
-                side: Side::Root,
-                path: path.clone(),
-                attrs: crate::manifest::Attrs::root_0755(),
-                uid: Some(0),
-                gid: Some(0),
-                own: false,
-            };
-            let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            let (_, staged_as) =
-                self.make((pfd, "", parent.traits), name, &dir, &shown(&path), all)?;
-            let on_disk = staged_as.clone().unwrap_or_else(|| name.clone());
-            let fd = fs::open_child(pfd, &on_disk)
-                .map_err(|errno| open_problem(&shown(&path), errno))?;
-            if staged_as.is_none() && !parent.traits.staged {
-                log::info!(
-                    "created storage directory {} (root:root 0755)",
-                    escape::text(&shown(&path))
-                );
-            }
-            let traits = Traits::of_new(parent.traits, &dir, staged_as.is_some());
-            let old = std::mem::replace(
-                &mut parent,
-                Link {
-                    path: path.clone(),
-                    fd: Some(fd),
-                    traits,
-                    disk_name: None,
-                    members: Vec::new(),
-                },
-            );
-            if let (Some(tmp), Some(parent_fd)) = (staged_as, old.fd) {
+            let (link, started) = self.make_storage_part(&parent, &path, name, all)?;
+            let old = std::mem::replace(&mut parent, link);
+            if let (Some(tmp), Some(parent_fd)) = (started, old.fd) {
                 *stage = Some(StorageStage {
                     parent: parent_fd,
                     tmp,
@@ -282,6 +265,44 @@ impl<'a> Executor<'a> {
             }
         }
         Ok(parent)
+    }
+
+    /// Makes one missing component of the storage path in `parent` and opens it; returns it,
+    /// and the temporary name when it started a stage.
+    fn make_storage_part(
+        &self,
+        parent: &Link,
+        path: &str,
+        name: &str,
+        all: &[EntryPlan<'_>],
+    ) -> Result<(Link, Option<String>), Problem> {
+        let shown = self.tree.path(None, path);
+        let dir = Dir {
+            side: Side::Root,
+            path: path.to_owned(),
+            attrs: crate::manifest::Attrs::root_0755(),
+            uid: Some(0),
+            gid: Some(0),
+            own: false,
+        };
+        let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
+        let (_, staged_as) = self.make((pfd, "", parent.traits), name, &dir, &shown, all)?;
+        let on_disk = staged_as.as_deref().unwrap_or(name);
+        let fd = fs::open_child(pfd, on_disk).map_err(|errno| open_problem(&shown, errno))?;
+        if staged_as.is_none() && !parent.traits.staged {
+            log::info!(
+                "created storage directory {} (root:root 0755)",
+                escape::text(&shown)
+            );
+        }
+        let link = Link {
+            path: path.to_owned(),
+            fd: Some(fd),
+            traits: Traits::of_new(parent.traits, &dir, staged_as.is_some()),
+            disk_name: None,
+            members: Vec::new(),
+        };
+        Ok((link, staged_as))
     }
 
     /// Carries out an entry's actions. Below a directory that could not be made nothing can
