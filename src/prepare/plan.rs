@@ -418,7 +418,17 @@ impl<'a> Planner<'a> {
                 return plan;
             }
         };
-        self.deep.storage = storage_fd.as_ref().is_some_and(deep_marked);
+        plan.entries = self.entries(storage, storage_fd.as_ref().map(AsFd::as_fd));
+        plan
+    }
+
+    /// Plans a storage's entries below its directory (`None` while it is to be made).
+    fn entries<'m>(
+        &mut self,
+        storage: &'m Storage,
+        storage_fd: Option<BorrowedFd<'_>>,
+    ) -> Vec<EntryPlan<'m>> {
+        self.deep.storage = storage_fd.is_some_and(deep_marked);
         if self.deep.storage {
             self.deep_sides.push(Some(storage.path.clone()));
         }
@@ -430,16 +440,11 @@ impl<'a> Planner<'a> {
             .iter()
             .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
             .collect();
-        for entry in &storage.entries {
-            let e = self.entry(
-                storage,
-                storage_fd.as_ref().map(AsFd::as_fd),
-                entry,
-                &declared,
-            );
-            plan.entries.push(e);
-        }
-        plan
+        storage
+            .entries
+            .iter()
+            .map(|entry| self.entry(storage, storage_fd, entry, &declared))
+            .collect()
     }
 
     /// Opens the storage directory (`Ok(Ok)`), or says what to create (`Ok(Err)`).
@@ -523,44 +528,45 @@ impl<'a> Planner<'a> {
             actions: Vec::new(),
             actual: None,
         };
+        if let Err(problem) = self.both_sides(storage, storage_fd, entry, declared, &mut plan) {
+            plan.state = EntryState::Failed(problem);
+        } else if plan.state == EntryState::Present
+            && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
+        {
+            plan.state = EntryState::Missing;
+        }
+        plan
+    }
+
+    /// Plans the source below the storage, judges it where it exists, then the mount point.
+    fn both_sides(
+        &mut self,
+        storage: &Storage,
+        storage_fd: Option<BorrowedFd<'_>>,
+        entry: &Entry,
+        declared: &HashMap<&str, &Attrs>,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<(), Problem> {
         let dirs = dirs_of(entry);
         let attrs_of = |prefix: &str| -> Attrs {
             declared
                 .get(prefix)
                 .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
         };
-        let exists = match self.side(
+        let exists = self.side(
             storage,
             Side::Storage,
             storage_fd,
             dirs,
             entry,
             &attrs_of,
-            &mut plan,
-        ) {
-            Ok(exists) => exists,
-            Err(problem) => {
-                plan.state = EntryState::Failed(problem);
-                return plan;
-            }
+            plan,
+        )?;
+        let source_attrs = if entry.kind == Kind::Directory && exists {
+            self.source_attrs(storage, entry, plan)?
+        } else {
+            None
         };
-        // The mount point takes the source's actual owner and mode, as impermanence does.
-        let mut source_attrs = None;
-        if entry.kind == Kind::Directory && exists {
-            match self.judge(storage, entry, &mut plan) {
-                // A source that still waits for its owner: the mount point waits with it.
-                Ok(_) if plan.state == EntryState::Deferred => {}
-                Ok(meta) => source_attrs = Some(attrs_of_meta(meta)),
-                Err(errno) => {
-                    plan.state = EntryState::Failed(Problem::Errno {
-                        action: "stat",
-                        path: self.shown(&storage.path, Side::Storage, &entry.path),
-                        errno,
-                    });
-                    return plan;
-                }
-            }
-        }
         let root_attrs_of = |prefix: &str| -> Attrs {
             match &source_attrs {
                 Some(attrs) if prefix == entry.path => attrs.clone(),
@@ -568,24 +574,35 @@ impl<'a> Planner<'a> {
             }
         };
         let root = self.root;
-        if let Err(problem) = self.side(
+        self.side(
             storage,
             Side::Root,
             Some(root),
             dirs,
             entry,
             &root_attrs_of,
-            &mut plan,
-        ) {
-            plan.state = EntryState::Failed(problem);
-            return plan;
+            plan,
+        )?;
+        Ok(())
+    }
+
+    /// The owner and mode the mount point takes: the source's actual ones, as impermanence
+    /// does; none while the source waits for its owner (the mount point waits with it).
+    fn source_attrs(
+        &mut self,
+        storage: &Storage,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<Option<Attrs>, Problem> {
+        match self.judge(storage, entry, plan) {
+            Ok(_) if plan.state == EntryState::Deferred => Ok(None),
+            Ok(meta) => Ok(Some(attrs_of_meta(meta))),
+            Err(errno) => Err(Problem::Errno {
+                action: "stat",
+                path: self.shown(&storage.path, Side::Storage, &entry.path),
+                errno,
+            }),
         }
-        if plan.state == EntryState::Present
-            && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
-        {
-            plan.state = EntryState::Missing;
-        }
-        plan
     }
 
     /// Walks one side and plans what is missing. Returns the entry's directory when it exists.
@@ -669,10 +686,8 @@ impl<'a> Planner<'a> {
                 fs::open_beneath(from, &rest)
             };
             if let Ok(fd) = opened {
-                chain.push(Link {
-                    prefix: dirs.to_owned(),
-                    fd,
-                });
+                let prefix = dirs.to_owned();
+                chain.push(Link { prefix, fd });
                 return Ok(Walked::Exists);
             }
         }
@@ -685,10 +700,8 @@ impl<'a> Planner<'a> {
                     if deep {
                         self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
                     }
-                    chain.push(Link {
-                        prefix: prefix.clone(),
-                        fd,
-                    });
+                    let prefix = prefix.clone();
+                    chain.push(Link { prefix, fd });
                 }
                 Err(Ok(errno)) => {
                     return match fs::diagnose(parent, name, errno) {
@@ -844,23 +857,7 @@ impl<'a> Planner<'a> {
             plan.state = EntryState::Deferred;
             return Ok(meta);
         }
-        let owner_differs =
-            uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
-        plan.state = if owner_differs || meta.mode != attrs.mode {
-            EntryState::Drift {
-                declared: format!(
-                    "{}:{} ({}:{}) {}",
-                    escape::text(&attrs.user.name),
-                    escape::text(&attrs.group.name),
-                    uid.map_or("?".into(), |u| u.to_string()),
-                    gid.map_or("?".into(), |g| g.to_string()),
-                    mode::display(attrs.mode)
-                ),
-                actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
-            }
-        } else {
-            EntryState::Unresolvable(unresolved_names(attrs, uid, gid))
-        };
+        plan.state = drift_or_unresolvable(attrs, (uid, gid), meta);
         Ok(meta)
     }
 
@@ -1016,6 +1013,31 @@ pub fn pending_of(
         ino: meta.ino,
         birth,
         marked: true,
+    }
+}
+
+/// An existing source that is not as declared: drift where what is known differs, else its
+/// owner cannot be judged because a name does not resolve.
+fn drift_or_unresolvable(
+    attrs: &Attrs,
+    (uid, gid): (Option<u32>, Option<u32>),
+    meta: Meta,
+) -> EntryState {
+    let owner_differs = uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
+    if owner_differs || meta.mode != attrs.mode {
+        EntryState::Drift {
+            declared: format!(
+                "{}:{} ({}:{}) {}",
+                escape::text(&attrs.user.name),
+                escape::text(&attrs.group.name),
+                uid.map_or("?".into(), |u| u.to_string()),
+                gid.map_or("?".into(), |g| g.to_string()),
+                mode::display(attrs.mode)
+            ),
+            actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
+        }
+    } else {
+        EntryState::Unresolvable(unresolved_names(attrs, uid, gid))
     }
 }
 
