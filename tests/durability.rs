@@ -21,7 +21,7 @@ fn fsyncs(name: &str, mkfs_options: &str) -> Option<usize> {
         mount -t tmpfs tmpfs "$ROOT"
         mkdir "$ROOT/persist"
         mount -o loop "{image}" "$ROOT/persist"
-        strace -f -qq -e trace=fsync -o "$ROOT/../trace" "$BIN" apply --manifest "$MANIFEST" --root "$ROOT" --state-dir "$STATE"
+        strace -f -qq -e trace=fsync,renameat2 -o "$ROOT/../trace" "$BIN" apply --manifest "$MANIFEST" --root "$ROOT" --state-dir "$STATE"
         stat -c '%a %u' "$ROOT/persist/var/lib/svc" > "$ROOT/../svc""#,
         image = image.display()
     );
@@ -41,7 +41,21 @@ fn fsyncs(name: &str, mkfs_options: &str) -> Option<usize> {
         "750 65534"
     );
     let trace = std::fs::read_to_string(s.dir.join("trace")).unwrap();
-    Some(trace.lines().filter(|l| l.contains("fsync(")).count())
+    let lines: Vec<&str> = trace.lines().collect();
+    let fsyncs = lines.iter().filter(|l| l.contains("fsync(")).count();
+    // The storage's stage (`var`, on the image; the root is a tmpfs 1777, where nothing is
+    // staged) is renamed into place right after the fsync of its parent.
+    if fsyncs > 0 {
+        let at = lines
+            .iter()
+            .position(|l| l.contains("renameat2(") && l.contains(r#""var""#))
+            .unwrap_or_else(|| panic!("no rename of the stage:\n{trace}"));
+        assert!(
+            at > 0 && lines[at - 1].contains("fsync("),
+            "the stage was renamed before its fsync:\n{trace}"
+        );
+    }
+    Some(fsyncs)
 }
 
 #[test]
