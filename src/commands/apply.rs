@@ -85,7 +85,8 @@ fn run(options: &Options, run: Intent) -> Exit {
     let mut exit = Exit::Ok;
     if run == Intent::Apply {
         let mut executor = execute::Executor::new(&root);
-        executor.execute(&mut plan);
+        let outcomes = executor.execute(&plan);
+        plan.settle(outcomes);
         if !save_pending(options, &root, record, &mut plan, executor.pending) {
             exit = Exit::Failed;
         }

@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 
 use super::plan::{
-    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Plan, Problem, Side, Sides, Skip,
-    StoragePlan, StorageState,
+    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Outcome, Plan, Problem, Side,
+    Sides, Skip, StoragePlan, StorageState,
 };
 use crate::deferred::{self, Mark, Pending};
 use crate::escape;
@@ -123,38 +123,41 @@ impl<'a> Executor<'a> {
         }
     }
 
-    pub fn execute(&mut self, plan: &mut Plan<'_>) {
+    /// Carries out the plan, which it leaves as it is: what became of each storage and entry
+    /// comes back as one outcome per storage, in the plan's order.
+    pub fn execute(&mut self, plan: &Plan<'_>) -> Vec<Outcome> {
         self.bases.root = fs::open_in_root(self.root, "/")
             .ok()
             .map(|fd| existing("/", fd));
-        for s in &mut plan.storages {
-            self.chains = Sides::default();
-            self.marked.storage = false;
-            self.storage_path.clone_from(&s.storage.path);
-            let mut stage = None;
-            match self.open_storage(s, &mut stage) {
-                None => continue,
-                Some(Ok(link)) => self.bases.storage = Some(link),
-                Some(Err(problem)) => {
-                    s.state = StorageState::Failed(problem);
-                    for e in &mut s.entries {
-                        e.state = EntryState::Skipped(Skip::StorageError);
-                    }
-                    continue;
-                }
-            }
-            self.entries(s);
-            if let Some(stage) = stage {
-                self.place_storage(s, &stage);
-            } else if s.state == StorageState::Missing {
-                s.state = StorageState::Created;
-            }
-            for (idx, problem) in std::mem::take(&mut self.failures) {
-                if let Some(e) = s.entries.get_mut(idx) {
-                    e.state = EntryState::Failed(problem);
-                }
+        plan.storages.iter().map(|s| self.storage(s)).collect()
+    }
+
+    fn storage(&mut self, s: &StoragePlan<'_>) -> Outcome {
+        self.chains = Sides::default();
+        self.marked.storage = false;
+        self.storage_path.clone_from(&s.storage.path);
+        let mut outcome = Outcome::default();
+        let mut stage = None;
+        match self.open_storage(s, &mut stage) {
+            None => return outcome,
+            Some(Ok(link)) => self.bases.storage = Some(link),
+            Some(Err(problem)) => {
+                outcome.storage = Some(StorageState::Failed(problem));
+                let skipped = EntryState::Skipped(Skip::StorageError);
+                outcome.entries = (0..s.entries.len()).map(|i| (i, skipped.clone())).collect();
+                return outcome;
             }
         }
+        self.entries(s, &mut outcome);
+        if let Some(stage) = stage {
+            self.place_storage(s, &stage, &mut outcome);
+        } else if s.state == StorageState::Missing {
+            outcome.storage = Some(StorageState::Created);
+        }
+        for (idx, problem) in std::mem::take(&mut self.failures) {
+            outcome.entries.push((idx, EntryState::Failed(problem)));
+        }
+        outcome
     }
 
     /// The storage directory to work below: opened, or made (as a stage where its parent
@@ -184,28 +187,24 @@ impl<'a> Executor<'a> {
     }
 
     /// Carries out the storage's entries in order, then places the stages left open.
-    fn entries(&mut self, s: &mut StoragePlan<'_>) {
-        for idx in 0..s.entries.len() {
-            let e = &s.entries[idx];
+    fn entries(&mut self, s: &StoragePlan<'_>, outcome: &mut Outcome) {
+        for (idx, e) in s.entries.iter().enumerate() {
             if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
                 || e.actions.is_empty()
             {
                 continue;
             }
             let result = self.entry(s.storage, idx, &s.entries);
-            let e = &mut s.entries[idx];
-            e.state = after(
-                std::mem::replace(&mut e.state, EntryState::Present),
-                &e.actions,
-                result,
-            );
+            outcome
+                .entries
+                .push((idx, after(e.state.clone(), &e.actions, result)));
         }
         self.settle(Side::Storage, 0);
         self.settle(Side::Root, 0);
     }
 
     /// Places a storage directory made as a stage, with everything made below it.
-    fn place_storage(&mut self, s: &mut StoragePlan<'_>, stage: &StorageStage) {
+    fn place_storage(&mut self, s: &StoragePlan<'_>, stage: &StorageStage, outcome: &mut Outcome) {
         self.bases.storage = None;
         let shown = self.tree.path(None, &stage.path);
         match self.place(stage.parent.as_fd(), &stage.tmp, &stage.leaf) {
@@ -214,16 +213,18 @@ impl<'a> Executor<'a> {
                     "created storage directory {} (root:root 0755)",
                     escape::text(&shown)
                 );
-                s.state = StorageState::Created;
+                outcome.storage = Some(StorageState::Created);
             }
             Err(errno) => {
                 let problem = place_problem(&shown, errno);
-                for e in &mut s.entries {
+                for (idx, e) in s.entries.iter().enumerate() {
                     if e.actions.iter().any(|a| a.dir.side == Side::Storage) {
-                        e.state = EntryState::Failed(problem.clone());
+                        outcome
+                            .entries
+                            .push((idx, EntryState::Failed(problem.clone())));
                     }
                 }
-                s.state = StorageState::Failed(problem);
+                outcome.storage = Some(StorageState::Failed(problem));
             }
         }
     }

@@ -301,6 +301,31 @@ pub struct MarkLeft {
     pub why: deferred::MarkDrift,
 }
 
+/// What carrying out one storage's part of the plan came to: the storage's new state, and
+/// new states of entries by index, a later one overriding an earlier one.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub storage: Option<StorageState>,
+    pub entries: Vec<(usize, EntryState)>,
+}
+
+impl Plan<'_> {
+    /// Takes in what the executor reports, storage by storage, so that the report shows what
+    /// became of the plan.
+    pub fn settle(&mut self, outcomes: Vec<Outcome>) {
+        for (s, outcome) in self.storages.iter_mut().zip(outcomes) {
+            if let Some(state) = outcome.storage {
+                s.state = state;
+            }
+            for (idx, state) in outcome.entries {
+                if let Some(e) = s.entries.get_mut(idx) {
+                    e.state = state;
+                }
+            }
+        }
+    }
+}
+
 /// One directory a walk opened, kept for the next entry, which usually shares it.
 struct Link {
     prefix: String,
