@@ -73,6 +73,24 @@ impl Default for Retired {
     }
 }
 
+/// A system call's purpose, carried by the errors of the steps that make directories, so that
+/// the words for it are chosen where messages are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Open,
+    Create,
+    Stat,
+    SetOwnerMode,
+    MarkBase,
+}
+
+/// An operation on a path that failed, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OsError {
+    pub op: Op,
+    pub errno: Errno,
+}
+
 /// Opens the root directory everything else is resolved from.
 pub fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
     rustix::fs::open(root, DIR_PATH, Mode::empty())

@@ -171,10 +171,12 @@ impl<'a> Executor<'a> {
         Some(match &s.state {
             StorageState::Ok => fs::open_in_root(self.root, &storage.path)
                 .map(|fd| existing("/", fd))
-                .map_err(|errno| Problem::Errno {
-                    action: "open",
+                .map_err(|errno| Problem::Os {
                     path: self.tree.path(Some(&storage.path), ""),
-                    errno,
+                    error: fs::OsError {
+                        op: fs::Op::Open,
+                        errno,
+                    },
                 }),
             StorageState::Missing => {
                 self.creating_storage = true;
@@ -239,15 +241,19 @@ impl<'a> Executor<'a> {
         all: &[EntryPlan<'_>],
         stage: &mut Option<StorageStage>,
     ) -> Result<Link, Problem> {
-        let create = create.ok_or(Problem::Errno {
-            action: "create",
+        let create = create.ok_or(Problem::Os {
             path: storage.path.clone(),
-            errno: Errno::INVAL,
+            error: fs::OsError {
+                op: fs::Op::Create,
+                errno: Errno::INVAL,
+            },
         })?;
-        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Errno {
-            action: "open",
+        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Os {
             path: self.tree.path(None, &create.base),
-            errno,
+            error: fs::OsError {
+                op: fs::Op::Open,
+                errno,
+            },
         })?;
         let mut parent = existing(&create.base, fd);
         let mut path = create.base.trim_end_matches('/').to_owned();
@@ -378,10 +384,12 @@ impl<'a> Executor<'a> {
         (at, name, shown): (&Located, &str, &str),
     ) -> Result<(), Problem> {
         if dir.deferred() {
-            self.mark_side(dir.side).map_err(|errno| Problem::Errno {
-                action: "mark the base of",
+            self.mark_side(dir.side).map_err(|errno| Problem::Os {
                 path: shown.to_owned(),
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::MarkBase,
+                    errno,
+                },
             })?;
         }
         let traits = at.traits;
@@ -593,10 +601,12 @@ impl<'a> Executor<'a> {
         let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
         fs::set_child_owner_mode(parent, tmp, uid, gid, dir.attrs.mode)
             .map(|()| None)
-            .map_err(|errno| Problem::Errno {
-                action: "set owner and mode of",
+            .map_err(|errno| Problem::Os {
                 path: shown.to_owned(),
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::SetOwnerMode,
+                    errno,
+                },
             })
     }
 
@@ -777,20 +787,24 @@ impl<'a> Executor<'a> {
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
         let fd = fs::open_child(parent, tmp).map_err(|errno| open_problem(shown, errno))?;
-        let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
-            action: "stat",
+        let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
             path: shown.to_owned(),
-            errno,
+            error: fs::OsError {
+                op: fs::Op::Stat,
+                errno,
+            },
         })?;
         if meta.uid != self.euid || meta.mode & 0o777 != 0o700 || !meta.is_dir {
             return Err(Problem::Replaced {
                 path: shown.to_owned(),
             });
         }
-        let set = |errno| Problem::Errno {
-            action: "set owner and mode of",
+        let set = |errno| Problem::Os {
             path: shown.to_owned(),
-            errno,
+            error: fs::OsError {
+                op: fs::Op::SetOwnerMode,
+                errno,
+            },
         };
         let mut made = None;
         if dir.deferred() {
@@ -888,10 +902,12 @@ fn mark_of(dir: &Dir) -> Mark {
 /// that the one rule for deferred owners still lets it have it.
 fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Result<(), Problem> {
     let fd = fs::open_child(parent, name).map_err(|errno| open_problem(shown, errno))?;
-    let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
-        action: "stat",
+    let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::Stat,
+            errno,
+        },
     })?;
     let ours = deferred::read_mark(&fd)
         .is_some_and(|mark| deferred::may_give(&mark, meta, dir.own.then_some(&dir.attrs)).is_ok());
@@ -903,10 +919,12 @@ fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Res
     let (Some(uid), Some(gid)) = (dir.uid, dir.gid) else {
         return Ok(());
     };
-    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Errno {
-        action: "set owner and mode of",
+    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::SetOwnerMode,
+            errno,
+        },
     })
 }
 
@@ -926,17 +944,21 @@ fn place_problem(shown: &str, errno: Errno) -> Problem {
 }
 
 fn create_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Errno {
-        action: "create",
+    Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::Create,
+            errno,
+        },
     }
 }
 
 fn open_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Errno {
-        action: "open",
+    Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::Open,
+            errno,
+        },
     }
 }

@@ -13,12 +13,9 @@ use rustix::io::Errno;
 
 use super::volume::{self, NotMounted};
 use crate::deferred::{self, Mark, Pending, Record};
-use crate::escape;
 use crate::fs::{self, Meta, Obstacle};
 use crate::manifest::{self, Attrs, Entry, Kind, Manifest, Owner, Storage};
-use crate::mode;
 use crate::owner::{Db, Resolver};
-use crate::report;
 use crate::root::Root;
 
 /// Which side of the bind mount a directory is on.
@@ -106,10 +103,9 @@ pub enum Problem {
     NotADirectory {
         path: String,
     },
-    Errno {
-        action: &'static str,
+    Os {
         path: String,
-        errno: Errno,
+        error: fs::OsError,
     },
     Replaced {
         path: String,
@@ -140,58 +136,22 @@ impl Problem {
         match self {
             Problem::Symlink { path, .. }
             | Problem::NotADirectory { path }
-            | Problem::Errno { path, .. }
+            | Problem::Os { path, .. }
             | Problem::Replaced { path }
             | Problem::Leftover { path, .. } => path,
             Problem::OffVolume { why, .. } => why.path(),
         }
     }
+}
 
-    /// What went wrong and why, and the fix; paths are escaped for one line.
-    pub fn explain(&self) -> (String, String) {
-        let shown = escape::text(self.path());
-        match self {
-            Problem::Symlink { target, .. } => (
-                format!(
-                    "{shown} is a symlink (-> {target}); persist-prep follows no symlink below a storage or on the root side of a bind mount, so that no link can steer a mkdir or chown outside"
-                ),
-                "replace the symlink with a real directory (or remove it), or declare the entry at the place the link points to".into(),
-            ),
-            Problem::NotADirectory { .. } => (
-                format!("{shown} exists but is not a directory"),
-                "move the file away (persist-prep never replaces anything), then run `persist-prep apply` again".into(),
-            ),
-            Problem::Errno { action, errno, .. } => (
-                format!("cannot {action} {shown}: {}", report::errno_words(*errno)),
-                report::errno_fix(*errno).into(),
-            ),
-            Problem::Replaced { .. } => (
-                format!("{shown} changed while persist-prep was creating it (it is not the directory just made)"),
-                "find out what else writes there during boot, then run `persist-prep apply` again".into(),
-            ),
-            Problem::OffVolume { why, mount_point } => (
-                format!("{}, so what is created there would not persist", why.explain("")),
-                why.fix(mount_point),
-            ),
-            Problem::Leftover { why: LeftoverWhy::OpenParent, .. } => (
-                format!("{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"),
-                "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
-            ),
-            Problem::Leftover { why: LeftoverWhy::NotOurs, .. } => (
-                format!("{shown}, named like persist-prep's temporary directory, holds something persist-prep would not make there (a file, another name, another owner or mode), so none of it was removed and it is left alone"),
-                "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
-            ),
-        }
-    }
-
-    /// The state name reports give it.
-    pub fn state(&self) -> EntryStateName {
-        match self {
-            Problem::Symlink { .. } => EntryStateName::Symlink,
-            Problem::NotADirectory { .. } => EntryStateName::NotADirectory,
-            _ => EntryStateName::Error,
-        }
-    }
+/// An existing source held against its declaration: the declaration, the ids its names
+/// resolve to now (`None` where one does not), and what is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub declared: Attrs,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub actual: Meta,
 }
 
 /// Where an entry stands, before and after execution.
@@ -203,16 +163,13 @@ pub enum EntryState {
     /// Made by this run.
     Created,
     /// Exists with another owner or mode; never changed.
-    Drift {
-        declared: String,
-        actual: String,
-    },
+    Drift(Judged),
     /// Made root-owned because its owner does not resolve yet; actions give it when it does.
     Deferred,
     /// Its deferred owner was given by this run.
     Finished,
     /// Exists, but its owner names cannot be resolved, so it cannot be judged.
-    Unresolvable(String),
+    Unresolvable(Judged),
     Failed(Problem),
     Skipped(Skip),
 }
@@ -501,10 +458,12 @@ impl<'a> Planner<'a> {
                         path: shown,
                         target,
                     },
-                    _ => Problem::Errno {
-                        action: "open",
+                    _ => Problem::Os {
                         path: shown,
-                        errno,
+                        error: fs::OsError {
+                            op: fs::Op::Open,
+                            errno,
+                        },
                     },
                 });
             }
@@ -521,10 +480,12 @@ impl<'a> Planner<'a> {
         if errno == Errno::NOTDIR {
             Problem::NotADirectory { path: shown }
         } else {
-            Problem::Errno {
-                action: "open",
+            Problem::Os {
                 path: shown,
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::Open,
+                    errno,
+                },
             }
         }
     }
@@ -622,10 +583,12 @@ impl<'a> Planner<'a> {
         match self.judge(storage, entry, plan) {
             Ok(_) if plan.state == EntryState::Deferred => Ok(None),
             Ok(meta) => Ok(Some(attrs_of_meta(meta))),
-            Err(errno) => Err(Problem::Errno {
-                action: "stat",
+            Err(errno) => Err(Problem::Os {
                 path: self.shown(&storage.path, Side::Storage, &entry.path),
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::Stat,
+                    errno,
+                },
             }),
         }
     }
@@ -797,10 +760,12 @@ impl<'a> Planner<'a> {
         match obstacle {
             Obstacle::Symlink(target) => Problem::Symlink { path, target },
             Obstacle::NotADirectory => Problem::NotADirectory { path },
-            Obstacle::Missing | Obstacle::Other => Problem::Errno {
-                action: "open",
+            Obstacle::Missing | Obstacle::Other => Problem::Os {
                 path,
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::Open,
+                    errno,
+                },
             },
         }
     }
@@ -1049,32 +1014,17 @@ fn drift_or_unresolvable(
     meta: Meta,
 ) -> EntryState {
     let owner_differs = uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
+    let judged = Judged {
+        declared: attrs.clone(),
+        uid,
+        gid,
+        actual: meta,
+    };
     if owner_differs || meta.mode != attrs.mode {
-        EntryState::Drift {
-            declared: format!(
-                "{}:{} ({}:{}) {}",
-                escape::text(&attrs.user.name),
-                escape::text(&attrs.group.name),
-                uid.map_or("?".into(), |u| u.to_string()),
-                gid.map_or("?".into(), |g| g.to_string()),
-                mode::display(attrs.mode)
-            ),
-            actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
-        }
+        EntryState::Drift(judged)
     } else {
-        EntryState::Unresolvable(unresolved_names(attrs, uid, gid))
+        EntryState::Unresolvable(judged)
     }
-}
-
-fn unresolved_names(attrs: &Attrs, uid: Option<u32>, gid: Option<u32>) -> String {
-    let mut names = Vec::new();
-    if uid.is_none() {
-        names.push(format!("user \"{}\"", escape::text(&attrs.user.name)));
-    }
-    if gid.is_none() {
-        names.push(format!("group \"{}\"", escape::text(&attrs.group.name)));
-    }
-    names.join(" and ")
 }
 
 #[cfg(test)]
