@@ -88,6 +88,17 @@ fn op_words(op: Op) -> &'static str {
     }
 }
 
+fn leftover_words(why: LeftoverWhy, shown: &str) -> String {
+    match why {
+        LeftoverWhy::OpenParent => format!(
+            "{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"
+        ),
+        LeftoverWhy::NotOurs => format!(
+            "{shown}, named like persist-prep's temporary directory, holds something persist-prep would not make there (a file, another name, another owner or mode), so none of it was removed and it is left alone"
+        ),
+    }
+}
+
 /// What went wrong and why, and the fix; paths are escaped for one line.
 pub fn explain(problem: &Problem) -> (String, String) {
     let shown = escape::text(problem.path());
@@ -122,24 +133,7 @@ pub fn explain(problem: &Problem) -> (String, String) {
             format!("{}, so what is created there would not persist", why.explain("")),
             why.fix(mount_point),
         ),
-        Problem::Leftover {
-            why: LeftoverWhy::OpenParent,
-            ..
-        } => (
-            format!(
-                "{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"
-            ),
-            leftover_fix(),
-        ),
-        Problem::Leftover {
-            why: LeftoverWhy::NotOurs,
-            ..
-        } => (
-            format!(
-                "{shown}, named like persist-prep's temporary directory, holds something persist-prep would not make there (a file, another name, another owner or mode), so none of it was removed and it is left alone"
-            ),
-            leftover_fix(),
-        ),
+        Problem::Leftover { why, .. } => (leftover_words(*why, &shown), leftover_fix()),
     }
 }
 
@@ -309,13 +303,7 @@ fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
         }
         EntryState::Deferred if run == Intent::Check => {}
         EntryState::Deferred => log_deferred(e, storage, root),
-        EntryState::Drift(judged) if run != Intent::Check => log::warn!(
-            "{what}: {root}{}{} exists as {} but is declared {}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
-            escape::text(storage),
-            escape::text(&e.entry.path),
-            actual_text(judged),
-            declared_text(judged)
-        ),
+        EntryState::Drift(judged) if run != Intent::Check => log_drift(e, judged, storage, root),
         EntryState::Drift(_) => {}
         EntryState::Unresolvable(judged) => log::debug!(
             "{what}: {} cannot be resolved; owner not checked",
@@ -331,6 +319,17 @@ fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
         }
         EntryState::Skipped(why) => log::debug!("{what}: skipped ({why:?})"),
     }
+}
+
+fn log_drift(e: &EntryPlan<'_>, judged: &Judged, storage: &str, root: &str) {
+    log::warn!(
+        "{}: {root}{}{} exists as {} but is declared {}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
+        e.entry.describe(),
+        escape::text(storage),
+        escape::text(&e.entry.path),
+        actual_text(judged),
+        declared_text(judged)
+    );
 }
 
 fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {

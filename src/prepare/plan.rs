@@ -665,15 +665,8 @@ impl<'a> Planner<'a> {
         let deep = self.deep[side];
         let volume = self.volume.filter(|_| side == Side::Storage);
         if !deep {
-            // The common case on every boot after the first: everything is there, one call;
-            // below a storage on its volume, one that stays on the storage's mount.
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
-            let opened = if volume.is_some() {
-                fs::open_beneath_same_mount(from, &rest)
-            } else {
-                fs::open_beneath(from, &rest)
-            };
-            if let Ok(fd) = opened {
+            if let Some(fd) = open_whole(volume.is_some(), from, &rest) {
                 let prefix = dirs.to_owned();
                 chain.push(Link { prefix, fd });
                 return Ok(Walked::Exists);
@@ -936,6 +929,16 @@ impl<'a> Planner<'a> {
             shown: self.shown(&storage.path, side, path),
             why,
         });
+    }
+}
+
+/// The common case on every boot after the first: everything is there, one call; below a
+/// storage on its volume, one that stays on the storage's mount.
+fn open_whole(on_volume: bool, from: BorrowedFd<'_>, rest: &str) -> Option<OwnedFd> {
+    if on_volume {
+        fs::open_beneath_same_mount(from, rest).ok()
+    } else {
+        fs::open_beneath(from, rest).ok()
     }
 }
 
