@@ -657,21 +657,22 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Walked, Problem> {
-        let mut prefix = chain.last().map_or(String::new(), |l| l.prefix.clone());
-        if prefix == dirs {
+        let done = chain.last().map_or(0, |l| l.prefix.len());
+        if done == dirs.len() && done > 0 {
             return Ok(Walked::Exists);
         }
-        let rest = dirs[prefix.len()..].to_owned();
+        let rest = &dirs[done..];
         let deep = self.deep[side];
         let volume = self.volume.filter(|_| side == Side::Storage);
         if !deep {
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
-            if let Some(fd) = open_whole(volume.is_some(), from, &rest) {
+            if let Some(fd) = open_whole(volume.is_some(), from, rest) {
                 let prefix = dirs.to_owned();
                 chain.push(Link { prefix, fd });
                 return Ok(Walked::Exists);
             }
         }
+        let mut prefix = dirs[..done].to_owned();
         for name in rest.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
             prefix.push_str(name);
