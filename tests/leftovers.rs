@@ -133,3 +133,24 @@ fn a_leftover_holding_a_directory_persist_prep_would_not_make_stays() {
     run.assert_code(1);
     assert!(exists(leftover.join("other")), "{}", run.stderr);
 }
+
+#[test]
+fn a_leftover_in_a_group_writable_root_directory_stays() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-group");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/srv/share/data","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0700"}]}]}"#,
+    );
+    let share = s.root().join("persist/srv/share");
+    std::fs::create_dir_all(&share).unwrap();
+    // Root's, but a group can write to it: a member could have made the name.
+    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+    let leftover = share.join(temp_name("data"));
+    std::fs::create_dir(&leftover).unwrap();
+    let run = s.run(&["apply"]);
+    assert!(exists(&leftover), "{}", run.stderr);
+    assert!(run.stderr.contains("left it alone"), "{}", run.stderr);
+}
