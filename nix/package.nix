@@ -29,11 +29,11 @@ let
     # `--no-default-features` leaves out the `microvm` host mode, which the initrd never runs.
     buildNoDefaultFeatures = initrd;
 
-    # The unit tests in the binary need neither root nor a VM; the integration tests in tests/
+    # The unit tests (in the library and the binary) need neither root nor a VM; the integration tests in tests/
     # do (root, mount namespaces, QEMU, nix-instantiate), and tests/run runs them outside Nix.
     # Run them once, on the full build, where every module is compiled in.
     doCheck = !initrd;
-    cargoTestFlags = [ "--bins" ];
+    cargoTestFlags = [ "--lib" "--bins" ];
 
     meta = {
       description = cargo.package.description;

@@ -18,21 +18,14 @@
 //!   all three, and the owner it left, to be unchanged.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, renameat, unlinkat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::Options;
-use crate::escape;
-use crate::exit::Exit;
 use crate::fs;
-use crate::manifest::Owner;
-use crate::mode;
-use crate::owner::{Db, Resolver};
-use crate::report;
+use crate::manifest::{Attrs, Owner};
 
 const FILE: &str = "deferred.json";
 
@@ -58,6 +51,40 @@ impl Mark {
     }
 }
 
+/// Why a directory that carries persist-prep's owner mark gets no owner from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkDrift {
+    /// It is not declared as an entry now: a parent, or an entry since removed.
+    NotAnEntry,
+    /// Its owner or mode is no longer what persist-prep left.
+    Changed,
+    /// Its entry is declared otherwise now than when it was made.
+    Redeclared,
+}
+
+/// The one rule for a deferred owner, for `apply` and `finish` alike: the manifest decides, and
+/// the mark only proves that persist-prep made the directory. An owner goes only to a directory
+/// that is declared now as an entry (`declared`), is still exactly as persist-prep left it
+/// (root, or the half of the owner it knew, and the declared mode), and whose mark holds the
+/// declaration it has now. Anything else is drift: reported and left alone.
+pub fn may_give(mark: &Mark, meta: fs::Meta, declared: Option<&Attrs>) -> Result<(), MarkDrift> {
+    let declared = declared.ok_or(MarkDrift::NotAnEntry)?;
+    let left = (mark.uid.unwrap_or(0), mark.gid.unwrap_or(0), mark.mode);
+    if (meta.uid, meta.gid, meta.mode) != left || !meta.is_dir {
+        return Err(MarkDrift::Changed);
+    }
+    let same = |name: &str, id: Option<u32>, owner: &Owner| {
+        name == owner.name && owner.id.is_none_or(|declared| id == Some(declared))
+    };
+    if mark.mode != declared.mode
+        || !same(&mark.user, mark.uid, &declared.user)
+        || !same(&mark.group, mark.gid, &declared.group)
+    {
+        return Err(MarkDrift::Redeclared);
+    }
+    Ok(())
+}
+
 /// The owner mark of an open directory, if it carries a valid one.
 pub fn read_mark(fd: impl AsFd) -> Option<Mark> {
     let fd = fs::reopen(fd).ok()?;
@@ -73,7 +100,7 @@ pub struct Pending {
     pub storage: Option<String>,
     /// Absolute path below the storage (or the root).
     pub path: String,
-    /// The manifest entry it was created for, for messages.
+    /// The manifest entry it was created for, as `apply` shows it (escaped), for messages.
     pub entry: String,
     pub user: String,
     pub group: String,
@@ -98,6 +125,21 @@ impl Pending {
             && (self.birth.is_none() || birth == self.birth)
     }
 
+    /// The declaration it was recorded with, which the run that recorded it had.
+    pub fn declared(&self) -> Attrs {
+        Attrs {
+            user: Owner {
+                name: self.user.clone(),
+                id: self.uid,
+            },
+            group: Owner {
+                name: self.group.clone(),
+                id: self.gid,
+            },
+            mode: self.mode,
+        }
+    }
+
     pub fn mark(&self) -> Mark {
         Mark {
             user: self.user.clone(),
@@ -106,15 +148,6 @@ impl Pending {
             gid: self.gid,
             mode: self.mode,
         }
-    }
-
-    /// Where it is, as a person would find it under the root.
-    pub fn display(&self, root: &str) -> String {
-        format!(
-            "{root}{}{}",
-            self.storage.as_deref().unwrap_or(""),
-            self.path
-        )
     }
 }
 
@@ -129,39 +162,51 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
+/// Why the record could not be read or written. Data only: `commands` says it in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    Read(Errno),
+    /// It is not a regular file (a FIFO would hang the boot).
+    NotAFile,
+    /// It is not a record: serde's words about the bytes.
+    Invalid(String),
+    Write {
+        op: WriteOp,
+        errno: Errno,
+    },
+}
+
+/// The step of writing the record that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    Remove,
+    CreateDir,
+    OpenDir,
+    Write,
+}
+
 /// Reads the record; a missing file is an empty record. Neither the state directory nor the
 /// record may be a symlink, and the record must be a regular file (a FIFO would hang the boot).
-pub fn load(state_dir: &Path) -> Result<Record, String> {
-    let file = path(state_dir);
-    let fail = |why: String| {
-        format!(
-            "cannot read the deferred-owner record {}: {why}; fix: remove it and run `persist-prep apply` again",
-            escape::bytes(file.as_os_str().as_bytes())
-        )
-    };
+pub fn load(state_dir: &Path) -> Result<Record, RecordError> {
     let dir = match open_state_dir(state_dir) {
         Ok(dir) => dir,
         Err(Errno::NOENT) => return Ok(empty()),
-        Err(errno) => return Err(fail(report::errno_words(errno))),
+        Err(errno) => return Err(RecordError::Read(errno)),
     };
-    let fd = match openat(
-        &dir,
-        FILE,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match openat(&dir, FILE, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(empty()),
-        Err(errno) => return Err(fail(report::errno_words(errno))),
+        Err(errno) => return Err(RecordError::Read(errno)),
     };
-    let st = rustix::fs::fstat(&fd).map_err(|e| fail(report::errno_words(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(RecordError::Read)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(fail("it is not a regular file".into()));
+        return Err(RecordError::NotAFile);
     }
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
-        .map_err(|e| fail(report::io_error_words(&e)))?;
-    serde_json::from_slice(&data).map_err(|e| fail(e.to_string()))
+        .map_err(|e| RecordError::Read(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    serde_json::from_slice(&data).map_err(|e| RecordError::Invalid(e.to_string()))
 }
 
 fn empty() -> Record {
@@ -182,37 +227,34 @@ fn open_state_dir(state_dir: &Path) -> Result<OwnedFd, Errno> {
 
 /// Writes the record atomically, or removes it when nothing is pending. The new file is made
 /// exclusively under a temporary name, so that a planted link cannot redirect the write.
-pub fn save(state_dir: &Path, record: &Record) -> Result<(), String> {
-    let fail = |what: &str, errno: Errno| {
-        format!(
-            "cannot {what} the deferred-owner record {}: {}; fix: make {} a writable directory (it is normally on the /run tmpfs)",
-            escape::bytes(path(state_dir).as_os_str().as_bytes()),
-            report::errno_words(errno),
-            escape::bytes(state_dir.as_os_str().as_bytes())
-        )
-    };
+pub fn save(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
+    let fail = |op, errno| RecordError::Write { op, errno };
     if record.pending.is_empty() {
         return match open_state_dir(state_dir)
             .and_then(|dir| unlinkat(&dir, FILE, AtFlags::empty()))
         {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
-            Err(errno) => Err(fail("remove", errno)),
+            Err(errno) => Err(fail(WriteOp::Remove, errno)),
         };
     }
     match rustix::fs::mkdir(state_dir, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(errno) => return Err(fail("create the directory for", errno)),
+        Err(errno) => return Err(fail(WriteOp::CreateDir, errno)),
     }
-    let dir = open_state_dir(state_dir).map_err(|e| fail("open the directory for", e))?;
+    let dir = open_state_dir(state_dir).map_err(|e| fail(WriteOp::OpenDir, e))?;
     let tmp = format!(".{FILE}.tmp");
     let _ = unlinkat(&dir, tmp.as_str(), AtFlags::empty());
     let data = serde_json::to_vec_pretty(record).unwrap_or_default();
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = openat(&dir, tmp.as_str(), flags, Mode::from_raw_mode(0o600))
-        .map_err(|e| fail("write", e))?;
-    std::io::Write::write_all(&mut std::fs::File::from(fd), &data)
-        .map_err(|e| fail("write", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-    renameat(&dir, tmp.as_str(), &dir, FILE).map_err(|e| fail("write", e))
+        .map_err(|e| fail(WriteOp::Write, e))?;
+    std::io::Write::write_all(&mut std::fs::File::from(fd), &data).map_err(|e| {
+        fail(
+            WriteOp::Write,
+            Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        )
+    })?;
+    renameat(&dir, tmp.as_str(), &dir, FILE).map_err(|e| fail(WriteOp::Write, e))
 }
 
 /// Adds newly deferred directories, replacing older records of the same directory.
@@ -226,191 +268,6 @@ pub fn merge(record: &mut Record, new: Vec<Pending>) {
     }
 }
 
-/// What became of one pending directory.
-enum Outcome {
-    Done(u32, u32),
-    StillPending(String),
-    /// Nothing left to do: it is gone, or a bind mount now covers it (a root-side mount point).
-    Moot(String),
-    /// Changed hands since it was made; left alone, and worth a warning.
-    Dropped(String),
-    Failed(String),
-}
-
-/// `persist-prep finish`: give recorded directories their owners now that names resolve.
-pub fn finish(options: &Options) -> Exit {
-    let start = std::time::Instant::now();
-    let root_display = crate::prepare::root_display(&options.root);
-    let Some(root) = crate::prepare::open_root(&options.root, "finish", options.json) else {
-        return Exit::Failed;
-    };
-    let Some(_lock) = crate::prepare::lock_root(root.as_fd(), &root_display, true) else {
-        return Exit::Failed;
-    };
-    let mut record = match load(&options.state_dir) {
-        Ok(record) => record,
-        Err(message) => {
-            log::error!("{message}");
-            return Exit::Failed;
-        }
-    };
-    let sides: Vec<Option<String>> = record.pending.iter().map(|p| p.storage.clone()).collect();
-    let mut resolver = Resolver::new(root.as_fd());
-    for storage in record.pending.iter().filter_map(|p| p.storage.as_deref()) {
-        resolver.add_storage(storage);
-    }
-    let (mut done, mut pending, mut failed, mut results) = (0, 0, 0, Vec::new());
-    let mut keep = Vec::new();
-    for p in std::mem::take(&mut record.pending) {
-        let place = p.display(&root_display);
-        let outcome = finish_one(root.as_fd(), &mut resolver, &p);
-        let (state, message) = match &outcome {
-            Outcome::Done(uid, gid) => {
-                done += 1;
-                log::info!(
-                    "gave {place} its owner {}:{} ({uid}:{gid}) and mode {} for {}",
-                    p.user,
-                    p.group,
-                    mode::display(p.mode),
-                    p.entry
-                );
-                ("done", String::new())
-            }
-            Outcome::StillPending(why) => {
-                pending += 1;
-                log::warn!("{place} for {}: {why}", p.entry);
-                keep.push(p.clone());
-                ("pending", why.clone())
-            }
-            Outcome::Moot(why) => {
-                log::info!("{place} for {}: {why}", p.entry);
-                ("nothing-to-do", why.clone())
-            }
-            Outcome::Dropped(why) => {
-                log::warn!("{place} for {}: {why}", p.entry);
-                ("left-alone", why.clone())
-            }
-            Outcome::Failed(why) => {
-                failed += 1;
-                log::error!("{place} for {}: {why}", p.entry);
-                keep.push(p.clone());
-                ("failed", why.clone())
-            }
-        };
-        results.push(serde_json::json!({
-            "path": place, "entry": p.entry, "user": p.user, "group": p.group,
-            "state": state, "message": message,
-        }));
-    }
-    record.pending = keep;
-    settle_sides(root.as_fd(), &sides, &record);
-    let mut exit = if pending + failed > 0 {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    };
-    if let Err(message) = save(&options.state_dir, &record) {
-        log::error!("{message}");
-        exit = Exit::Failed;
-    }
-    let elapsed = report::Elapsed::since(start);
-    let summary = format!(
-        "persist-prep: finish: {done} given their owner, {pending} still pending, {failed} failed in {elapsed} ms"
-    );
-    if exit == Exit::Ok {
-        log::info!("{summary}");
-    } else {
-        log::warn!("{summary}");
-    }
-    if options.json {
-        report::print_json(&serde_json::json!({
-            "version": 1, "command": "finish", "results": results,
-            "summary": {"done": done, "pending": pending, "failed": failed, "elapsedMs": elapsed.millis()},
-        }));
-    }
-    exit
-}
-
-fn finish_one(
-    root: std::os::fd::BorrowedFd<'_>,
-    resolver: &mut Resolver<'_>,
-    p: &Pending,
-) -> Outcome {
-    let user = Owner {
-        name: p.user.clone(),
-        id: p.uid,
-    };
-    let group = Owner {
-        name: p.group.clone(),
-        id: p.gid,
-    };
-    let (uid, gid) = (
-        resolver.resolve(&user, Db::User),
-        resolver.resolve(&group, Db::Group),
-    );
-    let (Some(uid), Some(gid)) = (uid, gid) else {
-        let missing = if uid.is_none() {
-            format!("user {:?}", p.user)
-        } else {
-            format!("group {:?}", p.group)
-        };
-        return Outcome::StillPending(format!(
-            "{missing} still cannot be resolved (not in etc/passwd, etc/group or var/lib/nixos/uid-map/gid-map); it stays root-owned. Fix: declare the {missing} (users.users / users.groups), or give its numeric id in the manifest"
-        ));
-    };
-    let fd = match open_recorded(root, p) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => {
-            return Outcome::Moot("it no longer exists; nothing to do".into());
-        }
-        Err(errno) => {
-            return Outcome::Failed(format!(
-                "cannot open it: {}; fix: {}",
-                report::errno_words(errno),
-                report::errno_fix(errno)
-            ));
-        }
-    };
-    let meta = match fs::meta(&fd) {
-        Ok(meta) => meta,
-        Err(errno) => {
-            return Outcome::Failed(format!("cannot stat it: {}", report::errno_words(errno)));
-        }
-    };
-    if (meta.uid, meta.gid, meta.mode) == (uid, gid, p.mode) {
-        return Outcome::Moot("it has its owner already; nothing to do".into());
-    }
-    if p.storage.is_none() && fs::is_mount_point(&fd).unwrap_or(false) {
-        return Outcome::Moot(
-            "it is covered by its bind mount now, which shows the source; nothing to do".into(),
-        );
-    }
-    let ours = if p.marked {
-        read_mark(&fd).as_ref() == Some(&p.mark())
-    } else {
-        p.same_directory(meta, fs::birth(&fd))
-    };
-    if !ours {
-        return Outcome::Dropped(
-            "it is not the directory persist-prep created (it lacks persist-prep's mark, or another one stands there now), so it is left alone".into(),
-        );
-    }
-    if meta.uid != p.uid.unwrap_or(0) || meta.gid != p.gid.unwrap_or(0) {
-        return Outcome::Dropped(format!(
-            "its owner was changed to {}:{} since persist-prep created it, so it is left alone",
-            meta.uid, meta.gid
-        ));
-    }
-    match give_owner(&fd, uid, gid, p.mode) {
-        Ok(()) => Outcome::Done(uid, gid),
-        Err(errno) => Outcome::Failed(format!(
-            "cannot give it its owner: {}; fix: {}",
-            report::errno_words(errno),
-            report::errno_fix(errno)
-        )),
-    }
-}
-
 /// Gives a directory its deferred owner, then its mode (chown clears set-id bits), then drops
 /// the mark. A cut in between leaves a mark on a finished directory, which is harmless.
 pub fn give_owner(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), rustix::io::Errno> {
@@ -418,40 +275,26 @@ pub fn give_owner(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), ru
     fs::clear_mark(&fd, OWNER_MARK)
 }
 
-/// Drops the pending mark of every side that has nothing pending any more.
-pub fn settle_sides(root: std::os::fd::BorrowedFd<'_>, done: &[Option<String>], record: &Record) {
+/// Drops the pending mark of every side that has nothing pending any more; returns the sides
+/// (storage, or `None` for the root) whose mark could not be removed, with the errno.
+pub fn settle_sides(
+    root: std::os::fd::BorrowedFd<'_>,
+    done: &[Option<String>],
+    record: &Record,
+) -> Vec<(Option<String>, Errno)> {
     let mut seen: Vec<&Option<String>> = Vec::new();
+    let mut left = Vec::new();
     for side in done {
         if seen.contains(&side) || record.pending.iter().any(|p| &p.storage == side) {
             continue;
         }
         seen.push(side);
-        let base = match side {
-            Some(storage) => fs::open_in_root(root, storage),
-            None => fs::open_in_root(root, "/"),
-        };
+        let base = fs::open_in_root(root, side.as_deref().unwrap_or("/"));
         if let Ok(fd) = base.and_then(fs::reopen) {
             if let Err(errno) = fs::clear_mark(&fd, PENDING_MARK) {
-                log::warn!(
-                    "cannot remove the pending mark of {}: {}; the next boot looks for deferred owners there once more",
-                    escape::text(side.as_deref().unwrap_or("/")),
-                    report::errno_words(errno)
-                );
+                left.push((side.clone(), errno));
             }
         }
     }
-}
-
-/// Opens a recorded directory with the same rules `apply` used to create it.
-fn open_recorded(
-    root: std::os::fd::BorrowedFd<'_>,
-    p: &Pending,
-) -> Result<OwnedFd, rustix::io::Errno> {
-    let base = match &p.storage {
-        Some(storage) => fs::open_in_root(root, storage)?,
-        None => fs::open_beneath(root, "/")?,
-    };
-    let (parent, name) = p.path.rsplit_once('/').unwrap_or(("", &p.path));
-    let parent = fs::open_beneath(&base, parent)?;
-    fs::open_child(&parent, name)
+    left
 }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Escapes text from the manifest or the tree for one line of output; free when nothing needs it.
+#[must_use]
 pub fn text(text: &str) -> Cow<'_, str> {
     if text.chars().all(|c| !needs_escape(c)) {
         return Cow::Borrowed(text);
@@ -22,6 +23,7 @@ pub fn text(text: &str) -> Cow<'_, str> {
 }
 
 /// Escapes raw bytes (a symlink target, a name read from a directory), invalid UTF-8 included.
+#[must_use]
 pub fn bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {

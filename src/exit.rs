@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 /// Exit statuses. Their numbers are part of the interface (README, units, monitoring).
+#[must_use]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// Everything was done, or everything is as declared.

@@ -6,13 +6,13 @@
 //! a user who owns a persistent directory must not be able to steer our next `mkdir`/`chown`
 //! through a link into a root-owned place.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    AtFlags, FlockOperation, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags,
-    XattrFlags, chmodat, chownat, fchmod, fchown, fgetxattr, flock, fremovexattr, fsetxattr, fstat,
-    mkdirat, openat2, readlinkat, renameat_with, statx, unlinkat,
+    AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags, XattrFlags,
+    chmodat, chownat, fchmod, fchown, fgetxattr, fremovexattr, fsetxattr, fstat, mkdirat, openat2,
+    readlinkat, renameat_with, statx, unlinkat,
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
@@ -24,6 +24,72 @@ const DIR_READ: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC);
 const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 const STRICT: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
+
+/// Handles a walk is done with. Closing one is a system call of its own, while the kernel
+/// closes all that are left at exit for less; a no-op run opens two per entry. So up to a
+/// budget (the soft limit on open files, raised to the hard one, less a margin) they are left
+/// open until the process ends, and beyond it closed as usual.
+pub struct Retired {
+    room: usize,
+}
+
+impl Retired {
+    const MARGIN: u64 = 256;
+    const MOST: u64 = 1 << 16;
+
+    pub fn new() -> Self {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let want = limit.maximum.unwrap_or(Self::MOST).min(Self::MOST);
+        let mut current = limit.current.unwrap_or(Self::MOST);
+        if current < want
+            && setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(want),
+                    maximum: limit.maximum,
+                },
+            )
+            .is_ok()
+        {
+            current = want;
+        }
+        Retired {
+            room: usize::try_from(current.saturating_sub(Self::MARGIN)).unwrap_or(0),
+        }
+    }
+
+    pub fn retire(&mut self, fd: OwnedFd) {
+        if self.room > 0 {
+            self.room -= 1;
+            std::mem::forget(fd);
+        }
+    }
+}
+
+impl Default for Retired {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A system call's purpose, carried by the errors of the steps that make directories, so that
+/// the words for it are chosen where messages are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Open,
+    Create,
+    Stat,
+    SetOwnerMode,
+    MarkBase,
+}
+
+/// An operation on a path that failed, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OsError {
+    pub op: Op,
+    pub errno: Errno,
+}
 
 /// Opens the root directory everything else is resolved from.
 pub fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
@@ -56,14 +122,70 @@ pub fn read_in_root(root: impl AsFd, path: &str) -> Result<Vec<u8>, Errno> {
     Ok(data)
 }
 
+/// The longest path one call is given. A longer one (an entry deeper than `PATH_MAX`) is
+/// opened in pieces, each from the handle the last one gave, so that no call gets a path that
+/// grows with the entry; a single name too long stays the kernel's `ENAMETOOLONG`.
+pub const PIECE: usize = 2048;
+
+/// Opens `path` below `dir` with `open`, in one call, or in pieces of at most `PIECE` bytes.
+fn in_pieces(
+    dir: impl AsFd,
+    path: &str,
+    open: impl Fn(BorrowedFd<'_>, &str) -> Result<OwnedFd, Errno>,
+) -> Result<OwnedFd, Errno> {
+    let path = relative(path);
+    if path.len() <= PIECE {
+        return open(dir.as_fd(), path);
+    }
+    let mut fd: Option<OwnedFd> = None;
+    let mut rest = path;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= PIECE {
+            rest.len()
+        } else {
+            // At the last `/` within the piece; a name longer than a piece goes whole, and the
+            // kernel refuses it.
+            rest.as_bytes()[..=PIECE]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .filter(|&at| at > 0)
+                .or_else(|| rest.find('/'))
+                .unwrap_or(rest.len())
+        };
+        let from = fd.as_ref().map_or(dir.as_fd(), AsFd::as_fd);
+        let next = open(from, &rest[..cut])?;
+        fd = Some(next);
+        rest = rest[cut..].trim_start_matches('/');
+    }
+    fd.ok_or(Errno::INVAL)
+}
+
 /// Opens a directory below `dir` in one call, refusing every symlink on the way.
 pub fn open_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
-    openat2(dir, relative(path), DIR_PATH, Mode::empty(), STRICT)
+    in_pieces(dir, path, |dir, path| {
+        openat2(dir, path, DIR_PATH, Mode::empty(), STRICT)
+    })
+}
+
+/// As `open_beneath`, and also refusing to cross into another mount (`EXDEV`): a path that
+/// opens so is on the very mount of `dir`, which no further question needs to confirm.
+pub fn open_beneath_same_mount(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
+    in_pieces(dir, path, |dir, path| {
+        openat2(
+            dir,
+            path,
+            DIR_PATH,
+            Mode::empty(),
+            STRICT.union(ResolveFlags::NO_XDEV),
+        )
+    })
 }
 
 /// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.
 pub fn open_dir_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
-    openat2(dir, relative(path), DIR_READ, Mode::empty(), STRICT)
+    in_pieces(dir, path, |dir, path| {
+        openat2(dir, path, DIR_READ, Mode::empty(), STRICT)
+    })
 }
 
 /// Opens one child directory, refusing a symlink; the handle can be chowned and chmodded.
@@ -199,7 +321,7 @@ pub fn is_mount_point(fd: impl AsFd) -> Result<bool, Errno> {
     }
 }
 
-/// Reopens a path handle for reading, which extended attributes and `flock` need.
+/// Reopens a path handle for reading, which extended attributes need.
 pub fn reopen(fd: impl AsFd) -> Result<OwnedFd, Errno> {
     openat2(fd, ".", DIR_READ, Mode::empty(), STRICT)
 }
@@ -217,19 +339,24 @@ pub fn get_mark(fd: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
     }
 }
 
-/// Sets an extended attribute; `Ok(false)` when the file system keeps none.
+/// Sets an extended attribute; `Ok(false)` when the file system keeps none here. A `trusted.`
+/// attribute refused with `EPERM` (a user namespace, a sandboxed virtiofs) counts as none: we
+/// can neither set nor read one there, so the record alone must carry what it would hold.
 pub fn set_mark(fd: impl AsFd, name: &str, value: &[u8]) -> Result<bool, Errno> {
     match fsetxattr(fd, name, value, XattrFlags::empty()) {
         Ok(()) => Ok(true),
         Err(Errno::OPNOTSUPP) => Ok(false),
+        Err(Errno::PERM) if name.starts_with("trusted.") => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Removes an extended attribute; one already gone is fine.
+/// Removes an extended attribute; one already gone, or a `trusted.` one we may not touch here
+/// (and so cannot have set), is fine.
 pub fn clear_mark(fd: impl AsFd, name: &str) -> Result<(), Errno> {
     match fremovexattr(fd, name) {
         Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+        Err(Errno::PERM) if name.starts_with("trusted.") => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -285,54 +412,162 @@ pub fn place(dir: impl AsFd, tmp: &str, name: &str) -> Result<(), Errno> {
     }
 }
 
+/// Whether a file system writes metadata to disk in the order it was changed (a journal, or
+/// copy on write, or no disk at all), so that a power cut can never show a renamed directory
+/// without the owner and mode it was given before the rename. Conservative: only the file
+/// systems known to do so; ext2/3/4 only with a running journal. `key` identifies the file
+/// system, so that callers can keep the answer.
+pub fn orders_metadata(dir: impl AsFd) -> Result<(u64, bool), Errno> {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const ZFS: i64 = 0x2fc1_2fc1;
+    const BCACHEFS: i64 = 0xca45_1a4e;
+    const EXT: i64 = 0xef53;
+    let st = rustix::fs::fstatfs(&dir)?;
+    #[allow(clippy::useless_conversion, clippy::cast_possible_wrap)]
+    let kind = i64::from(st.f_type);
+    let dev = fstat(&dir)?.st_dev;
+    let ordered = match kind {
+        TMPFS | RAMFS | XFS | BTRFS | ZFS | BCACHEFS => true,
+        EXT => ext_has_journal(dev),
+        _ => false,
+    };
+    Ok((dev, ordered))
+}
+
+/// True when the ext2/3/4 file system on `dev` runs a journal: ext4 shows its journal thread
+/// in `/sys/fs/ext4/<device>/journal_task` ("<none>" without one). Unknown counts as none.
+fn ext_has_journal(dev: u64) -> bool {
+    let link = format!(
+        "/sys/dev/block/{}:{}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    let Ok(target) = std::fs::read_link(link) else {
+        return false;
+    };
+    let Some(name) = target.file_name() else {
+        return false;
+    };
+    let task = Path::new("/sys/fs/ext4").join(name).join("journal_task");
+    std::fs::read_to_string(task).is_ok_and(|t| !t.trim().is_empty() && t.trim() != "<none>")
+}
+
+/// Writes a directory made under a temporary name to disk, with every directory in it,
+/// children first, and then its parent, so that on a file system that does not order
+/// metadata the rename that follows cannot reach the disk before them.
+pub fn make_durable(dir: impl AsFd, name: &str) -> Result<(), Errno> {
+    fn sync_tree(fd: &OwnedFd) -> Result<(), Errno> {
+        let mut children = Vec::new();
+        for entry in rustix::fs::Dir::read_from(fd)? {
+            let entry = entry?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes != b"."
+                && bytes != b".."
+                && entry.file_type() == rustix::fs::FileType::Directory
+            {
+                children.push(String::from_utf8_lossy(bytes).into_owned());
+            }
+        }
+        for child in children {
+            sync_tree(&open_child(fd, &child)?)?;
+        }
+        rustix::fs::fsync(fd)
+    }
+    sync_tree(&open_child(&dir, name)?)?;
+    rustix::fs::fsync(reopen(&dir)?)
+}
+
 /// Removes an empty directory; a full one is refused by the kernel, so no data can go.
 pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
-/// Removes a tree of empty directories that an interrupted run of ours left. Anything in it
-/// that is not a directory stops the removal: a file or a link is data, and is never removed.
-pub fn remove_empty_tree(dir: impl AsFd, name: &str) -> Result<(), Errno> {
-    match remove_empty(&dir, name) {
-        Err(Errno::NOTEMPTY | Errno::EXIST) => {}
-        other => return other,
+/// Reads a tree of directories without changing it, through handles that follow no link,
+/// parents first: `accept` sees each one's path below the top ("" for the top) and its owner
+/// and mode. `Ok(None)` when the top is missing; `Ok(Some(false))` as soon as anything in it is
+/// not a directory, has a name that is not UTF-8, or is refused by `accept`.
+pub fn tree_accepted(
+    dir: impl AsFd,
+    name: &str,
+    accept: &mut dyn FnMut(&str, Meta) -> bool,
+) -> Result<Option<bool>, Errno> {
+    let fd = match open_child(&dir, name) {
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => return Ok(Some(false)),
+        other => other?,
+    };
+    visit(&fd, "", accept).map(Some)
+}
+
+fn visit(
+    fd: &OwnedFd,
+    rel: &str,
+    accept: &mut dyn FnMut(&str, Meta) -> bool,
+) -> Result<bool, Errno> {
+    if !accept(rel, meta(fd)?) {
+        return Ok(false);
     }
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
+        let bytes = entry.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(child) = std::str::from_utf8(bytes) else {
+            return Ok(false);
+        };
+        if entry.file_type() != rustix::fs::FileType::Directory {
+            return Ok(false);
+        }
+        let sub = match open_child(fd, child) {
+            Err(Errno::LOOP | Errno::NOTDIR) => return Ok(false),
+            other => other?,
+        };
+        let path = if rel.is_empty() {
+            child.to_owned()
+        } else {
+            format!("{rel}/{child}")
+        };
+        if !visit(&sub, &path, accept)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes a tree of directories, children first, through handles that follow no link. The
+/// kernel refuses a directory that is not empty, so nothing but empty directories can go;
+/// the paths below the top that went are added to `removed`.
+pub fn remove_dirs(
+    dir: impl AsFd,
+    name: &str,
+    rel: &str,
+    removed: &mut Vec<String>,
+) -> Result<(), Errno> {
     let fd = open_child(&dir, name)?;
     let mut children = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;
-        let child = entry.file_name().to_string_lossy().into_owned();
-        if child == "." || child == ".." {
-            continue;
+        let bytes = entry.file_name().to_bytes();
+        if bytes != b"." && bytes != b".." {
+            children.push(String::from_utf8_lossy(bytes).into_owned());
         }
-        if entry.file_type() != rustix::fs::FileType::Directory
-            || entry.file_name().to_str().is_err()
-        {
-            return Err(Errno::NOTEMPTY);
-        }
-        children.push(child);
     }
     for child in children {
-        remove_empty_tree(&fd, &child)?;
+        let path = if rel.is_empty() {
+            child.clone()
+        } else {
+            format!("{rel}/{child}")
+        };
+        remove_dirs(&fd, &child, &path, removed)?;
     }
-    remove_empty(dir, name)
-}
-
-/// Takes the root's lock: exclusive for runs that change the tree, shared for `check`.
-/// `Ok(None)` when `wait` is false and another run holds it.
-pub fn lock(root: impl AsFd, exclusive: bool, wait: bool) -> Result<Option<OwnedFd>, Errno> {
-    let fd = reopen(root)?;
-    let op = match (exclusive, wait) {
-        (true, true) => FlockOperation::LockExclusive,
-        (true, false) => FlockOperation::NonBlockingLockExclusive,
-        (false, true) => FlockOperation::LockShared,
-        (false, false) => FlockOperation::NonBlockingLockShared,
-    };
-    match flock(&fd, op) {
-        Ok(()) => Ok(Some(fd)),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e),
-    }
+    drop(fd);
+    remove_empty(dir, name)?;
+    removed.push(rel.to_owned());
+    Ok(())
 }
 
 /// Strips the leading slash: openat2 resolves relative to the handle (or the root, for `IN_ROOT`).

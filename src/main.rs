@@ -3,23 +3,15 @@
 //!
 //! `main` only parses arguments and maps outcomes to exit codes; the work lives in the modules.
 
-mod deferred;
-mod escape;
-mod exit;
-mod fs;
-mod manifest;
-#[cfg(feature = "microvm")]
-mod microvm;
-mod mode;
-mod owner;
-mod prepare;
-mod report;
-
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use exit::Exit;
+use persist_prep::Options;
+use persist_prep::commands;
+use persist_prep::escape;
+use persist_prep::exit::Exit;
+use persist_prep::report;
 
 const USAGE: &str = "\
 usage: persist-prep apply    [--manifest PATH] [--root DIR] [--state-dir DIR] [--dry-run] [--json]
@@ -37,20 +29,12 @@ defaults: --manifest /etc/persist-prep/manifest.json
           --root /sysroot when /etc/initrd-release exists, else /
           --state-dir /run/persist-prep
 exit codes: 0 ok, 1 some entries failed or are not ok, 2 usage error, 3 invalid manifest
+lock wait: PERSIST_PREP_LOCK_TIMEOUT=SECONDS (default 30) before apply/finish give up
 log level: RUST_LOG=error|warn|info|debug|trace or env_logger filters (module=level,...);
            PERSIST_PREP_LOG=error|warn|info|debug when RUST_LOG is unset (default info)";
 
 const DEFAULT_MANIFEST: &str = "/etc/persist-prep/manifest.json";
 const DEFAULT_STATE_DIR: &str = "/run/persist-prep";
-
-/// What a subcommand was asked to do, after argument parsing.
-pub struct Options {
-    pub manifest: PathBuf,
-    pub root: PathBuf,
-    pub state_dir: PathBuf,
-    pub dry_run: bool,
-    pub json: bool,
-}
 
 fn default_root() -> PathBuf {
     if std::path::Path::new("/etc/initrd-release").exists() {
@@ -143,26 +127,32 @@ fn path_value(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String
     Ok(PathBuf::from(value))
 }
 
-fn run(mut parser: lexopt::Parser) -> Exit {
-    let command = match parser.next() {
-        Ok(Some(lexopt::Arg::Value(command))) => command,
-        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => {
-            return print_usage();
-        }
+/// The command word, or the exit for `--help`, `--version` and a missing command.
+fn command(parser: &mut lexopt::Parser) -> Result<std::ffi::OsString, Exit> {
+    match parser.next() {
+        Ok(Some(lexopt::Arg::Value(command))) => Ok(command),
+        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) => Err(print_usage()),
         Ok(Some(lexopt::Arg::Long("version") | lexopt::Arg::Short('V'))) => {
             let _ = writeln!(
                 std::io::stdout(),
                 "persist-prep {}",
                 env!("CARGO_PKG_VERSION")
             );
-            return Exit::Ok;
+            Err(Exit::Ok)
         }
-        Ok(None) => return usage_error("no command given"),
+        Ok(None) => Err(usage_error("no command given")),
         Ok(Some(arg)) => {
             let shown = arg_error(&arg.unexpected());
-            return usage_error(&format!("no command given ({shown})"));
+            Err(usage_error(&format!("no command given ({shown})")))
         }
-        Err(e) => return usage_error(&arg_error(&e)),
+        Err(e) => Err(usage_error(&arg_error(&e))),
+    }
+}
+
+fn run(mut parser: lexopt::Parser) -> Exit {
+    let command = match command(&mut parser) {
+        Ok(command) => command,
+        Err(exit) => return exit,
     };
     let allowed: &[&str] = match command.to_str() {
         Some("apply") => &["--manifest", "--root", "--state-dir", "--dry-run", "--json"],
@@ -192,10 +182,10 @@ fn run(mut parser: lexopt::Parser) -> Exit {
     };
     report::init_logging();
     match command.to_str() {
-        Some("apply") => prepare::apply(&options),
-        Some("check") => prepare::check(&options),
-        Some("finish") => deferred::finish(&options),
-        _ => manifest::validate_command(&options),
+        Some("apply") => commands::apply::apply(&options),
+        Some("check") => commands::apply::check(&options),
+        Some("finish") => commands::finish::run(&options),
+        _ => commands::validate::run(&options),
     }
 }
 
@@ -203,7 +193,7 @@ fn run(mut parser: lexopt::Parser) -> Exit {
 #[cfg(feature = "microvm")]
 fn microvm_main(args: impl Iterator<Item = std::ffi::OsString>) -> Exit {
     report::init_logging();
-    microvm::main(args)
+    persist_prep::microvm::main(args)
 }
 
 /// The initrd build leaves host mode out; say so instead of calling it an unknown command.

@@ -15,7 +15,7 @@ use crate::fs;
 use crate::manifest::Owner;
 
 /// Which database a name belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
     User,
     Group,

@@ -103,6 +103,7 @@ fn stderr_is_journal() -> bool {
 }
 
 /// The errno's symbolic name, for people who search for it.
+#[must_use]
 pub fn errno_name(errno: Errno) -> String {
     let name = match errno {
         Errno::ACCESS => "EACCES",
@@ -131,6 +132,7 @@ pub fn errno_name(errno: Errno) -> String {
 }
 
 /// The errno in words, e.g. `Read-only file system (EROFS)`.
+#[must_use]
 pub fn errno_words(errno: Errno) -> String {
     let text = std::io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
     let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
@@ -138,6 +140,7 @@ pub fn errno_words(errno: Errno) -> String {
 }
 
 /// Like [`errno_words`], for errors that come from std.
+#[must_use]
 pub fn io_error_words(error: &std::io::Error) -> String {
     match error.raw_os_error() {
         Some(raw) => errno_words(Errno::from_raw_os_error(raw)),
@@ -146,6 +149,7 @@ pub fn io_error_words(error: &std::io::Error) -> String {
 }
 
 /// What a person can do about a failed create, chown or chmod.
+#[must_use]
 pub fn errno_fix(errno: Errno) -> &'static str {
     match errno {
         Errno::ROFS => {
@@ -172,12 +176,14 @@ pub fn errno_fix(errno: Errno) -> &'static str {
 pub struct Elapsed(u64);
 
 impl Elapsed {
+    #[must_use]
     pub fn since(start: std::time::Instant) -> Self {
         Elapsed(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
     /// For JSON documents.
     #[allow(clippy::cast_precision_loss)]
+    #[must_use]
     pub fn millis(self) -> f64 {
         self.0 as f64 / 1000.0
     }
@@ -187,11 +193,6 @@ impl std::fmt::Display for Elapsed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.0 / 1000, self.0 % 1000 / 100)
     }
-}
-
-/// Writes a JSON document to stdout on one line.
-pub fn print_json(value: &serde_json::Value) {
-    print_serialized(value);
 }
 
 /// Writes any serialisable document to stdout on one line.

@@ -790,3 +790,66 @@ fn finish_has_nothing_to_do_for_a_mount_point_its_bind_mount_covers() {
     assert_eq!(stat(r.join("persist/var/lib/svc")), (0o750, 4001, 4001));
     assert!(!exists(s.state().join("deferred.json")));
 }
+
+/// A path longer than `PATH_MAX` (4096 bytes) is made from handles, one component at a time.
+#[test]
+fn a_path_longer_than_path_max_is_created() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("long-path");
+    let mut path = String::new();
+    for i in 0..20 {
+        path.push('/');
+        path.push_str(&char::from(b'a' + i).to_string().repeat(250));
+    }
+    assert!(path.len() > 4096);
+    s.manifest(&format!(
+        r#"{{"version":1,"storages":[{{"path":"/persist","directories":[
+        {{"path":"{path}","user":"root","group":"root","mode":"0700"}},
+        {{"path":"{path}/x","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0750"}}]}}]}}"#
+    ));
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(0);
+    let doc = run.json();
+    assert_eq!(doc["summary"]["created"], 2, "{doc}");
+    // Check it by handles too: std's stat takes the whole path, which the kernel refuses.
+    let mut dir = std::fs::File::open(s.root().join("persist")).unwrap();
+    for name in path.split('/').filter(|c| !c.is_empty()) {
+        dir = std::fs::File::open(format!(
+            "/proc/self/fd/{}/{name}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir)
+        ))
+        .unwrap();
+    }
+    let st = rustix::fs::statat(&dir, "x", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    assert_eq!((st.st_mode & 0o7777, st.st_uid), (0o750, 65534));
+    s.run(&["apply"]).assert_code(0);
+    s.run(&["check"]).assert_code(0);
+}
+
+/// One component longer than `NAME_MAX` is one clear error for its entry, not the run's end.
+#[test]
+fn a_component_longer_than_name_max_fails_its_entry_alone() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("long-name");
+    let long = "n".repeat(256);
+    s.manifest(&format!(
+        r#"{{"version":1,"storages":[{{"path":"/persist","directories":[
+        {{"path":"/var/{long}","user":"root","group":"root","mode":"0700"}},
+        {{"path":"/var/ok","user":"root","group":"root","mode":"0700"}}]}}]}}"#
+    ));
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(1);
+    let doc = run.json();
+    assert_eq!(doc["summary"]["failed"], 1, "{doc}");
+    assert_eq!(doc["summary"]["created"], 1, "{doc}");
+    assert!(
+        run.stderr.contains("name too long") || run.stderr.contains("too long"),
+        "{}",
+        run.stderr
+    );
+    assert!(exists(s.root().join("persist/var/ok")));
+}

@@ -73,6 +73,9 @@ fn an_owner_that_resolves_in_the_initrd_of_a_later_boot_is_given_by_apply() {
     run.assert_code(0);
     let doc = run.json();
     assert_eq!(doc["entries"][0]["state"], "finished", "{doc}");
+    // Giving an owner is its own outcome, not a creation.
+    assert_eq!(doc["summary"]["ownersGiven"], 1, "{doc}");
+    assert!(run.stderr.contains("owners given"), "{}", run.stderr);
     assert_eq!(
         doc["entries"][0]["actions"][0]["action"], "give-owner",
         "{doc}"
@@ -122,7 +125,8 @@ fn a_run_waits_for_the_one_holding_the_lock() {
     let s = Scratch::new("locked");
     s.manifest(SVC);
     let mut holder = Command::new("flock")
-        .arg(s.root())
+        .args(["-x", "-o"])
+        .arg(s.state().join("lock"))
         .args(["sleep", "1"])
         .spawn()
         .unwrap();
@@ -200,4 +204,188 @@ fn two_runs_at_once_keep_both_records() {
         );
         assert!(exists(s.root().join("persist/a/d39")) && exists(s.root().join("persist/b/d39")));
     }
+}
+
+fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn id_maps(s: &Scratch) {
+    let nixos = s.root().join("persist/var/lib/nixos");
+    std::fs::create_dir_all(&nixos).unwrap();
+    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
+    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
+}
+
+#[test]
+fn an_admins_change_to_a_deferred_directory_is_kept_by_the_next_boot() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("admin-change");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    // The admin hands it over by hand before the user exists; finish must not undo that.
+    std::os::unix::fs::chown(&source, Some(4005), Some(4005)).unwrap();
+    reboot(&s);
+    id_maps(&s);
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(0);
+    assert_eq!(stat(&source), (0o750, 4005, 4005), "{}", run.stderr);
+    assert_eq!(run.json()["entries"][0]["state"], "drift", "{}", run.stdout);
+    add_svc_user(&s);
+    s.run(&["finish"]);
+    assert_eq!(stat(&source), (0o750, 4005, 4005));
+}
+
+#[test]
+fn a_declaration_changed_after_a_boot_cut_short_decides_the_owner() {
+    if !require_root() {
+        return;
+    }
+    let changed = [
+        r#"{"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}"#,
+        r#"{"path":"/var/lib/svc","user":"svc","group":"svc","uid":1500,"gid":1500,"mode":"0750"}"#,
+    ];
+    for (i, entry) in changed.iter().enumerate() {
+        let s = Scratch::new(&format!("changed-{i}"));
+        s.manifest(SVC);
+        s.run(&["apply"]).assert_code(0);
+        reboot(&s);
+        id_maps(&s);
+        s.manifest(&format!(
+            r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{entry}]}}]}}"#
+        ));
+        let source = s.root().join("persist/var/lib/svc");
+        let run = s.run(&["apply", "--json"]);
+        run.assert_code(0);
+        assert_eq!(stat(&source), (0o750, 0, 0), "{i}: {}", run.stderr);
+        assert_eq!(
+            run.json()["entries"][0]["state"],
+            "drift",
+            "{i}: {}",
+            run.stdout
+        );
+        add_svc_user(&s);
+        s.run(&["finish"]);
+        assert_eq!(
+            stat(&source),
+            (0o750, 0, 0),
+            "{i}: finish gave the old owner"
+        );
+    }
+}
+
+#[test]
+fn a_mark_restored_onto_a_parent_hands_over_nothing() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("restored-parent");
+    s.manifest(SVC);
+    add_svc_user(&s);
+    let parent = s.root().join("persist/var/lib");
+    std::fs::create_dir_all(&parent).unwrap();
+    // As `cp -a` or `rsync -X` of a backup brings it, onto a parent that is no entry.
+    let mark = br#"{"user":"svc","group":"svc","uid":null,"gid":null,"mode":493}"#;
+    set_xattr(&parent, "trusted.persist-prep.owner", mark);
+    set_xattr(
+        &s.root().join("persist"),
+        "trusted.persist-prep.pending",
+        b"1",
+    );
+    let run = s.run(&["apply"]);
+    run.assert_code(0);
+    assert_eq!(stat(&parent), (0o755, 0, 0), "{}", run.stderr);
+    assert!(run.stderr.contains("mark"), "{}", run.stderr);
+    assert_eq!(stat(parent.join("svc")), (0o750, 4001, 4001));
+    s.run(&["finish"]).assert_code(0);
+    assert_eq!(stat(&parent), (0o755, 0, 0));
+}
+
+#[test]
+fn finish_leaves_alone_a_deferred_directory_whose_mode_an_admin_changed() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("admin-chmod");
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    add_svc_user(&s);
+    let run = s.run(&["finish"]);
+    assert_eq!(stat(&source), (0o700, 0, 0), "{}", run.stderr);
+}
+
+/// `finish` shows a path from the manifest exactly as `apply` does: a U+202E override and a
+/// newline escaped, on the one line of its message, in the journal and on a terminal alike.
+#[test]
+fn finish_escapes_paths_exactly_like_apply() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("finish-escape");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/a\u202eb\nc","user":"svc","group":"svc","mode":"0750"}]}]}"#,
+    );
+    let shown = "persist/var/lib/a\\xe2\\x80\\xaeb\\nc";
+    let apply = s.run(&["apply"]);
+    apply.assert_code(0);
+    assert!(apply.stderr.contains(shown), "{}", apply.stderr);
+    let entry = "directory /var/lib/a\\xe2\\x80\\xaeb\\nc (storages[0].directories[0])";
+    assert!(apply.stderr.contains(entry), "{}", apply.stderr);
+    add_svc_user(&s);
+    let finish = s.run(&["finish"]);
+    finish.assert_code(0);
+    for raw in ['\u{202e}', '\r'] {
+        assert!(!finish.stderr.contains(raw), "{}", finish.stderr);
+    }
+    assert_eq!(finish.stderr.lines().count(), 3, "{}", finish.stderr);
+    let gave = finish.stderr.lines().next().unwrap();
+    assert!(gave.contains(shown), "{gave}");
+    assert!(gave.ends_with(&format!("for {entry}")), "{gave}");
+}
+
+/// In a user namespace (as on a sandboxed virtiofs), setting a `trusted.*` attribute fails
+/// with EPERM: that means "no marks here", as on a file system without extended attributes,
+/// and the record alone carries the deferral, which `finish` then completes.
+#[test]
+fn trusted_marks_refused_with_eperm_leave_the_deferral_to_the_record() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("userns-marks");
+    s.manifest(SVC);
+    // Root inside the namespace is our own uid mapped; it lacks CAP_SYS_ADMIN over the files.
+    let out = s
+        .wrapped(&["unshare", "--user", "--map-root-user"], "apply")
+        .arg("--json")
+        .output()
+        .unwrap();
+    let run = common::Run::from(out);
+    if run.stderr.contains("unshare failed") || run.stderr.contains("unshare: ") {
+        common::skip(&format!("no user namespaces here: {}", run.stderr));
+        return;
+    }
+    run.assert_code(0);
+    assert_eq!(
+        run.json()["entries"][0]["state"],
+        "deferred",
+        "{}",
+        run.stderr
+    );
+    let source = s.root().join("persist/var/lib/svc");
+    assert_eq!(stat(&source), (0o750, 0, 0));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap()).unwrap();
+    let pending = record["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 2, "{record}");
+    assert!(pending.iter().all(|p| p["marked"] == false), "{record}");
+    add_svc_user(&s);
+    s.run(&["finish"]).assert_code(0);
+    assert_eq!(stat(&source), (0o750, 4001, 4001));
+    assert_eq!(stat(s.root().join("var/lib/svc")), (0o750, 4001, 4001));
 }

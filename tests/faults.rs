@@ -38,6 +38,7 @@ const CALLS: &[&str] = &[
     "openat",
     "write",
     "flock",
+    "fsync",
 ];
 
 fn prepare(s: &Scratch) {

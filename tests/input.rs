@@ -343,11 +343,11 @@ fn rust_log_and_its_alias() {
         validate_with_env(&s, &both).is_empty(),
         "an empty RUST_LOG counts as unset"
     );
-    let filters = [("RUST_LOG", "warn,persist_prep::manifest=info")];
+    let filters = [("RUST_LOG", "warn,persist_prep::commands=info")];
     assert!(validate_with_env(&s, &filters).contains(valid));
     s.manifest(r#"{"version":1,"storages":[{"path":"rel"}]}"#);
     assert!(validate_with_env(&s, &[("RUST_LOG", "error")]).contains("error: invalid manifest"));
-    let off = [("RUST_LOG", "persist_prep::manifest=off")];
+    let off = [("RUST_LOG", "persist_prep::commands::validate=off")];
     assert!(validate_with_env(&s, &off).is_empty());
 }
 

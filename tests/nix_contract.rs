@@ -826,7 +826,10 @@ fn package_and_flake_outputs() {
     assert_eq!(package["pname"], "persist-prep");
     // The unit tests need no root: the full build runs them, the initrd build only builds.
     assert_eq!(package["doCheck"], true);
-    assert_eq!(package["cargoTestFlags"], serde_json::json!(["--bins"]));
+    assert_eq!(
+        package["cargoTestFlags"],
+        serde_json::json!(["--lib", "--bins"])
+    );
     assert_eq!(package["buildNoDefaultFeatures"], false);
     assert_eq!(
         package["initrd"],

@@ -102,6 +102,33 @@ fn a_mount_point_bind_mounted_from_the_root_is_not_mounted() {
     );
 }
 
+/// Without `/proc` (an installer's chroot) a storage on a mount beneath its mountPoint cannot
+/// be told from a bind mount: say that mountinfo could not be read and how to fix it, instead
+/// of calling a correct storage a symlink or bind mount.
+#[test]
+fn without_proc_the_missing_evidence_is_named_with_its_fix() {
+    if !require_root() {
+        return;
+    }
+    let (s, apply, check, stderr) = run_case(
+        "vol-no-proc",
+        r#"mount -t tmpfs tmpfs "$ROOT/nix"; mkdir "$ROOT/nix/persist"; mount -t tmpfs tmpfs "$ROOT/nix/persist"
+           mount -t tmpfs noproc /proc"#,
+    );
+    for doc in [&apply, &check] {
+        let storage = &doc["storages"][0];
+        assert_eq!(storage["state"], "not-mounted", "{doc}\n{stderr}");
+        let message = storage["message"].as_str().unwrap();
+        assert!(
+            message.contains("/proc/self/mountinfo cannot be read"),
+            "{message}"
+        );
+        assert!(message.contains("Fix: mount /proc"), "{message}");
+        assert!(!message.contains("bind mount of"), "{message}");
+    }
+    assert!(!exists(s.root().join("var")));
+}
+
 #[test]
 fn a_storage_on_a_mount_beneath_the_volume_or_bound_within_it_is_used() {
     if !require_root() {
@@ -133,4 +160,54 @@ fn a_storage_on_a_mount_beneath_the_volume_or_bound_within_it_is_used() {
         let inside = std::fs::read_to_string(s.dir.join("tree-in-nix")).unwrap();
         assert!(inside.contains("/var/lib/app"), "{name}: {inside}");
     }
+}
+
+#[test]
+fn a_bind_of_the_roots_file_system_below_the_storage_gets_nothing_created() {
+    if !require_root() {
+        return;
+    }
+    // /nix/persist/var/lib is a bind mount of a directory on the root's own file system: what
+    // is made below it lands there, off the volume.
+    let (s, apply, check, stderr) = run_case(
+        "vol-bind-below",
+        r#"mount -t tmpfs tmpfs "$ROOT/nix"; mkdir -p "$ROOT/nix/persist/var/lib" "$ROOT/ephemeral"
+           mount --bind "$ROOT/ephemeral" "$ROOT/nix/persist/var/lib""#,
+    );
+    for doc in [&apply, &check] {
+        let entry = doc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == "/var/lib/app")
+            .unwrap();
+        assert_eq!(entry["state"], "error", "{doc}\n{stderr}");
+        let message = entry["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(
+                "/nix/persist/var/lib is a bind mount of a directory on the root's own file system"
+            ),
+            "{message}"
+        );
+    }
+    assert!(
+        !exists(s.root().join("ephemeral/app")),
+        "created off the volume:\n{stderr}"
+    );
+    assert_ne!(check["summary"]["notOk"], 0, "{check}");
+}
+
+#[test]
+fn a_volume_mounted_below_the_storage_is_used() {
+    if !require_root() {
+        return;
+    }
+    let (s, apply, _, stderr) = run_case(
+        "vol-mount-below",
+        r#"mount -t tmpfs tmpfs "$ROOT/nix"; mkdir -p "$ROOT/nix/persist/var/lib"
+           mount -t tmpfs tmpfs "$ROOT/nix/persist/var/lib""#,
+    );
+    assert_eq!(apply["summary"]["failed"], 0, "{apply}\n{stderr}");
+    assert_eq!(apply["summary"]["created"], 2, "{apply}\n{stderr}");
+    assert!(exists(s.root().join("var/lib/app")));
 }

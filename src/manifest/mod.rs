@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use crate::Options;
 use crate::escape;
-use crate::exit::Exit;
 
 mod raw;
 mod semantic;
@@ -313,71 +311,6 @@ fn dedup(manifest: &mut Manifest) {
             .entries
             .dedup_by(|b, a| a.path == b.path && a.kind == b.kind);
     }
-}
-
-/// The `validate --json` document.
-#[derive(serde::Serialize)]
-struct Verdict<'a> {
-    valid: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    storages: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entries: Option<usize>,
-    errors: &'a [String],
-}
-
-/// `persist-prep validate`: read and validate only.
-pub fn validate_command(options: &Options) -> Exit {
-    match load(&options.manifest) {
-        Ok(manifest) => {
-            let entries: usize = manifest.storages.iter().map(|s| s.entries.len()).sum();
-            if options.json {
-                print_verdict(&Verdict {
-                    valid: true,
-                    storages: Some(manifest.storages.len()),
-                    entries: Some(entries),
-                    errors: &[],
-                });
-            }
-            log::info!(
-                "manifest {} is valid: {} storages, {entries} entries",
-                escape::bytes(options.manifest.as_os_str().as_encoded_bytes()),
-                manifest.storages.len()
-            );
-            Exit::Ok
-        }
-        Err(errors) => {
-            report_invalid(options, &errors);
-            if options.json {
-                print_verdict(&Verdict {
-                    valid: false,
-                    storages: None,
-                    entries: None,
-                    errors: &errors,
-                });
-            }
-            Exit::InvalidManifest
-        }
-    }
-}
-
-fn print_verdict(verdict: &Verdict<'_>) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, verdict);
-    let _ = writeln!(out);
-}
-
-/// Logs every validation error and the verdict.
-pub fn report_invalid(options: &Options, errors: &[String]) {
-    let path = escape::bytes(options.manifest.as_os_str().as_encoded_bytes());
-    for error in errors {
-        log::error!("invalid manifest {path}: {error}");
-    }
-    log::error!(
-        "manifest {path} has {} problem(s); nothing was touched",
-        errors.len()
-    );
 }
 
 #[cfg(test)]

@@ -12,11 +12,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
-use super::plan::{Action, ActionKind, Dir, EntryState, Plan, Problem, Side, Skip, StorageState};
+use super::plan::{
+    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Outcome, Plan, Problem, Side,
+    Sides, Skip, StoragePlan, StorageState,
+};
 use crate::deferred::{self, Mark, Pending};
 use crate::escape;
 use crate::fs;
-use crate::manifest::{Entry, Storage};
+use crate::manifest::Storage;
+use crate::root::Root;
 
 /// One directory the executor opened or made, for the entries after it.
 struct Link {
@@ -52,26 +56,40 @@ struct Traits {
     staged: bool,
 }
 
+impl Traits {
+    /// The one rule for a directory this run makes in a parent with `parent`'s traits.
+    fn of_new(parent: Traits, dir: &Dir, staged: bool) -> Traits {
+        Traits {
+            // A set-group-id directory hands its group and the bit to what is made in it.
+            plain: parent.plain && dir.attrs.mode & 0o2000 == 0,
+            // Private only below a private parent: a root-only directory inside a user's one
+            // can be swapped for a link by that user.
+            private: parent.private && dir.uid == Some(0) && dir.attrs.mode & 0o022 == 0,
+            fresh: true,
+            staged: parent.staged || staged,
+        }
+    }
+}
+
 pub struct Executor<'a> {
     root: BorrowedFd<'a>,
-    root_display: String,
+    tree: &'a Root,
     euid: u32,
     egid: u32,
-    chains: [Vec<Link>; 2],
-    bases: [Option<Link>; 2],
+    chains: Sides<Vec<Link>>,
+    bases: Sides<Option<Link>>,
     /// The side's base carries the pending mark already (set before a deferred directory).
-    marked: [bool; 2],
+    marked: Sides<bool>,
     pub pending: Vec<Pending>,
     /// Entries (by index in their storage) whose stage could not be placed.
     failures: Vec<(usize, Problem)>,
     storage_path: String,
-}
-
-fn index(side: Side) -> usize {
-    match side {
-        Side::Storage => 0,
-        Side::Root => 1,
-    }
+    /// The storage directory is being made: what stands below its path on the root side is
+    /// the storage side.
+    creating_storage: bool,
+    /// File systems met (by device) and whether they order metadata; where one does not, a
+    /// directory is written to disk before it is renamed into place.
+    ordered: std::cell::RefCell<Vec<(u64, bool)>>,
 }
 
 /// The temporary name a directory is made under: fixed for a name, so that the next run finds
@@ -86,102 +104,129 @@ pub fn temp_name(name: &str) -> String {
 }
 
 impl<'a> Executor<'a> {
-    pub fn new(root: BorrowedFd<'a>, root_display: String) -> Self {
+    pub fn new(tree: &'a Root) -> Self {
         // Modes are given exactly; mkdir must not have bits masked off behind our back.
         rustix::process::umask(rustix::fs::Mode::empty());
         Executor {
-            root,
-            root_display,
+            root: tree.fd(),
+            tree,
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
-            chains: [Vec::new(), Vec::new()],
-            bases: [None, None],
-            marked: [false, false],
+            chains: Sides::default(),
+            bases: Sides::default(),
+            marked: Sides::default(),
             pending: Vec::new(),
             failures: Vec::new(),
             storage_path: String::new(),
+            creating_storage: false,
+            ordered: std::cell::RefCell::new(Vec::new()),
         }
     }
 
-    pub fn execute(&mut self, plan: &mut Plan<'_>) {
-        self.bases[1] = fs::open_in_root(self.root, "/")
+    /// Carries out the plan, which it leaves as it is: what became of each storage and entry
+    /// comes back as one outcome per storage, in the plan's order.
+    pub fn execute(&mut self, plan: &Plan<'_>) -> Vec<Outcome> {
+        self.bases.root = fs::open_in_root(self.root, "/")
             .ok()
             .map(|fd| existing("/", fd));
-        for s in &mut plan.storages {
-            let storage = s.storage;
-            self.chains = [Vec::new(), Vec::new()];
-            self.marked[0] = false;
-            self.storage_path.clone_from(&storage.path);
-            let mut stage = None;
-            let base = match &s.state {
-                StorageState::Ok => fs::open_in_root(self.root, &storage.path)
-                    .map(|fd| existing("/", fd))
-                    .map_err(|errno| Problem::Errno {
-                        action: "open",
-                        path: format!("{}{}", self.root_display, storage.path),
-                        errno,
-                    }),
-                StorageState::Missing => self.make_storage(s.create.as_ref(), storage, &mut stage),
-                _ => continue,
-            };
-            match base {
-                Ok(link) => self.bases[0] = Some(link),
-                Err(problem) => {
-                    s.state = StorageState::Failed(problem);
-                    for e in &mut s.entries {
-                        e.state = EntryState::Skipped(Skip::StorageError);
-                    }
-                    continue;
-                }
-            }
-            for (idx, e) in s.entries.iter_mut().enumerate() {
-                if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
-                    || e.actions.is_empty()
-                {
-                    continue;
-                }
-                let result = self.entry(storage, idx, e.entry, &e.actions);
-                e.state = after(
-                    std::mem::replace(&mut e.state, EntryState::Present),
-                    &e.actions,
-                    result,
-                );
-            }
-            self.settle(Side::Storage, 0);
-            self.settle(Side::Root, 0);
-            if let Some(stage) = stage {
-                self.place_storage(s, &stage);
-            } else if s.state == StorageState::Missing {
-                s.state = StorageState::Created;
-            }
-            for (idx, problem) in std::mem::take(&mut self.failures) {
-                if let Some(e) = s.entries.get_mut(idx) {
-                    e.state = EntryState::Failed(problem);
-                }
+        plan.storages.iter().map(|s| self.storage(s)).collect()
+    }
+
+    fn storage(&mut self, s: &StoragePlan<'_>) -> Outcome {
+        self.chains = Sides::default();
+        self.marked.storage = false;
+        self.storage_path.clone_from(&s.storage.path);
+        let mut outcome = Outcome::default();
+        let mut stage = None;
+        match self.open_storage(s, &mut stage) {
+            None => return outcome,
+            Some(Ok(link)) => self.bases.storage = Some(link),
+            Some(Err(problem)) => {
+                outcome.storage = Some(StorageState::Failed(problem));
+                let skipped = EntryState::Skipped(Skip::StorageError);
+                outcome.entries = (0..s.entries.len()).map(|i| (i, skipped.clone())).collect();
+                return outcome;
             }
         }
+        self.entries(s, &mut outcome);
+        if let Some(stage) = stage {
+            self.place_storage(s, &stage, &mut outcome);
+        } else if s.state == StorageState::Missing {
+            outcome.storage = Some(StorageState::Created);
+        }
+        for (idx, problem) in std::mem::take(&mut self.failures) {
+            outcome.entries.push((idx, EntryState::Failed(problem)));
+        }
+        outcome
+    }
+
+    /// The storage directory to work below: opened, or made (as a stage where its parent
+    /// allows); `None` when the plan skips the storage.
+    fn open_storage(
+        &mut self,
+        s: &StoragePlan<'_>,
+        stage: &mut Option<StorageStage>,
+    ) -> Option<Result<Link, Problem>> {
+        let storage = s.storage;
+        Some(match &s.state {
+            StorageState::Ok => fs::open_in_root(self.root, &storage.path)
+                .map(|fd| existing("/", fd))
+                .map_err(|errno| Problem::Os {
+                    path: self.tree.path(Some(&storage.path), ""),
+                    error: fs::OsError {
+                        op: fs::Op::Open,
+                        errno,
+                    },
+                }),
+            StorageState::Missing => {
+                self.creating_storage = true;
+                let made = self.make_storage(s.create.as_ref(), storage, &s.entries, stage);
+                self.creating_storage = false;
+                made
+            }
+            _ => return None,
+        })
+    }
+
+    /// Carries out the storage's entries in order, then places the stages left open.
+    fn entries(&mut self, s: &StoragePlan<'_>, outcome: &mut Outcome) {
+        for (idx, e) in s.entries.iter().enumerate() {
+            if matches!(e.state, EntryState::Failed(_) | EntryState::Skipped(_))
+                || e.actions.is_empty()
+            {
+                continue;
+            }
+            let result = self.entry(s.storage, idx, &s.entries);
+            outcome
+                .entries
+                .push((idx, after(e.state.clone(), &e.actions, result)));
+        }
+        self.settle(Side::Storage, 0);
+        self.settle(Side::Root, 0);
     }
 
     /// Places a storage directory made as a stage, with everything made below it.
-    fn place_storage(&mut self, s: &mut super::plan::StoragePlan<'_>, stage: &StorageStage) {
-        self.bases[0] = None;
-        let shown = format!("{}{}", self.root_display, stage.path);
-        match fs::place(&stage.parent, &stage.tmp, &stage.leaf) {
+    fn place_storage(&mut self, s: &StoragePlan<'_>, stage: &StorageStage, outcome: &mut Outcome) {
+        self.bases.storage = None;
+        let shown = self.tree.path(None, &stage.path);
+        match self.place(stage.parent.as_fd(), &stage.tmp, &stage.leaf) {
             Ok(()) => {
                 log::info!(
                     "created storage directory {} (root:root 0755)",
                     escape::text(&shown)
                 );
-                s.state = StorageState::Created;
+                outcome.storage = Some(StorageState::Created);
             }
             Err(errno) => {
                 let problem = place_problem(&shown, errno);
-                for e in &mut s.entries {
+                for (idx, e) in s.entries.iter().enumerate() {
                     if e.actions.iter().any(|a| a.dir.side == Side::Storage) {
-                        e.state = EntryState::Failed(problem.clone());
+                        outcome
+                            .entries
+                            .push((idx, EntryState::Failed(problem.clone())));
                     }
                 }
-                s.state = StorageState::Failed(problem);
+                outcome.storage = Some(StorageState::Failed(problem));
             }
         }
     }
@@ -193,61 +238,31 @@ impl<'a> Executor<'a> {
         &mut self,
         create: Option<&super::plan::StorageCreate>,
         storage: &Storage,
+        all: &[EntryPlan<'_>],
         stage: &mut Option<StorageStage>,
     ) -> Result<Link, Problem> {
-        let create = create.ok_or(Problem::Errno {
-            action: "create",
+        let create = create.ok_or(Problem::Os {
             path: storage.path.clone(),
-            errno: Errno::INVAL,
+            error: fs::OsError {
+                op: fs::Op::Create,
+                errno: Errno::INVAL,
+            },
         })?;
-        let display = self.root_display.clone();
-        let shown = |path: &str| format!("{display}{path}");
-        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Errno {
-            action: "open",
-            path: shown(&create.base),
-            errno,
+        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Os {
+            path: self.tree.path(None, &create.base),
+            error: fs::OsError {
+                op: fs::Op::Open,
+                errno,
+            },
         })?;
         let mut parent = existing(&create.base, fd);
         let mut path = create.base.trim_end_matches('/').to_owned();
         for name in &create.names {
             path.push('/');
             path.push_str(name);
-            let dir = Dir {
-                side: Side::Root,
-                path: path.clone(),
-                attrs: crate::manifest::Attrs::root_0755(),
-                uid: Some(0),
-                gid: Some(0),
-                own: false,
-            };
-            let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
-            let (_, staged_as) = self.make(pfd, "", parent.traits, name, &dir, &shown(&path))?;
-            let on_disk = staged_as.clone().unwrap_or_else(|| name.clone());
-            let fd = fs::open_child(pfd, &on_disk)
-                .map_err(|errno| open_problem(&shown(&path), errno))?;
-            if staged_as.is_none() && !parent.traits.staged {
-                log::info!(
-                    "created storage directory {} (root:root 0755)",
-                    escape::text(&shown(&path))
-                );
-            }
-            let traits = Traits {
-                plain: parent.traits.plain,
-                private: true,
-                fresh: true,
-                staged: parent.traits.staged || staged_as.is_some(),
-            };
-            let old = std::mem::replace(
-                &mut parent,
-                Link {
-                    path: path.clone(),
-                    fd: Some(fd),
-                    traits,
-                    disk_name: None,
-                    members: Vec::new(),
-                },
-            );
-            if let (Some(tmp), Some(parent_fd)) = (staged_as, old.fd) {
+            let (link, started) = self.make_storage_part(&parent, &path, name, all)?;
+            let old = std::mem::replace(&mut parent, link);
+            if let (Some(tmp), Some(parent_fd)) = (started, old.fd) {
                 *stage = Some(StorageStage {
                     parent: parent_fd,
                     tmp,
@@ -259,88 +274,148 @@ impl<'a> Executor<'a> {
         Ok(parent)
     }
 
+    /// Makes one missing component of the storage path in `parent` and opens it; returns it,
+    /// and the temporary name when it started a stage.
+    fn make_storage_part(
+        &self,
+        parent: &Link,
+        path: &str,
+        name: &str,
+        all: &[EntryPlan<'_>],
+    ) -> Result<(Link, Option<String>), Problem> {
+        let shown = self.tree.path(None, path);
+        let dir = Dir {
+            side: Side::Root,
+            path: path.to_owned(),
+            attrs: crate::manifest::Attrs::root_0755(),
+            uid: Some(0),
+            gid: Some(0),
+            own: false,
+        };
+        let pfd = parent.fd.as_ref().map_or(self.root, AsFd::as_fd);
+        let (_, staged_as) = self.make((pfd, "", parent.traits), name, &dir, &shown, all)?;
+        let on_disk = staged_as.as_deref().unwrap_or(name);
+        let fd = fs::open_child(pfd, on_disk).map_err(|errno| open_problem(&shown, errno))?;
+        if staged_as.is_none() && !parent.traits.staged {
+            log::info!(
+                "created storage directory {} (root:root 0755)",
+                escape::text(&shown)
+            );
+        }
+        let link = Link {
+            path: path.to_owned(),
+            fd: Some(fd),
+            traits: Traits::of_new(parent.traits, &dir, staged_as.is_some()),
+            disk_name: None,
+            members: Vec::new(),
+        };
+        Ok((link, staged_as))
+    }
+
+    /// Carries out an entry's actions. Below a directory that could not be made nothing can
+    /// be, but the rest still is (the other side, parents that later entries share), so that
+    /// one entry's failure stays its own; the first problem is the entry's.
     fn entry(
         &mut self,
         storage: &Storage,
         idx: usize,
-        entry: &Entry,
-        actions: &[Action],
+        all: &[EntryPlan<'_>],
     ) -> Result<(), Problem> {
-        for action in actions {
+        let mut first = None;
+        let mut failed: Vec<(Side, &str)> = Vec::new();
+        for action in &all[idx].actions {
             let dir = &action.dir;
-            let shown = match dir.side {
-                Side::Storage => format!("{}{}{}", self.root_display, storage.path, dir.path),
-                Side::Root => format!("{}{}", self.root_display, dir.path),
-            };
-            let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
-            let parent_path = if parent_path.is_empty() {
-                "/"
-            } else {
-                parent_path
-            };
-            let at = self.parent(dir.side, parent_path, &shown)?;
-            let context = (storage, entry);
-            match action.kind {
-                ActionKind::Mkdir => {
-                    if dir.deferred() {
-                        self.mark_side(dir.side).map_err(|errno| Problem::Errno {
-                            action: "mark the base of",
-                            path: shown.clone(),
-                            errno,
-                        })?;
-                    }
-                    let traits = at.traits;
-                    let pfd = self.link_fd(dir.side, at.at);
-                    let (made, staged_as) = self.make(pfd, &at.rel, traits, name, dir, &shown)?;
-                    if traits.staged {
-                        self.join_stage(dir.side, idx);
-                    }
-                    if let Some(made) = made {
-                        let (storage, entry) = context;
-                        let mut p = super::plan::pending_of(
-                            storage,
-                            dir,
-                            entry,
-                            &mark_of(dir),
-                            made.meta,
-                            made.birth,
-                        );
-                        p.marked = made.marked;
-                        self.pending.push(p);
-                    }
-                    self.chains[index(dir.side)].push(Link {
-                        path: dir.path.clone(),
-                        fd: None,
-                        traits: Traits {
-                            plain: traits.plain && dir.attrs.mode & 0o2000 == 0,
-                            // Private only below a private parent: a root-only directory
-                            // inside a user's one can be swapped for a link by that user.
-                            private: traits.private
-                                && dir.uid == Some(0)
-                                && dir.attrs.mode & 0o022 == 0,
-                            fresh: true,
-                            staged: traits.staged || staged_as.is_some(),
-                        },
-                        members: if staged_as.is_some() {
-                            vec![idx]
-                        } else {
-                            Vec::new()
-                        },
-                        disk_name: staged_as,
-                    });
-                }
-                ActionKind::GiveOwner => {
-                    let pfd = self.link_fd(dir.side, at.at);
-                    give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
-                    log::info!(
-                        "gave {} its deferred owner {}:{}",
-                        escape::text(&shown),
-                        escape::text(&dir.attrs.user.name),
-                        escape::text(&dir.attrs.group.name)
-                    );
-                }
+            if failed
+                .iter()
+                .any(|&(side, path)| side == dir.side && crate::manifest::contains(path, &dir.path))
+            {
+                continue;
+            }
+            if let Err(problem) = self.action(storage, idx, all, action) {
+                failed.push((dir.side, dir.path.as_str()));
+                first.get_or_insert(problem);
             }
         }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn action(
+        &mut self,
+        storage: &Storage,
+        idx: usize,
+        all: &[EntryPlan<'_>],
+        action: &Action,
+    ) -> Result<(), Problem> {
+        let dir = &action.dir;
+        let shown = match dir.side {
+            Side::Storage => self.tree.path(Some(&storage.path), &dir.path),
+            Side::Root => self.tree.path(None, &dir.path),
+        };
+        let (parent_path, name) = dir.path.rsplit_once('/').unwrap_or(("", &dir.path));
+        let parent_path = if parent_path.is_empty() {
+            "/"
+        } else {
+            parent_path
+        };
+        let at = self.parent(dir.side, parent_path, &shown)?;
+        match action.kind {
+            ActionKind::Mkdir => self.mkdir(storage, idx, all, dir, (&at, name, &shown)),
+            ActionKind::GiveOwner => {
+                let pfd = self.link_fd(dir.side, at.at);
+                give_owner(pfd, &format!("{}{name}", at.rel), dir, &shown)?;
+                log::info!(
+                    "gave {} its deferred owner {}:{}",
+                    escape::text(&shown),
+                    escape::text(&dir.attrs.user.name),
+                    escape::text(&dir.attrs.group.name)
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes one planned directory in the parent located for it, and keeps it in the chain.
+    fn mkdir(
+        &mut self,
+        storage: &Storage,
+        idx: usize,
+        all: &[EntryPlan<'_>],
+        dir: &Dir,
+        (at, name, shown): (&Located, &str, &str),
+    ) -> Result<(), Problem> {
+        if dir.deferred() {
+            self.mark_side(dir.side).map_err(|errno| Problem::Os {
+                path: shown.to_owned(),
+                error: fs::OsError {
+                    op: fs::Op::MarkBase,
+                    errno,
+                },
+            })?;
+        }
+        let traits = at.traits;
+        let pfd = self.link_fd(dir.side, at.at);
+        let (made, staged_as) = self.make((pfd, &at.rel, traits), name, dir, shown, all)?;
+        if traits.staged {
+            self.join_stage(dir.side, idx);
+        }
+        if let Some(made) = made {
+            let mark = mark_of(dir);
+            let mut p =
+                super::plan::pending_of(storage, dir, all[idx].entry, &mark, made.meta, made.birth);
+            p.marked = made.marked;
+            self.pending.push(p);
+        }
+        self.chains[dir.side].push(Link {
+            path: dir.path.clone(),
+            fd: None,
+            traits: Traits::of_new(traits, dir, staged_as.is_some()),
+            members: if staged_as.is_some() {
+                vec![idx]
+            } else {
+                Vec::new()
+            },
+            disk_name: staged_as,
+        });
         Ok(())
     }
 
@@ -358,23 +433,22 @@ impl<'a> Executor<'a> {
                 traits,
             });
         }
-        let i = index(side);
-        let keep = self.chains[i]
+        let keep = self.chains[side]
             .iter()
             .take_while(|l| crate::manifest::contains(&l.path, path))
             .count();
         self.settle(side, keep);
-        if self.chains[i].last().is_some_and(|l| l.path == path) {
+        if self.chains[side].last().is_some_and(|l| l.path == path) {
             return self.reach(side, keep - 1, shown);
         }
-        let Some(last) = self.chains[i].last() else {
+        let Some(last) = self.chains[side].last() else {
             let fd = fs::open_dir_beneath(self.link_fd(side, None), path)
                 .map_err(|errno| open_problem(shown, errno))?;
-            self.chains[i].push(existing(path, fd));
+            self.chains[side].push(existing(path, fd));
             return Ok(Located {
                 at: Some(0),
                 rel: String::new(),
-                traits: self.chains[i][0].traits,
+                traits: self.chains[side][0].traits,
             });
         };
         let (from, rest) = (keep - 1, path[last.path.len()..].to_owned());
@@ -384,50 +458,51 @@ impl<'a> Executor<'a> {
             &format!("{}{}", base.rel, rest.trim_start_matches('/')),
         )
         .map_err(|errno| open_problem(shown, errno))?;
-        self.chains[i].push(existing(path, fd));
-        let at = self.chains[i].len() - 1;
+        self.chains[side].push(existing(path, fd));
+        let at = self.chains[side].len() - 1;
         Ok(Located {
             at: Some(at),
             rel: String::new(),
-            traits: self.chains[i][at].traits,
+            traits: self.chains[side][at].traits,
         })
     }
 
     /// Reaches link `at`: the nearest link above it that has a handle, and the names from
     /// there, opening on the way any link that is not private.
     fn reach(&mut self, side: Side, at: usize, shown: &str) -> Result<Located, Problem> {
-        let i = index(side);
-        let top = (0..=at).rev().find(|&k| self.chains[i][k].fd.is_some());
+        let top = (0..=at).rev().find(|&k| self.chains[side][k].fd.is_some());
         let mut from = top;
         let mut rel = String::new();
         for k in top.map_or(0, |t| t + 1)..=at {
-            let link = &self.chains[i][k];
+            let link = &self.chains[side][k];
             let name = match &link.disk_name {
                 Some(tmp) => tmp.clone(),
                 None => link.path.rsplit('/').next().unwrap_or("").to_owned(),
             };
             rel.push_str(&name);
-            if self.chains[i][k].traits.private {
+            // Through a private link by name, while the path stays short: a deep chain is
+            // opened on the way, so that no call gets a path that grows with the entry.
+            if self.chains[side][k].traits.private && rel.len() + 256 < fs::PIECE {
                 rel.push('/');
                 continue;
             }
             let fd = fs::open_child(self.link_fd(side, from), &rel)
                 .map_err(|errno| open_problem(shown, errno))?;
-            self.chains[i][k].fd = Some(fd);
+            self.chains[side][k].fd = Some(fd);
             from = Some(k);
             rel.clear();
         }
         Ok(Located {
             at: from,
             rel,
-            traits: self.chains[i][at].traits,
+            traits: self.chains[side][at].traits,
         })
     }
 
     fn link(&self, side: Side, at: Option<usize>) -> Option<&Link> {
         match at {
-            Some(at) => self.chains[index(side)].get(at),
-            None => self.bases[index(side)].as_ref(),
+            Some(at) => self.chains[side].get(at),
+            None => self.bases[side].as_ref(),
         }
     }
 
@@ -446,12 +521,11 @@ impl<'a> Executor<'a> {
     /// owner, and the temporary name when it started a stage.
     fn make(
         &self,
-        parent: BorrowedFd<'_>,
-        rel: &str,
-        traits: Traits,
+        (parent, rel, traits): (BorrowedFd<'_>, &str, Traits),
         leaf: &str,
         dir: &Dir,
         shown: &str,
+        all: &[EntryPlan<'_>],
     ) -> Result<(Option<Made>, Option<String>), Problem> {
         let name = format!("{rel}{leaf}");
         if traits.staged {
@@ -459,36 +533,22 @@ impl<'a> Executor<'a> {
         }
         let leaf_tmp = temp_name(leaf);
         let tmp = format!("{rel}{leaf_tmp}");
-        if !traits.fresh {
-            // A killed run may have left its temporary directory here, whichever way this
-            // run makes the directory; it goes only if nothing but empty directories is in it.
-            let leftover = leftover_path(shown, &leaf_tmp);
-            match fs::remove_empty_tree(parent, &tmp) {
-                Ok(()) => log::info!(
-                    "removed {}, left by an interrupted persist-prep run",
-                    escape::text(&leftover)
-                ),
-                Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
-                    return Err(Problem::Leftover { path: leftover });
-                }
-                // Nothing there, or a file system that refuses (read-only): mkdir says why.
-                Err(_) => {}
-            }
-            if traits.private {
-                let made = self.make_final(parent, &tmp, traits, dir, shown)?;
-                return Ok((made, Some(leaf_tmp)));
-            }
+        if !traits.fresh && traits.private {
+            // A killed run may have left its stage here; only root can have made it.
+            self.clear_leftover(parent, &tmp, dir, all, &leftover_path(shown, &leaf_tmp))?;
+            let made = self.make_final(parent, &tmp, traits, dir, shown)?;
+            return Ok((made, Some(leaf_tmp)));
         }
         if self.exact(traits, dir) {
             return fs::make_child(parent, &name, dir.attrs.mode)
                 .map(|()| (None, None))
                 .map_err(|errno| create_problem(shown, errno));
         }
-        Self::make_temp(parent, &tmp, &leaf_tmp, shown)?;
+        Self::make_temp(parent, &tmp, &leaf_tmp, traits, shown)?;
         let placed = self
             .finish_temp(parent, &tmp, traits, dir, shown)
             .and_then(|made| {
-                fs::place(parent, &tmp, &name)
+                self.place(parent, &tmp, &name)
                     .map(|()| (made, None))
                     .map_err(|errno| place_problem(shown, errno))
             });
@@ -541,38 +601,60 @@ impl<'a> Executor<'a> {
         let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
         fs::set_child_owner_mode(parent, tmp, uid, gid, dir.attrs.mode)
             .map(|()| None)
-            .map_err(|errno| Problem::Errno {
-                action: "set owner and mode of",
+            .map_err(|errno| Problem::Os {
                 path: shown.to_owned(),
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::SetOwnerMode,
+                    errno,
+                },
             })
     }
 
     /// Renames the stage that link `k` of a side started into place, then drops the links
     /// from `keep` on. A stage that cannot be placed fails the entries that made it.
     fn settle(&mut self, side: Side, keep: usize) {
-        let i = index(side);
-        while self.chains[i].len() > keep {
-            let k = self.chains[i].len() - 1;
-            if let Some(tmp) = self.chains[i][k].disk_name.take() {
-                let path = self.chains[i][k].path.clone();
+        while self.chains[side].len() > keep {
+            let k = self.chains[side].len() - 1;
+            if let Some(tmp) = self.chains[side][k].disk_name.take() {
+                let path = self.chains[side][k].path.clone();
                 let leaf = path.rsplit('/').next().unwrap_or("").to_owned();
                 let up = k.checked_sub(1);
-                if let Err(errno) = fs::place(self.link_fd(side, up), &tmp, &leaf) {
+                if let Err(errno) = self.place(self.link_fd(side, up), &tmp, &leaf) {
                     let shown = self.shown_on(side, &path);
                     let problem = place_problem(&shown, errno);
-                    for &member in &self.chains[i][k].members {
+                    for &member in &self.chains[side][k].members {
                         self.failures.push((member, problem.clone()));
                     }
                 }
             }
-            self.chains[i].pop();
+            self.chains[side].pop();
         }
+    }
+
+    /// Renames a directory made under its temporary name into place. On a file system that
+    /// does not order metadata (ext4 without a journal) it is written to disk first; a power
+    /// cut could else show it at its name with the temporary owner and mode.
+    fn place(&self, parent: BorrowedFd<'_>, tmp: &str, name: &str) -> Result<(), Errno> {
+        if !self.orders_metadata(parent) {
+            fs::make_durable(parent, tmp)?;
+        }
+        fs::place(parent, tmp, name)
+    }
+
+    fn orders_metadata(&self, dir: BorrowedFd<'_>) -> bool {
+        let dev = rustix::fs::fstat(dir).map(|st| st.st_dev).ok();
+        let mut known = self.ordered.borrow_mut();
+        if let Some(&(_, ordered)) = known.iter().find(|(d, _)| Some(*d) == dev) {
+            return ordered;
+        }
+        let (dev, ordered) = fs::orders_metadata(dir).unwrap_or((dev.unwrap_or(0), false));
+        known.push((dev, ordered));
+        ordered
     }
 
     /// Counts an entry among those that made something in the stage it works in.
     fn join_stage(&mut self, side: Side, idx: usize) {
-        if let Some(top) = self.chains[index(side)]
+        if let Some(top) = self.chains[side]
             .iter_mut()
             .rev()
             .find(|l| l.disk_name.is_some())
@@ -585,31 +667,114 @@ impl<'a> Executor<'a> {
 
     fn shown_on(&self, side: Side, path: &str) -> String {
         match side {
-            Side::Storage => format!("{}{}{path}", self.root_display, self.storage_path),
-            Side::Root => format!("{}{path}", self.root_display),
+            Side::Storage => self.tree.path(Some(&self.storage_path), path),
+            Side::Root => self.tree.path(None, path),
         }
     }
 
-    /// Makes the temporary directory, removing an empty one that a killed run left.
+    /// Makes the temporary directory. One that stands there already is not this run's: where
+    /// only root can write, `clear_leftover` has removed what it could prove its own; elsewhere
+    /// anyone could have made it. Either way it is reported and left alone.
     fn make_temp(
         parent: BorrowedFd<'_>,
         tmp: &str,
         leaf_tmp: &str,
+        traits: Traits,
         shown: &str,
     ) -> Result<(), Problem> {
         match fs::make_child(parent, tmp, 0o700) {
-            Err(Errno::EXIST) => {}
-            other => return other.map_err(|errno| create_problem(shown, errno)),
+            Err(Errno::EXIST) => Err(Problem::Leftover {
+                path: leftover_path(shown, leaf_tmp),
+                why: if traits.private {
+                    LeftoverWhy::NotOurs
+                } else {
+                    LeftoverWhy::OpenParent
+                },
+            }),
+            other => other.map_err(|errno| create_problem(shown, errno)),
         }
-        let leftover = leftover_path(shown, leaf_tmp);
-        fs::remove_empty(parent, tmp).map_err(|_| Problem::Leftover {
-            path: leftover.clone(),
-        })?;
-        log::info!(
-            "removed {}, left empty by an interrupted persist-prep run",
-            escape::text(&leftover)
-        );
-        fs::make_child(parent, tmp, 0o700).map_err(|errno| create_problem(shown, errno))
+    }
+
+    /// Removes what a killed run left under the temporary name of `dir`, in a parent only root
+    /// can write to: whole, and only when every directory in it is one this run would make
+    /// there, with the owner and mode it has at some step of making it. Else it stays.
+    fn clear_leftover(
+        &self,
+        parent: BorrowedFd<'_>,
+        tmp: &str,
+        dir: &Dir,
+        all: &[EntryPlan<'_>],
+        leftover: &str,
+    ) -> Result<(), Problem> {
+        let mut accept = |rel: &str, meta: fs::Meta| {
+            let path = if rel.is_empty() {
+                dir.path.clone()
+            } else {
+                format!("{}/{rel}", dir.path)
+            };
+            self.expected(dir.side, &path, all)
+                .is_some_and(|attrs| self.as_made(meta, attrs))
+        };
+        let refused = |_: Errno| Problem::Leftover {
+            path: leftover.to_owned(),
+            why: LeftoverWhy::NotOurs,
+        };
+        match fs::tree_accepted(parent, tmp, &mut accept) {
+            Ok(None) => return Ok(()),
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => return Err(refused(Errno::NOTEMPTY)),
+            Err(errno) => return Err(refused(errno)),
+        }
+        let mut removed = Vec::new();
+        let result = fs::remove_dirs(parent, tmp, "", &mut removed);
+        let list: Vec<String> = removed
+            .iter()
+            .rev()
+            .map(|rel| {
+                let path = if rel.is_empty() {
+                    leftover.to_owned()
+                } else {
+                    format!("{leftover}/{rel}")
+                };
+                escape::text(&path).into_owned()
+            })
+            .collect();
+        if !list.is_empty() {
+            log::info!(
+                "removed {}, left empty by an interrupted persist-prep run",
+                list.join(", ")
+            );
+        }
+        result.map_err(refused)
+    }
+
+    /// What this run makes at `path` on a side: (uid, gid, mode) as it ends up.
+    fn expected(&self, side: Side, path: &str, all: &[EntryPlan<'_>]) -> Option<(u32, u32, u32)> {
+        if self.creating_storage && side == Side::Root {
+            let storage = self.storage_path.as_str();
+            if crate::manifest::contains(path, storage) {
+                return Some((0, 0, 0o755));
+            }
+            if let Some(below) = path.strip_prefix(storage).filter(|r| r.starts_with('/')) {
+                return self.expected(Side::Storage, below, all);
+            }
+        }
+        all.iter()
+            .flat_map(|e| &e.actions)
+            .find(|a| a.kind == ActionKind::Mkdir && a.dir.side == side && a.dir.path == path)
+            .map(|a| {
+                let d = &a.dir;
+                (d.uid.unwrap_or(0), d.gid.unwrap_or(0), d.attrs.mode)
+            })
+    }
+
+    /// True when a directory has its final owner and mode, or the private mode it is made
+    /// with, before or after its chown.
+    fn as_made(&self, meta: fs::Meta, (uid, gid, mode): (u32, u32, u32)) -> bool {
+        let private = meta.mode & !0o2000 == 0o700;
+        meta.is_dir
+            && ((meta.uid, meta.gid, meta.mode) == (uid, gid, mode)
+                || (private && (meta.uid == self.euid || (meta.uid, meta.gid) == (uid, gid))))
     }
 
     /// Gives a temporary directory its mark, owner and mode through a handle, after checking
@@ -622,20 +787,24 @@ impl<'a> Executor<'a> {
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
         let fd = fs::open_child(parent, tmp).map_err(|errno| open_problem(shown, errno))?;
-        let meta = fs::meta(&fd).map_err(|errno| Problem::Errno {
-            action: "stat",
+        let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
             path: shown.to_owned(),
-            errno,
+            error: fs::OsError {
+                op: fs::Op::Stat,
+                errno,
+            },
         })?;
         if meta.uid != self.euid || meta.mode & 0o777 != 0o700 || !meta.is_dir {
             return Err(Problem::Replaced {
                 path: shown.to_owned(),
             });
         }
-        let set = |errno| Problem::Errno {
-            action: "set owner and mode of",
+        let set = |errno| Problem::Os {
             path: shown.to_owned(),
-            errno,
+            error: fs::OsError {
+                op: fs::Op::SetOwnerMode,
+                errno,
+            },
         };
         let mut made = None;
         if dir.deferred() {
@@ -654,14 +823,13 @@ impl<'a> Executor<'a> {
 
     /// Marks the side's base as holding deferred owners, before the first of them appears.
     fn mark_side(&mut self, side: Side) -> Result<(), Errno> {
-        let i = index(side);
-        if self.marked[i] {
+        if self.marked[side] {
             return Ok(());
         }
         let base = self.link_fd(side, None);
         let fd = fs::reopen(base)?;
         fs::set_mark(&fd, deferred::PENDING_MARK, b"1")?;
-        self.marked[i] = true;
+        self.marked[side] = true;
         Ok(())
     }
 }
@@ -730,20 +898,20 @@ fn mark_of(dir: &Dir) -> Mark {
     }
 }
 
-/// Gives a marked directory its owner, after checking that it still carries that mark.
+/// Gives a marked directory its owner, after checking once more, on the handle it changes,
+/// that the one rule for deferred owners still lets it have it.
 fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Result<(), Problem> {
     let fd = fs::open_child(parent, name).map_err(|errno| open_problem(shown, errno))?;
-    let expected = Mark {
-        uid: None,
-        gid: None,
-        ..mark_of(dir)
-    };
-    let found = deferred::read_mark(&fd).map(|m| Mark {
-        uid: None,
-        gid: None,
-        ..m
-    });
-    if found.as_ref() != Some(&expected) {
+    let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
+        path: shown.to_owned(),
+        error: fs::OsError {
+            op: fs::Op::Stat,
+            errno,
+        },
+    })?;
+    let ours = deferred::read_mark(&fd)
+        .is_some_and(|mark| deferred::may_give(&mark, meta, dir.own.then_some(&dir.attrs)).is_ok());
+    if !ours {
         return Err(Problem::Replaced {
             path: shown.to_owned(),
         });
@@ -751,10 +919,12 @@ fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Res
     let (Some(uid), Some(gid)) = (dir.uid, dir.gid) else {
         return Ok(());
     };
-    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Errno {
-        action: "set owner and mode of",
+    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::SetOwnerMode,
+            errno,
+        },
     })
 }
 
@@ -774,17 +944,21 @@ fn place_problem(shown: &str, errno: Errno) -> Problem {
 }
 
 fn create_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Errno {
-        action: "create",
+    Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::Create,
+            errno,
+        },
     }
 }
 
 fn open_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Errno {
-        action: "open",
+    Problem::Os {
         path: shown.to_owned(),
-        errno,
+        error: fs::OsError {
+            op: fs::Op::Open,
+            errno,
+        },
     }
 }

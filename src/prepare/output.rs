@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use super::Intent;
 use super::plan::{
-    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Plan, Problem, Skip, StoragePlan,
-    StorageState,
+    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Judged, LeftoverWhy, MarkLeft, Plan,
+    Problem, Skip, StoragePlan, StorageState,
 };
+use crate::deferred::{self, MarkDrift};
 use crate::escape;
-use crate::fs::Meta;
+use crate::fs::{Meta, Op};
 use crate::manifest::Attrs;
 use crate::mode;
 use crate::report;
@@ -26,13 +27,113 @@ fn entry_state_name(run: Intent, state: &EntryState) -> EntryStateName {
         EntryState::Missing if run == Intent::DryRun => EntryStateName::WouldCreate,
         EntryState::Missing => EntryStateName::Missing,
         EntryState::Created => EntryStateName::Created,
-        EntryState::Drift { .. } => EntryStateName::Drift,
+        EntryState::Drift(_) => EntryStateName::Drift,
         EntryState::Deferred => EntryStateName::Deferred,
         EntryState::Finished => EntryStateName::Finished,
         EntryState::Unresolvable(_) => EntryStateName::OwnerUnresolvable,
-        EntryState::Failed(problem) => problem.state(),
+        EntryState::Failed(problem) => problem_state(problem),
         EntryState::Skipped(Skip::StorageNotMounted) => EntryStateName::StorageNotMounted,
         EntryState::Skipped(Skip::StorageError) => EntryStateName::StorageError,
+    }
+}
+
+/// A declaration as drift shows it: names, the ids they resolve to ("?" where none), mode.
+fn declared_text(j: &Judged) -> String {
+    let id = |id: Option<u32>| id.map_or("?".into(), |i| i.to_string());
+    format!(
+        "{}:{} ({}:{}) {}",
+        escape::text(&j.declared.user.name),
+        escape::text(&j.declared.group.name),
+        id(j.uid),
+        id(j.gid),
+        mode::display(j.declared.mode)
+    )
+}
+
+fn actual_text(j: &Judged) -> String {
+    let m = j.actual;
+    format!("{}:{} {}", m.uid, m.gid, mode::display(m.mode))
+}
+
+fn unresolved_names(j: &Judged) -> String {
+    let mut names = Vec::new();
+    if j.uid.is_none() {
+        names.push(format!("user \"{}\"", escape::text(&j.declared.user.name)));
+    }
+    if j.gid.is_none() {
+        names.push(format!(
+            "group \"{}\"",
+            escape::text(&j.declared.group.name)
+        ));
+    }
+    names.join(" and ")
+}
+
+/// The state name reports give an entry that failed with `problem`.
+fn problem_state(problem: &Problem) -> EntryStateName {
+    match problem {
+        Problem::Symlink { .. } => EntryStateName::Symlink,
+        Problem::NotADirectory { .. } => EntryStateName::NotADirectory,
+        _ => EntryStateName::Error,
+    }
+}
+
+fn op_words(op: Op) -> &'static str {
+    match op {
+        Op::Open => "open",
+        Op::Create => "create",
+        Op::Stat => "stat",
+        Op::SetOwnerMode => "set owner and mode of",
+        Op::MarkBase => "mark the base of",
+    }
+}
+
+fn leftover_words(why: LeftoverWhy, shown: &str) -> String {
+    match why {
+        LeftoverWhy::OpenParent => format!(
+            "{shown} stands where persist-prep makes its temporary directory, in a directory that others than root can write to, so persist-prep cannot tell who made it and left it alone"
+        ),
+        LeftoverWhy::NotOurs => format!(
+            "{shown}, named like persist-prep's temporary directory, holds something persist-prep would not make there (a file, another name, another owner or mode), so none of it was removed and it is left alone"
+        ),
+    }
+}
+
+/// What went wrong and why, and the fix; paths are escaped for one line.
+pub fn explain(problem: &Problem) -> (String, String) {
+    let shown = escape::text(problem.path());
+    let again = "then run `persist-prep apply` again";
+    let leftover_fix = || format!("look inside it, move what you want to keep, remove it, {again}");
+    match problem {
+        Problem::Symlink { target, .. } => (
+            format!(
+                "{shown} is a symlink (-> {target}); persist-prep follows no symlink below a storage or on the root side of a bind mount, so that no link can steer a mkdir or chown outside"
+            ),
+            "replace the symlink with a real directory (or remove it), or declare the entry at the place the link points to".into(),
+        ),
+        Problem::NotADirectory { .. } => (
+            format!("{shown} exists but is not a directory"),
+            format!("move the file away (persist-prep never replaces anything), {again}"),
+        ),
+        Problem::Os { error, .. } => (
+            format!(
+                "cannot {} {shown}: {}",
+                op_words(error.op),
+                report::errno_words(error.errno)
+            ),
+            report::errno_fix(error.errno).into(),
+        ),
+        Problem::Replaced { .. } => (
+            format!(
+                "{shown} changed while persist-prep was creating it (it is not the directory just made)"
+            ),
+            format!("find out what else writes there during boot, {again}"),
+        ),
+        Problem::OffVolume { why, mount_point } => (
+            format!("{}, so what is created there would not persist", why.explain("")),
+            why.fix(mount_point),
+        ),
+        Problem::Leftover { why, .. } => (leftover_words(*why, &shown), leftover_fix()),
     }
 }
 
@@ -74,7 +175,7 @@ pub fn storage_message(s: &StoragePlan<'_>, root: &str) -> Option<String> {
             ))
         }
         StorageState::Failed(problem) => {
-            let (what, fix) = problem.explain();
+            let (what, fix) = explain(problem);
             Some(format!(
                 "storage {path}: {what}; nothing was created for its entries. Fix: {fix}"
             ))
@@ -149,16 +250,41 @@ fn action_list(actions: &[Action], storage: &str, root: &str) -> String {
 }
 
 /// Logs one entry the way its state deserves.
-pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
+/// Logs every storage and entry that has something to say.
+pub fn log_plan(run: Intent, plan: &Plan<'_>, shown: &str) {
+    for s in &plan.storages {
+        if let Some(message) = storage_message(s, shown) {
+            match (&s.state, run) {
+                (StorageState::Missing, Intent::DryRun) => log::info!(
+                    "would create storage directory {shown}{} (root:root 0755)",
+                    escape::text(&s.storage.path)
+                ),
+                (StorageState::Missing, _) | (_, Intent::Check) => log::debug!("{message}"),
+                _ => log::error!("{message}"),
+            }
+        }
+        for e in &s.entries {
+            log_entry(run, e, &s.storage.path, shown);
+        }
+    }
+    for left in &plan.marks_left {
+        log_mark_left(run, left);
+    }
+}
+
+fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
     let what = e.entry.describe();
     match &e.state {
         EntryState::Present => log::debug!("{what}: present"),
-        EntryState::Created | EntryState::Finished => {
+        EntryState::Created => {
             log::info!(
                 "{what}: created {}",
                 made_summary(&e.actions, storage, root)
             );
             log::debug!("{what}: made {}", action_list(&e.actions, storage, root));
+        }
+        EntryState::Finished => {
+            log::info!("{what}: gave {}", action_list(&e.actions, storage, root));
         }
         EntryState::Missing if run == Intent::DryRun => {
             log::info!(
@@ -177,17 +303,14 @@ pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
         }
         EntryState::Deferred if run == Intent::Check => {}
         EntryState::Deferred => log_deferred(e, storage, root),
-        EntryState::Drift { declared, actual } if run != Intent::Check => log::warn!(
-            "{what}: {root}{}{} exists as {actual} but is declared {declared}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
-            escape::text(storage),
-            escape::text(&e.entry.path)
+        EntryState::Drift(judged) if run != Intent::Check => log_drift(e, judged, storage, root),
+        EntryState::Drift(_) => {}
+        EntryState::Unresolvable(judged) => log::debug!(
+            "{what}: {} cannot be resolved; owner not checked",
+            unresolved_names(judged)
         ),
-        EntryState::Drift { .. } => {}
-        EntryState::Unresolvable(names) => {
-            log::debug!("{what}: {names} cannot be resolved; owner not checked");
-        }
         EntryState::Failed(problem) => {
-            let (why, fix) = problem.explain();
+            let (why, fix) = explain(problem);
             if run == Intent::Check {
                 log::debug!("{what}: {why}");
             } else {
@@ -196,6 +319,17 @@ pub fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
         }
         EntryState::Skipped(why) => log::debug!("{what}: skipped ({why:?})"),
     }
+}
+
+fn log_drift(e: &EntryPlan<'_>, judged: &Judged, storage: &str, root: &str) {
+    log::warn!(
+        "{}: {root}{}{} exists as {} but is declared {}; left unchanged (persist-prep never changes what exists). Fix: if the declaration is right, chown/chmod it by hand; otherwise change the declaration",
+        e.entry.describe(),
+        escape::text(storage),
+        escape::text(&e.entry.path),
+        actual_text(judged),
+        declared_text(judged)
+    );
 }
 
 fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
@@ -215,10 +349,33 @@ fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
     );
 }
 
+/// A directory that carries persist-prep's owner mark but gets no owner from it.
+fn log_mark_left(run: Intent, left: &MarkLeft) {
+    let why = match left.why {
+        MarkDrift::NotAnEntry => {
+            "it is not declared as an entry (persist-prep gives an owner only to an entry's own directory, never to a parent)"
+        }
+        MarkDrift::Changed => "its owner or mode changed since persist-prep made it",
+        MarkDrift::Redeclared => "its entry is declared with another owner or mode now",
+    };
+    let line = format!(
+        "{} carries persist-prep's owner mark, but {why}; it gets no owner and is left alone (the mark stays, and gives nothing). Fix: if it is right as it is, remove the mark (setfattr -x {} <dir>); otherwise chown/chmod it by hand",
+        escape::text(&left.shown),
+        deferred::OWNER_MARK
+    );
+    if run == Intent::Check {
+        log::info!("{line}");
+    } else {
+        log::warn!("{line}");
+    }
+}
+
 #[derive(Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub created: usize,
+    /// Directories made with a deferred owner that got it now.
+    pub owners_given: usize,
     pub would_create: usize,
     pub present: usize,
     pub missing: usize,
@@ -248,10 +405,11 @@ impl Counts {
             for e in &s.entries {
                 match &e.state {
                     EntryState::Present => c.present += 1,
-                    EntryState::Created | EntryState::Finished => c.created += 1,
+                    EntryState::Created => c.created += 1,
+                    EntryState::Finished => c.owners_given += 1,
                     EntryState::Missing if run == Intent::DryRun => c.would_create += 1,
                     EntryState::Missing => c.missing += 1,
-                    EntryState::Drift { .. } => c.drift += 1,
+                    EntryState::Drift(_) => c.drift += 1,
                     EntryState::Deferred => c.deferred += 1,
                     EntryState::Unresolvable(_) => c.owner_unresolvable += 1,
                     EntryState::Failed(_) => c.failed += 1,
@@ -296,13 +454,14 @@ impl Counts {
                 self.skipped
             ),
             Intent::Apply => format!(
-                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped in {elapsed} ms",
+                "persist-prep: summary: {} created, {} present, {} drift, {} deferred, {} failed, {} skipped, {} owners given in {elapsed} ms",
                 self.created,
                 self.present + self.owner_unresolvable,
                 self.drift,
                 self.deferred,
                 self.failed,
-                self.skipped
+                self.skipped,
+                self.owners_given
             ),
         };
         if self.failed + self.skipped > 0 {
@@ -431,7 +590,7 @@ fn entry_doc<'a>(run: Intent, e: &'a EntryPlan<'a>, storage: &'a str, root: &str
         EntryState::Failed(p) => Some(p),
         _ => None,
     };
-    let explained = problem.map(Problem::explain);
+    let explained = problem.map(explain);
     EntryDoc {
         storage,
         path: &e.entry.path,
@@ -452,7 +611,7 @@ fn entry_doc<'a>(run: Intent, e: &'a EntryPlan<'a>, storage: &'a str, root: &str
             .collect(),
         error_path: problem.map(Problem::path),
         errno: match problem {
-            Some(Problem::Errno { errno, .. }) => Some(report::errno_name(*errno)),
+            Some(Problem::Os { error, .. }) => Some(report::errno_name(error.errno)),
             _ => None,
         },
         error: explained.as_ref().map(|(why, _)| why.clone()),
@@ -470,7 +629,7 @@ pub fn document<'a>(
 ) -> Document<'a> {
     Document {
         version: 1,
-        command: super::command_name(run),
+        command: run.command(),
         dry_run: run == Intent::DryRun,
         root: if root.is_empty() { "/" } else { root },
         manifest,
@@ -559,11 +718,18 @@ fn table_detail(e: &EntryPlan<'_>, storage: &str, root: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        EntryState::Drift { declared, actual } => format!("declared {declared}, actual {actual}"),
+        EntryState::Drift(judged) => format!(
+            "declared {}, actual {}",
+            declared_text(judged),
+            actual_text(judged)
+        ),
         EntryState::Deferred => "root-owned until `persist-prep finish` gives it its owner".into(),
-        EntryState::Unresolvable(names) => format!("{names} cannot be resolved; owner not checked"),
+        EntryState::Unresolvable(judged) => format!(
+            "{} cannot be resolved; owner not checked",
+            unresolved_names(judged)
+        ),
         EntryState::Failed(problem) => {
-            let (why, fix) = problem.explain();
+            let (why, fix) = explain(problem);
             format!("{why}. Fix: {fix}")
         }
         EntryState::Skipped(why) => format!("skipped: {}", skip_name(*why)),

@@ -13,12 +13,10 @@ use rustix::io::Errno;
 
 use super::volume::{self, NotMounted};
 use crate::deferred::{self, Mark, Pending, Record};
-use crate::escape;
 use crate::fs::{self, Meta, Obstacle};
 use crate::manifest::{self, Attrs, Entry, Kind, Manifest, Owner, Storage};
-use crate::mode;
 use crate::owner::{Db, Resolver};
-use crate::report;
+use crate::root::Root;
 
 /// Which side of the bind mount a directory is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +25,38 @@ pub enum Side {
     Storage,
     /// On the root: the mount point.
     Root,
+}
+
+/// One value for each side, indexed by `Side`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sides<T> {
+    pub storage: T,
+    pub root: T,
+}
+
+impl<T> Sides<T> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        [&mut self.storage, &mut self.root].into_iter()
+    }
+}
+
+impl<T> std::ops::Index<Side> for Sides<T> {
+    type Output = T;
+    fn index(&self, side: Side) -> &T {
+        match side {
+            Side::Storage => &self.storage,
+            Side::Root => &self.root,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Side> for Sides<T> {
+    fn index_mut(&mut self, side: Side) -> &mut T {
+        match side {
+            Side::Storage => &mut self.storage,
+            Side::Root => &mut self.root,
+        }
+    }
 }
 
 /// One directory the plan makes or finishes.
@@ -73,17 +103,32 @@ pub enum Problem {
     NotADirectory {
         path: String,
     },
-    Errno {
-        action: &'static str,
+    Os {
         path: String,
-        errno: Errno,
+        error: fs::OsError,
     },
     Replaced {
         path: String,
     },
     Leftover {
         path: String,
+        why: LeftoverWhy,
     },
+    /// A directory below a storage is not on the storage's volume (its path is shown in `why`).
+    OffVolume {
+        why: NotMounted,
+        mount_point: String,
+    },
+}
+
+/// Why a temporary directory of persist-prep's name was left where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftoverWhy {
+    /// Its parent is not root's alone, so anyone who can write there may have made it.
+    OpenParent,
+    /// It holds something this run would not make there as it makes it: a file, another
+    /// name, another owner or mode.
+    NotOurs,
 }
 
 impl Problem {
@@ -91,49 +136,22 @@ impl Problem {
         match self {
             Problem::Symlink { path, .. }
             | Problem::NotADirectory { path }
-            | Problem::Errno { path, .. }
+            | Problem::Os { path, .. }
             | Problem::Replaced { path }
-            | Problem::Leftover { path } => path,
+            | Problem::Leftover { path, .. } => path,
+            Problem::OffVolume { why, .. } => why.path(),
         }
     }
+}
 
-    /// What went wrong and why, and the fix; paths are escaped for one line.
-    pub fn explain(&self) -> (String, String) {
-        let shown = escape::text(self.path());
-        match self {
-            Problem::Symlink { target, .. } => (
-                format!(
-                    "{shown} is a symlink (-> {target}); persist-prep follows no symlink below a storage or on the root side of a bind mount, so that no link can steer a mkdir or chown outside"
-                ),
-                "replace the symlink with a real directory (or remove it), or declare the entry at the place the link points to".into(),
-            ),
-            Problem::NotADirectory { .. } => (
-                format!("{shown} exists but is not a directory"),
-                "move the file away (persist-prep never replaces anything), then run `persist-prep apply` again".into(),
-            ),
-            Problem::Errno { action, errno, .. } => (
-                format!("cannot {action} {shown}: {}", report::errno_words(*errno)),
-                report::errno_fix(*errno).into(),
-            ),
-            Problem::Replaced { .. } => (
-                format!("{shown} changed while persist-prep was creating it (it is not the directory just made)"),
-                "find out what else writes there during boot, then run `persist-prep apply` again".into(),
-            ),
-            Problem::Leftover { .. } => (
-                format!("{shown}, left by an interrupted persist-prep run, is not an empty directory, so it was not removed"),
-                "look inside it, move what you want to keep, remove it, then run `persist-prep apply` again".into(),
-            ),
-        }
-    }
-
-    /// The state name reports give it.
-    pub fn state(&self) -> EntryStateName {
-        match self {
-            Problem::Symlink { .. } => EntryStateName::Symlink,
-            Problem::NotADirectory { .. } => EntryStateName::NotADirectory,
-            _ => EntryStateName::Error,
-        }
-    }
+/// An existing source held against its declaration: the declaration, the ids its names
+/// resolve to now (`None` where one does not), and what is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub declared: Attrs,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub actual: Meta,
 }
 
 /// Where an entry stands, before and after execution.
@@ -145,16 +163,13 @@ pub enum EntryState {
     /// Made by this run.
     Created,
     /// Exists with another owner or mode; never changed.
-    Drift {
-        declared: String,
-        actual: String,
-    },
+    Drift(Judged),
     /// Made root-owned because its owner does not resolve yet; actions give it when it does.
     Deferred,
     /// Its deferred owner was given by this run.
     Finished,
     /// Exists, but its owner names cannot be resolved, so it cannot be judged.
-    Unresolvable(String),
+    Unresolvable(Judged),
     Failed(Problem),
     Skipped(Skip),
 }
@@ -229,6 +244,43 @@ pub struct Plan<'m> {
     /// Sides (a storage, or `None` for the root) whose pending mark made the planner look
     /// everywhere; the mark goes once nothing there waits any more.
     pub deep_sides: Vec<Option<String>>,
+    /// Directories that carry persist-prep's owner mark but get no owner from it.
+    pub marks_left: Vec<MarkLeft>,
+}
+
+/// A marked directory left alone: drift, which the report names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkLeft {
+    /// As in `Pending`: the storage, or `None` on the root side.
+    pub storage: Option<String>,
+    pub path: String,
+    pub shown: String,
+    pub why: deferred::MarkDrift,
+}
+
+/// What carrying out one storage's part of the plan came to: the storage's new state, and
+/// new states of entries by index, a later one overriding an earlier one.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub storage: Option<StorageState>,
+    pub entries: Vec<(usize, EntryState)>,
+}
+
+impl Plan<'_> {
+    /// Takes in what the executor reports, storage by storage, so that the report shows what
+    /// became of the plan.
+    pub fn settle(&mut self, outcomes: Vec<Outcome>) {
+        for (s, outcome) in self.storages.iter_mut().zip(outcomes) {
+            if let Some(state) = outcome.storage {
+                s.state = state;
+            }
+            for (idx, state) in outcome.entries {
+                if let Some(e) = s.entries.get_mut(idx) {
+                    e.state = state;
+                }
+            }
+        }
+    }
 }
 
 /// One directory a walk opened, kept for the next entry, which usually shares it.
@@ -247,23 +299,21 @@ enum Walked {
 
 pub struct Planner<'a> {
     root: BorrowedFd<'a>,
-    pub root_display: String,
+    tree: &'a Root,
     pub resolver: Resolver<'a>,
     record: &'a Record,
-    planned: [HashSet<String>; 2],
-    chains: [Vec<Link>; 2],
+    planned: Sides<HashSet<String>>,
+    chains: Sides<Vec<Link>>,
     /// A side whose base carries the mark of deferred owners left by an earlier run: every
     /// existing directory on it is looked at, not only the entries' own.
-    deep: [bool; 2],
+    deep: Sides<bool>,
     pending: Vec<Pending>,
     deep_sides: Vec<Option<String>>,
-}
-
-fn index(side: Side) -> usize {
-    match side {
-        Side::Storage => 0,
-        Side::Root => 1,
-    }
+    marks_left: Vec<MarkLeft>,
+    /// The storage's volume, when it declares a mountPoint: every directory the storage side
+    /// relies on must be on it.
+    volume: Option<volume::Volume>,
+    retired: fs::Retired,
 }
 
 /// The directory an entry needs: itself, or a file's parent.
@@ -280,48 +330,61 @@ pub fn dirs_of(entry: &Entry) -> &str {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(root: BorrowedFd<'a>, root_display: String, record: &'a Record) -> Self {
+    pub fn new(tree: &'a Root, record: &'a Record) -> Self {
+        let root = tree.fd();
         Planner {
             root,
-            root_display,
+            tree,
             resolver: Resolver::new(root),
             record,
-            planned: [HashSet::new(), HashSet::new()],
-            chains: [Vec::new(), Vec::new()],
-            deep: [false, deep_marked(root)],
+            planned: Sides::default(),
+            chains: Sides::default(),
+            deep: Sides {
+                storage: false,
+                root: deep_marked(root),
+            },
             pending: Vec::new(),
             deep_sides: Vec::new(),
+            marks_left: Vec::new(),
+            volume: None,
+            retired: fs::Retired::new(),
         }
     }
 
     pub fn plan<'m>(mut self, manifest: &'m Manifest) -> (Plan<'m>, Resolver<'a>) {
         let storages = manifest.storages.iter().map(|s| self.storage(s)).collect();
-        if self.deep[1] {
+        if self.deep.root {
             self.deep_sides.push(None);
         }
         let plan = Plan {
             storages,
             pending: std::mem::take(&mut self.pending),
             deep_sides: std::mem::take(&mut self.deep_sides),
+            marks_left: std::mem::take(&mut self.marks_left),
         };
         (plan, self.resolver)
     }
 
     fn storage<'m>(&mut self, storage: &'m Storage) -> StoragePlan<'m> {
-        self.chains[0].clear();
-        self.chains[1].clear();
-        self.planned[0].clear();
+        for link in self.chains.iter_mut().flat_map(std::mem::take) {
+            self.retired.retire(link.fd);
+        }
+        self.planned.storage.clear();
         let mut plan = StoragePlan {
             storage,
             state: StorageState::Ok,
             create: None,
             entries: Vec::new(),
         };
+        self.volume = None;
         if let Some(mount_point) = &storage.mount_point {
-            if let Err(why) = volume::check(self.root, storage, mount_point) {
-                plan.state = StorageState::NotMounted(why);
-                plan.entries = skipped(storage, Skip::StorageNotMounted);
-                return plan;
+            match volume::check(self.root, storage, mount_point) {
+                Ok(volume) => self.volume = Some(volume),
+                Err(why) => {
+                    plan.state = StorageState::NotMounted(why);
+                    plan.entries = skipped(storage, Skip::StorageNotMounted);
+                    return plan;
+                }
             }
         }
         let storage_fd = match self.storage_dir(storage) {
@@ -337,8 +400,18 @@ impl<'a> Planner<'a> {
                 return plan;
             }
         };
-        self.deep[0] = storage_fd.as_ref().is_some_and(deep_marked);
-        if self.deep[0] {
+        plan.entries = self.entries(storage, storage_fd.as_ref().map(AsFd::as_fd));
+        plan
+    }
+
+    /// Plans a storage's entries below its directory (`None` while it is to be made).
+    fn entries<'m>(
+        &mut self,
+        storage: &'m Storage,
+        storage_fd: Option<BorrowedFd<'_>>,
+    ) -> Vec<EntryPlan<'m>> {
+        self.deep.storage = storage_fd.is_some_and(deep_marked);
+        if self.deep.storage {
             self.deep_sides.push(Some(storage.path.clone()));
         }
         if storage_fd.is_some() {
@@ -349,16 +422,11 @@ impl<'a> Planner<'a> {
             .iter()
             .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
             .collect();
-        for entry in &storage.entries {
-            let e = self.entry(
-                storage,
-                storage_fd.as_ref().map(AsFd::as_fd),
-                entry,
-                &declared,
-            );
-            plan.entries.push(e);
-        }
-        plan
+        storage
+            .entries
+            .iter()
+            .map(|entry| self.entry(storage, storage_fd, entry, &declared))
+            .collect()
     }
 
     /// Opens the storage directory (`Ok(Ok)`), or says what to create (`Ok(Err)`).
@@ -390,10 +458,12 @@ impl<'a> Planner<'a> {
                         path: shown,
                         target,
                     },
-                    _ => Problem::Errno {
-                        action: "open",
+                    _ => Problem::Os {
                         path: shown,
-                        errno,
+                        error: fs::OsError {
+                            op: fs::Op::Open,
+                            errno,
+                        },
                     },
                 });
             }
@@ -410,22 +480,24 @@ impl<'a> Planner<'a> {
         if errno == Errno::NOTDIR {
             Problem::NotADirectory { path: shown }
         } else {
-            Problem::Errno {
-                action: "open",
+            Problem::Os {
                 path: shown,
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::Open,
+                    errno,
+                },
             }
         }
     }
 
     fn shown_in_root(&self, path: &str) -> String {
-        format!("{}{path}", self.root_display)
+        self.tree.path(None, path)
     }
 
     pub fn shown(&self, storage: &str, side: Side, path: &str) -> String {
         match side {
-            Side::Storage => format!("{}{storage}{path}", self.root_display),
-            Side::Root => format!("{}{path}", self.root_display),
+            Side::Storage => self.tree.path(Some(storage), path),
+            Side::Root => self.tree.path(None, path),
         }
     }
 
@@ -442,44 +514,45 @@ impl<'a> Planner<'a> {
             actions: Vec::new(),
             actual: None,
         };
+        if let Err(problem) = self.both_sides(storage, storage_fd, entry, declared, &mut plan) {
+            plan.state = EntryState::Failed(problem);
+        } else if plan.state == EntryState::Present
+            && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
+        {
+            plan.state = EntryState::Missing;
+        }
+        plan
+    }
+
+    /// Plans the source below the storage, judges it where it exists, then the mount point.
+    fn both_sides(
+        &mut self,
+        storage: &Storage,
+        storage_fd: Option<BorrowedFd<'_>>,
+        entry: &Entry,
+        declared: &HashMap<&str, &Attrs>,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<(), Problem> {
         let dirs = dirs_of(entry);
         let attrs_of = |prefix: &str| -> Attrs {
             declared
                 .get(prefix)
                 .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
         };
-        let exists = match self.side(
+        let exists = self.side(
             storage,
             Side::Storage,
             storage_fd,
             dirs,
             entry,
             &attrs_of,
-            &mut plan,
-        ) {
-            Ok(exists) => exists,
-            Err(problem) => {
-                plan.state = EntryState::Failed(problem);
-                return plan;
-            }
+            plan,
+        )?;
+        let source_attrs = if entry.kind == Kind::Directory && exists {
+            self.source_attrs(storage, entry, plan)?
+        } else {
+            None
         };
-        // The mount point takes the source's actual owner and mode, as impermanence does.
-        let mut source_attrs = None;
-        if entry.kind == Kind::Directory && exists {
-            match self.judge(storage, entry, &mut plan) {
-                // A source that still waits for its owner: the mount point waits with it.
-                Ok(_) if plan.state == EntryState::Deferred => {}
-                Ok(meta) => source_attrs = Some(attrs_of_meta(meta)),
-                Err(errno) => {
-                    plan.state = EntryState::Failed(Problem::Errno {
-                        action: "stat",
-                        path: self.shown(&storage.path, Side::Storage, &entry.path),
-                        errno,
-                    });
-                    return plan;
-                }
-            }
-        }
         let root_attrs_of = |prefix: &str| -> Attrs {
             match &source_attrs {
                 Some(attrs) if prefix == entry.path => attrs.clone(),
@@ -487,24 +560,37 @@ impl<'a> Planner<'a> {
             }
         };
         let root = self.root;
-        if let Err(problem) = self.side(
+        self.side(
             storage,
             Side::Root,
             Some(root),
             dirs,
             entry,
             &root_attrs_of,
-            &mut plan,
-        ) {
-            plan.state = EntryState::Failed(problem);
-            return plan;
+            plan,
+        )?;
+        Ok(())
+    }
+
+    /// The owner and mode the mount point takes: the source's actual ones, as impermanence
+    /// does; none while the source waits for its owner (the mount point waits with it).
+    fn source_attrs(
+        &mut self,
+        storage: &Storage,
+        entry: &Entry,
+        plan: &mut EntryPlan<'_>,
+    ) -> Result<Option<Attrs>, Problem> {
+        match self.judge(storage, entry, plan) {
+            Ok(_) if plan.state == EntryState::Deferred => Ok(None),
+            Ok(meta) => Ok(Some(attrs_of_meta(meta))),
+            Err(errno) => Err(Problem::Os {
+                path: self.shown(&storage.path, Side::Storage, &entry.path),
+                error: fs::OsError {
+                    op: fs::Op::Stat,
+                    errno,
+                },
+            }),
         }
-        if plan.state == EntryState::Present
-            && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
-        {
-            plan.state = EntryState::Missing;
-        }
-        plan
     }
 
     /// Walks one side and plans what is missing. Returns the entry's directory when it exists.
@@ -547,15 +633,16 @@ impl<'a> Planner<'a> {
         if let Some(from) = self.planned_from(side, dirs) {
             return Ok(Walked::MissingFrom(from));
         }
-        let i = index(side);
-        let mut chain = std::mem::take(&mut self.chains[i]);
+        let mut chain = std::mem::take(&mut self.chains[side]);
         let shared = chain
             .iter()
             .take_while(|link| manifest::contains(&link.prefix, dirs))
             .count();
-        chain.truncate(shared);
+        for link in chain.drain(shared..) {
+            self.retired.retire(link.fd);
+        }
         let result = self.walk_chain(storage, side, base, &mut chain, dirs, entry, plan);
-        self.chains[i] = chain;
+        self.chains[side] = chain;
         result
     }
 
@@ -570,51 +657,77 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Walked, Problem> {
-        let mut prefix = chain.last().map_or(String::new(), |l| l.prefix.clone());
-        if prefix == dirs {
+        let done = chain.last().map_or(0, |l| l.prefix.len());
+        if done == dirs.len() && done > 0 {
             return Ok(Walked::Exists);
         }
-        let rest = dirs[prefix.len()..].to_owned();
-        let deep = self.deep[index(side)];
+        let rest = &dirs[done..];
+        let deep = self.deep[side];
+        let volume = self.volume.filter(|_| side == Side::Storage);
         if !deep {
-            // The common case on every boot after the first: everything is there, one call.
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
-            if let Ok(fd) = fs::open_beneath(from, &rest) {
-                chain.push(Link {
-                    prefix: dirs.to_owned(),
-                    fd,
-                });
+            if let Some(fd) = open_whole(volume.is_some(), from, rest) {
+                let prefix = dirs.to_owned();
+                chain.push(Link { prefix, fd });
                 return Ok(Walked::Exists);
             }
         }
+        let mut prefix = dirs[..done].to_owned();
         for name in rest.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
             prefix.push_str(name);
             let parent = chain.last().map_or(base, |l| l.fd.as_fd());
-            match fs::open_child_path(parent, name) {
+            match self.open_on_volume(volume, parent, name, storage, &prefix) {
                 Ok(fd) => {
                     if deep {
                         self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
                     }
-                    chain.push(Link {
-                        prefix: prefix.clone(),
-                        fd,
-                    });
+                    let prefix = prefix.clone();
+                    chain.push(Link { prefix, fd });
                 }
-                Err(errno) => {
+                Err(Ok(errno)) => {
                     return match fs::diagnose(parent, name, errno) {
                         Obstacle::Missing => Ok(Walked::MissingFrom(prefix)),
                         obstacle => Err(self.obstacle(storage, obstacle, side, &prefix, errno)),
                     };
                 }
+                Err(Err(problem)) => return Err(problem),
             }
         }
         Ok(Walked::Exists)
     }
 
+    /// Opens one component; below a storage on its volume, one that crosses into another
+    /// mount is asked where it is (one `statx`, only then), and refused off the volume.
+    fn open_on_volume(
+        &self,
+        volume: Option<volume::Volume>,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        storage: &Storage,
+        prefix: &str,
+    ) -> Result<OwnedFd, Result<Errno, Problem>> {
+        let Some(volume) = volume else {
+            return fs::open_child_path(parent, name).map_err(Ok);
+        };
+        match fs::open_beneath_same_mount(parent, name) {
+            Err(Errno::XDEV) => {}
+            other => return other.map_err(Ok),
+        }
+        let fd = fs::open_child_path(parent, name).map_err(Ok)?;
+        let shown = self.shown(&storage.path, Side::Storage, prefix);
+        volume.holds(&fd, &shown).map_err(|why| {
+            Err(Problem::OffVolume {
+                why,
+                mount_point: storage.mount_point.clone().unwrap_or_default(),
+            })
+        })?;
+        Ok(fd)
+    }
+
     /// The first component of `dirs` that a previous entry already planned, if any.
     fn planned_from(&self, side: Side, dirs: &str) -> Option<String> {
-        let planned = &self.planned[index(side)];
+        let planned = &self.planned[side];
         if planned.is_empty() {
             return None;
         }
@@ -641,10 +754,12 @@ impl<'a> Planner<'a> {
         match obstacle {
             Obstacle::Symlink(target) => Problem::Symlink { path, target },
             Obstacle::NotADirectory => Problem::NotADirectory { path },
-            Obstacle::Missing | Obstacle::Other => Problem::Errno {
-                action: "open",
+            Obstacle::Missing | Obstacle::Other => Problem::Os {
                 path,
-                errno,
+                error: fs::OsError {
+                    op: fs::Op::Open,
+                    errno,
+                },
             },
         }
     }
@@ -661,7 +776,7 @@ impl<'a> Planner<'a> {
     ) {
         let mut path = from.to_owned();
         loop {
-            if self.planned[index(side)].insert(path.clone()) {
+            if self.planned[side].insert(path.clone()) {
                 let attrs = attrs_of(&path);
                 let uid = self.resolver.resolve(&attrs.user, Db::User);
                 let gid = self.resolver.resolve(&attrs.group, Db::Group);
@@ -693,7 +808,7 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Meta, Errno> {
-        let fd = &self.chains[0].last().ok_or(Errno::NOENT)?.fd;
+        let fd = &self.chains.storage.last().ok_or(Errno::NOENT)?.fd;
         let meta = fs::meta(fd)?;
         plan.actual = Some(meta);
         let Some(attrs) = &entry.attrs else {
@@ -705,14 +820,16 @@ impl<'a> Planner<'a> {
             return Ok(meta);
         }
         // Rare from here on: a handle of its own, so that the chain can be borrowed again.
-        let fd = self.chains[0]
+        let fd = self
+            .chains
+            .storage
             .last()
             .ok_or(Errno::NOENT)?
             .fd
             .try_clone()
             .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
         // On a marked side the walk has looked at this directory already.
-        if !self.deep[0]
+        if !self.deep.storage
             && self.look_for_mark(storage, Side::Storage, &entry.path, &fd, entry, plan)
         {
             return Ok(meta);
@@ -720,41 +837,28 @@ impl<'a> Planner<'a> {
         if plan.state == EntryState::Deferred {
             return Ok(meta);
         }
-        if self.recorded(storage, &entry.path, &fd, meta) {
+        if self.recorded(storage, entry, &fd, meta) {
             plan.state = EntryState::Deferred;
             return Ok(meta);
         }
-        let owner_differs =
-            uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
-        plan.state = if owner_differs || meta.mode != attrs.mode {
-            EntryState::Drift {
-                declared: format!(
-                    "{}:{} ({}:{}) {}",
-                    escape::text(&attrs.user.name),
-                    escape::text(&attrs.group.name),
-                    uid.map_or("?".into(), |u| u.to_string()),
-                    gid.map_or("?".into(), |g| g.to_string()),
-                    mode::display(attrs.mode)
-                ),
-                actual: format!("{}:{} {}", meta.uid, meta.gid, mode::display(meta.mode)),
-            }
-        } else {
-            EntryState::Unresolvable(unresolved_names(attrs, uid, gid))
-        };
+        plan.state = drift_or_unresolvable(attrs, (uid, gid), meta);
         Ok(meta)
     }
 
-    /// True when this run's record (file systems without marks) lists the very directory.
-    fn recorded(&self, storage: &Storage, path: &str, fd: &OwnedFd, meta: Meta) -> bool {
+    /// True when this run's record (file systems without marks) lists the very directory,
+    /// which the one rule for deferred owners still lets have its owner.
+    fn recorded(&self, storage: &Storage, entry: &Entry, fd: &OwnedFd, meta: Meta) -> bool {
         self.record.pending.iter().any(|p| {
             p.storage.as_deref() == Some(storage.path.as_str())
-                && p.path == path
+                && p.path == entry.path
                 && p.same_directory(meta, fs::birth(fd))
+                && deferred::may_give(&p.mark(), meta, entry.attrs.as_ref()).is_ok()
         })
     }
 
     /// Looks for the mark of a deferred owner on an existing directory. A marked directory
-    /// gets its owner planned when the name resolves now, else it is recorded for `finish`.
+    /// that `deferred::may_give` lets have its owner gets it planned when the name resolves
+    /// now, else it is recorded for `finish`; any other marked one is noted and left alone.
     fn look_for_mark(
         &mut self,
         storage: &Storage,
@@ -768,17 +872,17 @@ impl<'a> Planner<'a> {
         let Some(mark) = deferred::read_mark(fd) else {
             return false;
         };
-        let attrs = Attrs {
-            user: Owner {
-                name: mark.user.clone(),
-                id: mark.uid,
-            },
-            group: Owner {
-                name: mark.group.clone(),
-                id: mark.gid,
-            },
-            mode: mark.mode,
-        };
+        let own = entry.kind == Kind::Directory && path == entry.path;
+        if !own && storage.entries.iter().any(|e| e.path == path) {
+            // Another entry's own directory: that entry's walk judges it.
+            return false;
+        }
+        let declared = if own { entry.attrs.as_ref() } else { None };
+        if let Err(why) = deferred::may_give(&mark, meta, declared) {
+            self.note_mark(storage, side, path, meta, declared, why);
+            return false;
+        }
+        let attrs = declared.cloned().unwrap_or_else(Attrs::root_0755);
         let uid = self.resolver.resolve(&attrs.user, Db::User);
         let gid = self.resolver.resolve(&attrs.group, Db::Group);
         plan.state = EntryState::Deferred;
@@ -788,7 +892,7 @@ impl<'a> Planner<'a> {
             attrs,
             uid,
             gid,
-            own: entry.kind == Kind::Directory && path == entry.path,
+            own,
         };
         if dir.deferred() {
             self.pending
@@ -800,6 +904,42 @@ impl<'a> Planner<'a> {
             });
         }
         true
+    }
+
+    /// Notes a marked directory that gets no owner, unless it has its declared one already
+    /// (a run cut short after giving it, before dropping the mark).
+    fn note_mark(
+        &mut self,
+        storage: &Storage,
+        side: Side,
+        path: &str,
+        meta: Meta,
+        declared: Option<&Attrs>,
+        why: deferred::MarkDrift,
+    ) {
+        if let Some(attrs) = declared {
+            let uid = self.resolver.resolve(&attrs.user, Db::User);
+            let gid = self.resolver.resolve(&attrs.group, Db::Group);
+            if (Some(meta.uid), Some(meta.gid), meta.mode) == (uid, gid, attrs.mode) {
+                return;
+            }
+        }
+        self.marks_left.push(MarkLeft {
+            storage: (side == Side::Storage).then(|| storage.path.clone()),
+            path: path.to_owned(),
+            shown: self.shown(&storage.path, side, path),
+            why,
+        });
+    }
+}
+
+/// The common case on every boot after the first: everything is there, one call; below a
+/// storage on its volume, one that stays on the storage's mount.
+fn open_whole(on_volume: bool, from: BorrowedFd<'_>, rest: &str) -> Option<OwnedFd> {
+    if on_volume {
+        fs::open_beneath_same_mount(from, rest).ok()
+    } else {
+        fs::open_beneath(from, rest).ok()
     }
 }
 
@@ -870,15 +1010,25 @@ pub fn pending_of(
     }
 }
 
-fn unresolved_names(attrs: &Attrs, uid: Option<u32>, gid: Option<u32>) -> String {
-    let mut names = Vec::new();
-    if uid.is_none() {
-        names.push(format!("user \"{}\"", escape::text(&attrs.user.name)));
+/// An existing source that is not as declared: drift where what is known differs, else its
+/// owner cannot be judged because a name does not resolve.
+fn drift_or_unresolvable(
+    attrs: &Attrs,
+    (uid, gid): (Option<u32>, Option<u32>),
+    meta: Meta,
+) -> EntryState {
+    let owner_differs = uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
+    let judged = Judged {
+        declared: attrs.clone(),
+        uid,
+        gid,
+        actual: meta,
+    };
+    if owner_differs || meta.mode != attrs.mode {
+        EntryState::Drift(judged)
+    } else {
+        EntryState::Unresolvable(judged)
     }
-    if gid.is_none() {
-        names.push(format!("group \"{}\"", escape::text(&attrs.group.name)));
-    }
-    names.join(" and ")
 }
 
 #[cfg(test)]
@@ -900,9 +1050,9 @@ mod tests {
         }
         fn plan(&self, manifest: &str) -> Vec<(String, Vec<String>)> {
             let manifest = crate::manifest::parse(manifest).unwrap();
-            let root = fs::open_root(&self.0).unwrap();
+            let root = Root::open(&self.0).unwrap();
             let record = Record::default();
-            let (plan, _) = Planner::new(root.as_fd(), String::new(), &record).plan(&manifest);
+            let (plan, _) = Planner::new(&root, &record).plan(&manifest);
             plan.storages
                 .iter()
                 .flat_map(|s| &s.entries)

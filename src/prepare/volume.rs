@@ -8,7 +8,7 @@
 //! on a mount beneath it (by mount id), and not on the root's own file system (by device).
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
@@ -30,11 +30,28 @@ pub enum NotMounted {
     OffVolume { path: String, link: Option<String> },
     /// The storage path is on a mount beneath the mountPoint, but of the root's file system.
     BindOfRoot { path: String },
+    /// The storage path is on a mount other than the mountPoint's, and which mount that one
+    /// sits beneath cannot be told: `/proc/self/mountinfo` cannot be read (no `/proc`, as in an
+    /// installer's chroot).
+    NoMountinfo { path: String, errno: Errno },
     /// The question itself failed.
     Unknown { path: String, errno: Errno },
 }
 
 impl NotMounted {
+    /// The path it names, as stored.
+    pub fn path(&self) -> &str {
+        match self {
+            NotMounted::Missing { mount_point }
+            | NotMounted::NotAMountPoint { mount_point }
+            | NotMounted::RootFileSystem { mount_point } => mount_point,
+            NotMounted::OffVolume { path, .. }
+            | NotMounted::BindOfRoot { path }
+            | NotMounted::NoMountinfo { path, .. }
+            | NotMounted::Unknown { path, .. } => path,
+        }
+    }
+
     /// What it is, in words, with paths shown under the root.
     pub fn explain(&self, root: &str) -> String {
         match self {
@@ -63,6 +80,11 @@ impl NotMounted {
                 "{root}{} is a bind mount of a directory on the root's own file system",
                 escape::text(path)
             ),
+            NotMounted::NoMountinfo { path, errno } => format!(
+                "cannot tell whether {root}{}, which is on a mount of its own, is on the volume: /proc/self/mountinfo cannot be read ({})",
+                escape::text(path),
+                report::errno_words(*errno)
+            ),
             NotMounted::Unknown { path, errno } => format!(
                 "cannot tell whether {root}{} is on the volume ({})",
                 escape::text(path),
@@ -79,6 +101,9 @@ impl NotMounted {
                 "make {} a real directory on the volume mounted at {mp} (remove the symlink or bind mount that stands there), or change the storage's path",
                 escape::text(path)
             ),
+            NotMounted::NoMountinfo { .. } => {
+                "mount /proc (mount -t proc proc /proc; in a chroot, bind the host's /proc into it) and run persist-prep again".to_owned()
+            }
             _ => format!(
                 "mount the volume at {mp} before persist-prep runs; on NixOS set fileSystems.\"{mp}\".neededForBoot = true"
             ),
@@ -86,8 +111,60 @@ impl NotMounted {
     }
 }
 
+/// Where a storage was found on its volume, for the walk below it: a directory on the
+/// storage's own mount is on the volume; one on another mount is asked again.
+#[derive(Debug, Clone, Copy)]
+pub struct Volume {
+    storage: (Option<u64>, u64),
+    mount_point: (Option<u64>, u64),
+    root: (Option<u64>, u64),
+    /// The mountPoint is `/`: the root's own file system is the volume.
+    on_root: bool,
+}
+
+impl Volume {
+    /// Checks the mount of a directory that a walk below the storage reached by crossing a
+    /// mount: it must sit on the mountPoint's mount or beneath it, and not be the root's own
+    /// file system. `path` is how it is shown.
+    pub fn holds(&self, fd: impl AsFd, path: &str) -> Result<(), NotMounted> {
+        let (mount, dev) = fs::mount_of(fd).map_err(|errno| NotMounted::Unknown {
+            path: path.to_owned(),
+            errno,
+        })?;
+        if (mount, dev) == self.storage {
+            return Ok(());
+        }
+        let beneath = match (mount, self.mount_point.0) {
+            (Some(mount), Some(mp)) if mount == mp => true,
+            (Some(mount), Some(mp)) => {
+                beneath_by_mountinfo(mount, mp).map_err(|errno| NotMounted::NoMountinfo {
+                    path: path.to_owned(),
+                    errno,
+                })?
+            }
+            _ => dev == self.mount_point.1,
+        };
+        if !beneath {
+            return Err(NotMounted::OffVolume {
+                path: path.to_owned(),
+                link: None,
+            });
+        }
+        if !self.on_root && (dev == self.root.1 || mount == self.root.0) {
+            return Err(NotMounted::BindOfRoot {
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks a storage that declares a `mountPoint`.
-pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Result<(), NotMounted> {
+pub fn check(
+    root: BorrowedFd<'_>,
+    storage: &Storage,
+    mount_point: &str,
+) -> Result<Volume, NotMounted> {
     let unknown = |path: &str, errno| NotMounted::Unknown {
         path: path.to_owned(),
         errno,
@@ -116,7 +193,16 @@ pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Resu
     let (deepest, fd) = deepest_existing(root, &storage.path).map_err(|e| unknown("/", e))?;
     let (mount, dev) = fs::mount_of(&fd).map_err(|e| unknown(&deepest, e))?;
     let beneath = match (mount, mp_mount) {
-        (Some(mount), Some(mp_mount)) => mount == mp_mount || is_beneath(mount, mp_mount),
+        (Some(mount), Some(mp_mount)) if mount == mp_mount => true,
+        (Some(mount), Some(mp_mount)) => match beneath_by_mountinfo(mount, mp_mount) {
+            Ok(beneath) => beneath,
+            Err(errno) => {
+                return Err(NotMounted::NoMountinfo {
+                    path: deepest,
+                    errno,
+                });
+            }
+        },
         // Before Linux 5.8 there are no mount ids: the device must be the volume's.
         _ => dev == mp_dev,
     };
@@ -126,7 +212,12 @@ pub fn check(root: BorrowedFd<'_>, storage: &Storage, mount_point: &str) -> Resu
     if mount_point != "/" && (dev == root_dev || mount == root_mount) {
         return Err(NotMounted::BindOfRoot { path: deepest });
     }
-    Ok(())
+    Ok(Volume {
+        storage: (mount, dev),
+        mount_point: (mp_mount, mp_dev),
+        root: (root_mount, root_dev),
+        on_root: mount_point == "/",
+    })
 }
 
 /// The deepest ancestor of `path` (or `path` itself) that exists, resolved inside the root.
@@ -172,21 +263,31 @@ fn leads_off(root: BorrowedFd<'_>, path: &str, deepest: &str) -> NotMounted {
     }
 }
 
-/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`.
+/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`;
+/// false when that cannot be read.
+#[allow(dead_code)]
 fn is_beneath(id: u64, ancestor: u64) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    beneath_by_mountinfo(id, ancestor).unwrap_or(false)
+}
+
+/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`; the
+/// errno when that cannot be read (or does not name the mount, as an empty `/proc` would).
+fn beneath_by_mountinfo(id: u64, ancestor: u64) -> Result<bool, Errno> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     let parents = parse_mountinfo(&text);
+    if !parents.contains_key(&id) {
+        return Err(Errno::NOENT);
+    }
     let mut at = id;
     for _ in 0..parents.len() {
         match parents.get(&at) {
-            Some(&parent) if parent == ancestor => return true,
+            Some(&parent) if parent == ancestor => return Ok(true),
             Some(&parent) if parent != at => at = parent,
-            _ => return false,
+            _ => return Ok(false),
         }
     }
-    false
+    Ok(false)
 }
 
 /// Mount id to parent mount id, from the first two fields of each mountinfo line.

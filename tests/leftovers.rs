@@ -1,0 +1,156 @@
+//! Leftovers of an interrupted run (`.persist-prep.<hash>`): removed only where only root can
+//! write, only whole, only what persist-prep can prove it made; elsewhere reported and left.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Scratch, exists, require_root};
+
+/// The temporary name persist-prep gives a directory named `leaf` (FNV-1a of the name).
+fn temp_name(leaf: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in leaf.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(".persist-prep.{hash:016x}")
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    for e in std::fs::read_dir(path).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            chown_tree(&e.path(), uid);
+        } else {
+            std::os::unix::fs::chown(e.path(), Some(uid), Some(uid)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_users_tree_under_the_temporary_name_in_her_directory_survives() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-user");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/home/alice/data","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}]}]}"#,
+    );
+    let home = s.root().join("persist/home/alice");
+    let planted = home.join(temp_name("data"));
+    std::fs::create_dir_all(planted.join("x/y")).unwrap();
+    chown_tree(&home, 1000);
+    let run = s.run(&["apply"]);
+    assert!(
+        exists(planted.join("x/y")),
+        "her tree was removed: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&temp_name("data")) && run.stderr.contains("left it alone"),
+        "{}",
+        run.stderr
+    );
+    run.assert_code(1);
+}
+
+#[test]
+fn a_mixed_leftover_is_not_partly_removed() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-mixed");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
+    );
+    let lib = s.root().join("persist/var/lib");
+    let leftover = lib.join(temp_name("svc"));
+    // Many empty directories and one with a file: whatever order the directory lists them in,
+    // an empty one comes before the file's.
+    for i in 0..16 {
+        std::fs::create_dir_all(leftover.join(format!("e{i}"))).unwrap();
+    }
+    std::fs::create_dir_all(leftover.join("c")).unwrap();
+    std::fs::write(leftover.join("c/file"), "data").unwrap();
+    let run = s.run(&["apply"]);
+    run.assert_code(1);
+    for i in 0..16 {
+        assert!(
+            exists(leftover.join(format!("e{i}"))),
+            "part of it was removed: {}",
+            run.stderr
+        );
+    }
+    assert!(exists(leftover.join("c/file")));
+    assert!(run.stderr.contains(&temp_name("svc")), "{}", run.stderr);
+}
+
+#[test]
+fn a_leftover_persist_prep_made_is_removed_and_named() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-ours");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/svc/a","user":"root","group":"root","mode":"0700"}]}]}"#,
+    );
+    let lib = s.root().join("persist/var/lib");
+    let leftover = lib.join(temp_name("svc"));
+    // As a killed run staged it: the directory and one below it, each as it makes them.
+    std::fs::create_dir_all(leftover.join("a")).unwrap();
+    std::fs::set_permissions(
+        leftover.join("a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let run = s.run(&["apply"]);
+    run.assert_code(0);
+    assert!(!exists(&leftover), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("{}/a", temp_name("svc"))),
+        "the message does not say exactly what was removed: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_leftover_holding_a_directory_persist_prep_would_not_make_stays() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-foreign");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
+    );
+    let leftover = s.root().join("persist/var/lib").join(temp_name("svc"));
+    std::fs::create_dir_all(leftover.join("other")).unwrap();
+    let run = s.run(&["apply"]);
+    run.assert_code(1);
+    assert!(exists(leftover.join("other")), "{}", run.stderr);
+}
+
+#[test]
+fn a_leftover_in_a_group_writable_root_directory_stays() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-group");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/srv/share/data","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0700"}]}]}"#,
+    );
+    let share = s.root().join("persist/srv/share");
+    std::fs::create_dir_all(&share).unwrap();
+    // Root's, but a group can write to it: a member could have made the name.
+    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+    let leftover = share.join(temp_name("data"));
+    std::fs::create_dir(&leftover).unwrap();
+    let run = s.run(&["apply"]);
+    assert!(exists(&leftover), "{}", run.stderr);
+    assert!(run.stderr.contains("left it alone"), "{}", run.stderr);
+}

@@ -1,0 +1,224 @@
+//! The lock that keeps two runs apart: only root can hold it, nobody waits for it without a
+//! bound, output is written after it is released, and a file system without locks is no
+//! reason to create nothing.
+
+mod common;
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Scratch, exists, require_root};
+
+const ONE: &str = r#"{"version":1,"storages":[{"path":"/persist","directories":[
+  {"path":"/var/lib/a","user":"root","group":"root","mode":"0700"}]}]}"#;
+
+/// `flock ARGS... PATH sleep 30` in the background, holding its lock until killed (`-o`: the
+/// `sleep` does not inherit it).
+fn hold(args: &[&str], path: &std::path::Path) -> Child {
+    let child = Command::new(args[0])
+        .args(&args[1..])
+        .arg(path)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+fn release(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A run that would wait for ever is killed by `timeout` (exit 124).
+fn apply_within(s: &Scratch, seconds: &str, env: &[(&str, &str)]) -> (common::Run, Duration) {
+    let mut cmd = s.wrapped(&["timeout", seconds], "apply");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let run = common::Run::from(cmd.output().unwrap());
+    (run, start.elapsed())
+}
+
+#[test]
+fn only_root_can_hold_the_lock_and_a_lock_on_the_root_stalls_nothing() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-root");
+    s.manifest(ONE);
+    // Any user who can open the root can flock it; that must not stall a run.
+    std::fs::set_permissions(s.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let user = hold(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-x",
+            "-o",
+        ],
+        &s.root(),
+    );
+    let (run, _) = apply_within(&s, "10", &[]);
+    release(user);
+    run.assert_code(0);
+    assert!(exists(s.root().join("persist/var/lib/a")));
+    let lock = s.state().join("lock");
+    let meta = std::fs::metadata(&lock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    // A user cannot even open it, so cannot hold it.
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-n",
+        ])
+        .arg(&lock)
+        .arg("true")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "a user could take the lock");
+}
+
+#[test]
+fn a_held_lock_is_waited_for_within_a_bound_and_its_holder_named() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-bound");
+    s.manifest(ONE);
+    let holder = hold(&["flock", "-x", "-o"], &s.state().join("lock"));
+    let pid = holder.id();
+    let (run, took) = apply_within(&s, "20", &[("PERSIST_PREP_LOCK_TIMEOUT", "1")]);
+    release(holder);
+    run.assert_code(1);
+    assert!(took < Duration::from_secs(10), "waited {took:?}");
+    assert!(
+        run.stderr.contains(&format!("pid {pid} (flock)")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was done"), "{}", run.stderr);
+    assert!(!exists(s.root().join("persist")));
+    // Released within the bound, the lock is taken and the run goes on.
+    let holder = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(s.state().join("lock"))
+        .args(["sleep", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (run, _) = apply_within(&s, "20", &[("PERSIST_PREP_LOCK_TIMEOUT", "10")]);
+    release(holder);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("waiting for another persist-prep run"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_check_blocked_on_its_output_holds_no_lock() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-pager");
+    // A table far larger than a pipe holds, so that `check` blocks writing it.
+    let entries: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"path":"/var/lib/entry-with-a-long-name-{i:05}","user":"root","group":"root","mode":"0700"}}"#))
+        .collect();
+    s.manifest(&format!(
+        r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{}]}}]}}"#,
+        entries.join(",")
+    ));
+    let mut check = s
+        .wrapped(&["env"], "check")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A pager that has not read yet: `check` is now stuck in write.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (run, _) = apply_within(&s, "20", &[]);
+    let mut table = String::new();
+    check
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut table)
+        .unwrap();
+    check.wait().unwrap();
+    run.assert_code(0);
+    assert!(
+        table.len() > 128 * 1024,
+        "the table fits a pipe: {}",
+        table.len()
+    );
+    assert!(exists(
+        s.root()
+            .join("persist/var/lib/entry-with-a-long-name-02999")
+    ));
+}
+
+#[test]
+fn a_file_system_without_locks_is_warned_about_and_the_run_goes_on() {
+    if !require_root() {
+        return;
+    }
+    for errno in ["ENOLCK", "EOPNOTSUPP"] {
+        let s = Scratch::new(&format!("lock-{errno}"));
+        s.manifest(ONE);
+        let inject = format!("inject=flock:error={errno}");
+        let out = s
+            .wrapped(
+                &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject],
+                "apply",
+            )
+            .output()
+            .expect("strace runs (apt-get install strace)");
+        let run = common::Run::from(out);
+        run.assert_code(0);
+        assert!(exists(s.root().join("persist/var/lib/a")), "{errno}");
+        assert!(run.stderr.contains("keeps no locks"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("going on without the lock"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_state_directory_others_can_write_to_is_refused_for_the_lock() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-unsafe");
+    s.manifest(ONE);
+    std::fs::set_permissions(s.state(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (run, _) = apply_within(&s, "10", &[]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("so others could take or replace its lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!exists(s.root().join("persist")));
+    // `check` only reads: it says so and goes on without the lock.
+    let check = s.run(&["check"]);
+    assert!(
+        check.stderr.contains("going on without the lock"),
+        "{}",
+        check.stderr
+    );
+}
