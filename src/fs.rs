@@ -480,6 +480,28 @@ pub fn make_durable(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     rustix::fs::fsync(reopen(&dir)?)
 }
 
+/// A number nobody can predict, for a temporary name in a directory that others can write to.
+/// Never waits for entropy at boot (`GRND_INSECURE`); where the kernel lacks that flag, the
+/// clock and the pid stand in (a name taken meanwhile only costs another try).
+pub fn unpredictable() -> u64 {
+    let mut buf = [0u8; 8];
+    if let Ok(8) = rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::INSECURE) {
+        return u64::from_ne_bytes(buf);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let pid = u64::from(
+        rustix::process::getpid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs(),
+    );
+    #[allow(clippy::cast_possible_truncation)]
+    let now = now as u64;
+    (now ^ pid.rotate_left(40)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Removes an empty directory; a full one is refused by the kernel, so no data can go.
 pub fn remove_empty(dir: impl AsFd, name: &str) -> Result<(), Errno> {
     unlinkat(dir, name, AtFlags::REMOVEDIR)

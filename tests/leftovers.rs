@@ -53,7 +53,54 @@ fn a_users_tree_under_the_temporary_name_in_her_directory_survives() {
         "{}",
         run.stderr
     );
-    run.assert_code(1);
+    // A name she can predict must not let her block the entry: it is made all the same.
+    run.assert_code(0);
+    assert_eq!(
+        common::stat(home.join("data")),
+        (0o700, 1000, 1000),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.run(&["apply"]).code, 0);
+}
+
+#[test]
+fn a_killed_runs_leftover_in_a_users_directory_blocks_nothing() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-user-killed");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/persist","directories":[
+        {"path":"/home/alice/data","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}]}]}"#,
+    );
+    let home = s.root().join("persist/home/alice");
+    std::fs::create_dir_all(&home).unwrap();
+    chown_tree(&home, 1000);
+    // As a run killed between its mkdir and its chown leaves it: root's, private.
+    let leftover = home.join(temp_name("data"));
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::set_permissions(
+        &leftover,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let run = s.run(&["apply"]);
+    run.assert_code(0);
+    assert_eq!(
+        common::stat(home.join("data")),
+        (0o700, 1000, 1000),
+        "{}",
+        run.stderr
+    );
+    assert!(exists(&leftover), "{}", run.stderr);
+    assert!(run.stderr.contains(&temp_name("data")), "{}", run.stderr);
+    // Nothing else of persist-prep's stays in her directory.
+    let names: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
 }
 
 #[test]
@@ -153,4 +200,11 @@ fn a_leftover_in_a_group_writable_root_directory_stays() {
     let run = s.run(&["apply"]);
     assert!(exists(&leftover), "{}", run.stderr);
     assert!(run.stderr.contains("left it alone"), "{}", run.stderr);
+    run.assert_code(0);
+    assert_eq!(
+        common::stat(share.join("data")),
+        (0o700, 65534, 65534),
+        "{}",
+        run.stderr
+    );
 }

@@ -544,7 +544,7 @@ impl<'a> Executor<'a> {
                 .map(|()| (None, None))
                 .map_err(|errno| create_problem(shown, errno));
         }
-        Self::make_temp(parent, &tmp, &leaf_tmp, traits, shown)?;
+        let tmp = Self::make_temp(parent, rel, &leaf_tmp, traits, shown)?;
         let placed = self
             .finish_temp(parent, &tmp, traits, dir, shown)
             .and_then(|made| {
@@ -672,27 +672,51 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Makes the temporary directory. One that stands there already is not this run's: where
-    /// only root can write, `clear_leftover` has removed what it could prove its own; elsewhere
-    /// anyone could have made it. Either way it is reported and left alone.
+    /// Makes the temporary directory and returns its name. One that stands there already is
+    /// not this run's. Where only root can write, `clear_leftover` has removed what it could
+    /// prove its own, and the entry fails. Anywhere else anyone could have made it, and a name
+    /// a user can predict must not let her block the entry: it is reported and left alone, and
+    /// the directory is made under a name nobody can predict.
     fn make_temp(
         parent: BorrowedFd<'_>,
-        tmp: &str,
+        rel: &str,
         leaf_tmp: &str,
         traits: Traits,
         shown: &str,
-    ) -> Result<(), Problem> {
-        match fs::make_child(parent, tmp, 0o700) {
-            Err(Errno::EXIST) => Err(Problem::Leftover {
-                path: leftover_path(shown, leaf_tmp),
-                why: if traits.private {
-                    LeftoverWhy::NotOurs
-                } else {
-                    LeftoverWhy::OpenParent
-                },
-            }),
-            other => other.map_err(|errno| create_problem(shown, errno)),
+    ) -> Result<String, Problem> {
+        let leftover = || Problem::Leftover {
+            path: leftover_path(shown, leaf_tmp),
+            why: if traits.private {
+                LeftoverWhy::NotOurs
+            } else {
+                LeftoverWhy::OpenParent
+            },
+        };
+        let mut tmp = format!("{rel}{leaf_tmp}");
+        match fs::make_child(parent, &tmp, 0o700) {
+            Err(Errno::EXIST) if !traits.private => {
+                let (text, _) = super::output::explain(&leftover());
+                log::warn!("{text}; made {} under another name", escape::text(shown));
+            }
+            Err(Errno::EXIST) => return Err(leftover()),
+            other => {
+                return other
+                    .map(|()| tmp)
+                    .map_err(|errno| create_problem(shown, errno));
+            }
         }
+        for _ in 0..4 {
+            tmp = format!("{rel}{leaf_tmp}.{:016x}", fs::unpredictable());
+            match fs::make_child(parent, &tmp, 0o700) {
+                Err(Errno::EXIST) => {}
+                other => {
+                    return other
+                        .map(|()| tmp)
+                        .map_err(|errno| create_problem(shown, errno));
+                }
+            }
+        }
+        Err(leftover())
     }
 
     /// Removes what a killed run left under the temporary name of `dir`, in a parent only root
