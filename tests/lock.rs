@@ -222,3 +222,55 @@ fn a_state_directory_others_can_write_to_is_refused_for_the_lock() {
         check.stderr
     );
 }
+
+#[test]
+fn a_run_refused_the_lock_still_prints_one_json_document() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-json");
+    s.manifest(ONE);
+    std::fs::set_permissions(s.state(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    for command in ["apply", "finish"] {
+        let run = s.run(&[command, "--json"]);
+        run.assert_code(1);
+        let doc = run.json();
+        assert_eq!(doc["command"], command, "{doc}");
+        assert!(
+            doc["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("others could take or replace its lock")),
+            "{doc}"
+        );
+        assert!(
+            doc["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("chown root")),
+            "{doc}"
+        );
+    }
+    assert!(!exists(s.root().join("persist")));
+}
+
+#[test]
+fn a_finish_that_cannot_read_its_record_still_prints_one_json_document() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("record-json");
+    std::fs::write(s.state().join("deferred.json"), "not json").unwrap();
+    let run = s.run(&["finish", "--json"]);
+    run.assert_code(1);
+    let doc = run.json();
+    assert_eq!(doc["command"], "finish", "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deferred-owner record")),
+        "{doc}"
+    );
+    assert!(
+        doc["fix"].as_str().is_some_and(|f| f.contains("remove it")),
+        "{doc}"
+    );
+}

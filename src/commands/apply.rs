@@ -69,7 +69,7 @@ fn run(options: &Options, run: Intent) -> Exit {
     } else {
         Access::Exclusive
     };
-    let lock = match super::lock(options, access) {
+    let lock = match super::lock(options, access, run.command()) {
         Ok(lock) => lock,
         Err(exit) => return exit,
     };

@@ -73,17 +73,17 @@ pub fn run(options: &Options) -> Exit {
         Ok(root) => root,
         Err(exit) => return exit,
     };
-    let lock = match super::lock(options, Access::Exclusive) {
+    let lock = match super::lock(options, Access::Exclusive, "finish") {
         Ok(lock) => lock,
         Err(exit) => return exit,
     };
     let mut record = match deferred::load(&options.state_dir) {
         Ok(record) => record,
         Err(error) => {
-            log::error!(
-                "{}",
-                super::output::record_error(&options.state_dir, &error)
-            );
+            let text = super::output::record_error(&options.state_dir, &error);
+            log::error!("{text}");
+            let (what, fix) = text.split_once("; fix: ").unwrap_or((&text, ""));
+            super::output::failed_start(options, "finish", what.to_owned(), fix);
             return Exit::Failed;
         }
     };

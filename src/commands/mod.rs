@@ -32,7 +32,7 @@ fn open_root(options: &Options, command: &'static str) -> Result<Root, Exit> {
 /// Takes the lock of the runs that share the state directory. `apply` and `finish` wait for it within a bound
 /// and fail after it; `check` never waits, and goes on without it when it cannot have it, as
 /// every command does on a file system that keeps no locks.
-fn lock(options: &Options, access: Access) -> Result<Lock, Exit> {
+fn lock(options: &Options, access: Access, command: &str) -> Result<Lock, Exit> {
     let waited = lock::timeout();
     match lock::take(&options.state_dir, access, waited, |event| {
         output::lock_event(&event, access, waited);
@@ -42,7 +42,7 @@ fn lock(options: &Options, access: Access) -> Result<Lock, Exit> {
         Err(problem) => {
             let go_on =
                 access == Access::Shared || matches!(problem, lock::Problem::Unsupported { .. });
-            output::lock_problem(&problem, &options.state_dir, go_on);
+            output::lock_problem(&problem, options, command, go_on);
             if go_on {
                 Ok(lock::none())
             } else {

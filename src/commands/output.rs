@@ -31,6 +31,11 @@ pub fn root_unopened(options: &Options, command: &str, errno: Errno) {
     );
     let fix = "pass the mounted real root with --root (in the initrd it is /sysroot)";
     log::error!("{error}; fix: {fix}");
+    failed_start(options, command, error, fix);
+}
+
+/// With `--json`, the one document of a command that stops before its own work.
+pub fn failed_start(options: &Options, command: &str, error: String, fix: &str) {
     if options.json {
         report::print_serialized(&FailedStart {
             version: 1,
@@ -70,9 +75,10 @@ pub fn lock_event(event: &Event, access: Access, timeout: Duration) {
     }
 }
 
-/// Says what went wrong with the lock; `go_on` when the run goes on without it.
-pub fn lock_problem(problem: &Problem, state_dir: &Path, go_on: bool) {
-    let dir = escape::bytes(state_dir.as_os_str().as_encoded_bytes());
+/// Says what went wrong with the lock; `go_on` when the run goes on without it, else (with
+/// `--json`) in the command's one document too.
+pub fn lock_problem(problem: &Problem, options: &Options, command: &str, go_on: bool) {
+    let dir = escape::bytes(options.state_dir.as_os_str().as_encoded_bytes());
     let file = format!("{dir}/{}", crate::lock::FILE);
     let (what, fix) = match problem {
         Problem::Open { op, errno } => (
@@ -115,6 +121,7 @@ pub fn lock_problem(problem: &Problem, state_dir: &Path, go_on: bool) {
         log::warn!("{what}; going on without the lock. Fix: {fix}");
     } else {
         log::error!("{what}; nothing was done. Fix: {fix}");
+        failed_start(options, command, what, &fix);
     }
 }
 
