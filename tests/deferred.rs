@@ -295,6 +295,14 @@ fn a_mark_restored_onto_a_parent_hands_over_nothing() {
         "trusted.persist-prep.pending",
         b"1",
     );
+    // `check --json` names it too: a mark that gives nothing is drift of its own.
+    let check = s.run(&["check", "--json"]);
+    let doc = check.json();
+    let left = &doc["marksLeft"];
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(left[0]["storage"], "/persist", "{doc}");
+    assert_eq!(left[0]["path"], "/var/lib", "{doc}");
+    assert_eq!(left[0]["why"], "not-an-entry", "{doc}");
     let run = s.run(&["apply"]);
     run.assert_code(0);
     assert_eq!(stat(&parent), (0o755, 0, 0), "{}", run.stderr);

@@ -349,8 +349,9 @@ fn log_deferred(e: &EntryPlan<'_>, storage: &str, root: &str) {
     );
 }
 
-/// A directory that carries persist-prep's owner mark but gets no owner from it.
-fn log_mark_left(run: Intent, left: &MarkLeft) {
+/// What to say of a directory that carries persist-prep's owner mark but gets no owner from
+/// it, and the fix.
+fn mark_left_words(left: &MarkLeft) -> (String, String) {
     let why = match left.why {
         MarkDrift::NotAnEntry => {
             "it is not declared as an entry (persist-prep gives an owner only to an entry's own directory, never to a parent)"
@@ -358,11 +359,22 @@ fn log_mark_left(run: Intent, left: &MarkLeft) {
         MarkDrift::Changed => "its owner or mode changed since persist-prep made it",
         MarkDrift::Redeclared => "its entry is declared with another owner or mode now",
     };
-    let line = format!(
-        "{} carries persist-prep's owner mark, but {why}; it gets no owner and is left alone (the mark stays, and gives nothing). Fix: if it is right as it is, remove the mark (setfattr -x {} <dir>); otherwise chown/chmod it by hand",
-        escape::text(&left.shown),
-        deferred::OWNER_MARK
-    );
+    (
+        format!(
+            "{} carries persist-prep's owner mark, but {why}; it gets no owner and is left alone (the mark stays, and gives nothing)",
+            escape::text(&left.shown)
+        ),
+        format!(
+            "if it is right as it is, remove the mark (setfattr -x {} <dir>); otherwise chown/chmod it by hand",
+            deferred::OWNER_MARK
+        ),
+    )
+}
+
+/// A directory that carries persist-prep's owner mark but gets no owner from it.
+fn log_mark_left(run: Intent, left: &MarkLeft) {
+    let (what, fix) = mark_left_words(left);
+    let line = format!("{what}. Fix: {fix}");
     if run == Intent::Check {
         log::info!("{line}");
     } else {
@@ -556,7 +568,42 @@ pub struct Document<'a> {
     manifest: &'a std::path::Path,
     storages: Vec<StorageDoc<'a>>,
     entries: Vec<EntryDoc<'a>>,
+    /// Directories that carry the owner mark but get no owner from it (drift of the mark).
+    marks_left: Vec<MarkLeftDoc<'a>>,
     summary: Summary<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MarkLeftDoc<'a> {
+    storage: Option<&'a str>,
+    path: &'a str,
+    why: MarkLeftWhy,
+    error: String,
+    fix: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum MarkLeftWhy {
+    NotAnEntry,
+    Changed,
+    Redeclared,
+}
+
+fn mark_left_doc(left: &MarkLeft) -> MarkLeftDoc<'_> {
+    let (error, fix) = mark_left_words(left);
+    MarkLeftDoc {
+        storage: left.storage.as_deref(),
+        path: &left.path,
+        why: match left.why {
+            MarkDrift::NotAnEntry => MarkLeftWhy::NotAnEntry,
+            MarkDrift::Changed => MarkLeftWhy::Changed,
+            MarkDrift::Redeclared => MarkLeftWhy::Redeclared,
+        },
+        error,
+        fix,
+    }
 }
 
 fn attrs_doc(attrs: &Attrs) -> AttrsDoc<'_> {
@@ -652,6 +699,7 @@ pub fn document<'a>(
                     .map(move |e| entry_doc(run, e, &s.storage.path, root))
             })
             .collect(),
+        marks_left: plan.marks_left.iter().map(mark_left_doc).collect(),
         summary: Summary {
             counts,
             elapsed_ms: elapsed.millis(),
