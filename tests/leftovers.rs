@@ -85,7 +85,7 @@ fn a_killed_runs_leftover_in_a_users_directory_blocks_nothing() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let run = s.run(&["apply"]);
+    let run = s.run(&["apply", "--json"]);
     run.assert_code(0);
     assert_eq!(
         common::stat(home.join("data")),
@@ -95,6 +95,15 @@ fn a_killed_runs_leftover_in_a_users_directory_blocks_nothing() {
     );
     assert!(exists(&leftover), "{}", run.stderr);
     assert!(run.stderr.contains(&temp_name("data")), "{}", run.stderr);
+    // The document names it too.
+    let doc = run.json();
+    let path = doc["leftovers"][0]["path"].as_str().unwrap_or_default();
+    assert!(
+        path.ends_with(&format!("/home/alice/{}", temp_name("data"))),
+        "{doc}"
+    );
+    let warning = doc["leftovers"][0]["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("left it alone"), "{doc}");
     // Nothing else of persist-prep's stays in her directory.
     let names: Vec<String> = std::fs::read_dir(&home)
         .unwrap()

@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 
 use super::plan::{
-    Action, ActionKind, Dir, EntryPlan, EntryState, LeftoverWhy, Outcome, Plan, Problem, Side,
-    Sides, Skip, StoragePlan, StorageState,
+    Action, ActionKind, Dir, EntryPlan, EntryState, Foreign, LeftoverWhy, Outcome, Plan, Problem,
+    Side, Sides, Skip, StoragePlan, StorageState,
 };
 use crate::deferred::{self, Mark, Pending};
 use crate::escape;
@@ -90,6 +90,9 @@ pub struct Executor<'a> {
     /// File systems met (by device) and whether they order metadata; where one does not, a
     /// directory is written to disk before it is renamed into place.
     ordered: std::cell::RefCell<Vec<(u64, bool)>>,
+    /// Names of persist-prep's temporary directory met in directories that others can write
+    /// to, left alone; the directory was made under another name.
+    foreign: std::cell::RefCell<Vec<Foreign>>,
 }
 
 /// The temporary name a directory is made under: fixed for a name, so that the next run finds
@@ -120,6 +123,7 @@ impl<'a> Executor<'a> {
             storage_path: String::new(),
             creating_storage: false,
             ordered: std::cell::RefCell::new(Vec::new()),
+            foreign: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -157,6 +161,7 @@ impl<'a> Executor<'a> {
         for (idx, problem) in std::mem::take(&mut self.failures) {
             outcome.entries.push((idx, EntryState::Failed(problem)));
         }
+        outcome.foreign = self.foreign.take();
         outcome
     }
 
@@ -544,7 +549,7 @@ impl<'a> Executor<'a> {
                 .map(|()| (None, None))
                 .map_err(|errno| create_problem(shown, errno));
         }
-        let tmp = Self::make_temp(parent, rel, &leaf_tmp, traits, shown)?;
+        let tmp = self.make_temp(parent, rel, &leaf_tmp, traits, shown)?;
         let placed = self
             .finish_temp(parent, &tmp, traits, dir, shown)
             .and_then(|made| {
@@ -678,6 +683,7 @@ impl<'a> Executor<'a> {
     /// a user can predict must not let her block the entry: it is reported and left alone, and
     /// the directory is made under a name nobody can predict.
     fn make_temp(
+        &self,
         parent: BorrowedFd<'_>,
         rel: &str,
         leaf_tmp: &str,
@@ -694,10 +700,10 @@ impl<'a> Executor<'a> {
         };
         let mut tmp = format!("{rel}{leaf_tmp}");
         match fs::make_child(parent, &tmp, 0o700) {
-            Err(Errno::EXIST) if !traits.private => {
-                let (text, _) = super::output::explain(&leftover());
-                log::warn!("{text}; made {} under another name", escape::text(shown));
-            }
+            Err(Errno::EXIST) if !traits.private => self.foreign.borrow_mut().push(Foreign {
+                path: leftover_path(shown, leaf_tmp),
+                made: shown.to_owned(),
+            }),
             Err(Errno::EXIST) => return Err(leftover()),
             other => {
                 return other

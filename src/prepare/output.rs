@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::Intent;
 use super::plan::{
-    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Judged, LeftoverWhy, MarkLeft, Plan,
-    Problem, Skip, StoragePlan, StorageState,
+    Action, ActionKind, EntryPlan, EntryState, EntryStateName, Foreign, Judged, LeftoverWhy,
+    MarkLeft, Plan, Problem, Skip, StoragePlan, StorageState,
 };
 use crate::deferred::{self, MarkDrift};
 use crate::escape;
@@ -270,6 +270,18 @@ pub fn log_plan(run: Intent, plan: &Plan<'_>, shown: &str) {
     for left in &plan.marks_left {
         log_mark_left(run, left);
     }
+    for foreign in &plan.foreign {
+        log::warn!("{}", foreign_words(foreign));
+    }
+}
+
+/// A name of persist-prep's temporary directory that someone may have made, and what was done.
+fn foreign_words(foreign: &Foreign) -> String {
+    format!(
+        "{}; made {} under another name",
+        leftover_words(LeftoverWhy::OpenParent, &escape::text(&foreign.path)),
+        escape::text(&foreign.made)
+    )
 }
 
 fn log_entry(run: Intent, e: &EntryPlan<'_>, storage: &str, root: &str) {
@@ -570,7 +582,15 @@ pub struct Document<'a> {
     entries: Vec<EntryDoc<'a>>,
     /// Directories that carry the owner mark but get no owner from it (drift of the mark).
     marks_left: Vec<MarkLeftDoc<'a>>,
+    /// Names of persist-prep's temporary directory that `apply` met where others can write.
+    leftovers: Vec<LeftoverDoc<'a>>,
     summary: Summary<'a>,
+}
+
+#[derive(Serialize)]
+struct LeftoverDoc<'a> {
+    path: &'a str,
+    warning: String,
 }
 
 #[derive(Serialize)]
@@ -700,6 +720,14 @@ pub fn document<'a>(
             })
             .collect(),
         marks_left: plan.marks_left.iter().map(mark_left_doc).collect(),
+        leftovers: plan
+            .foreign
+            .iter()
+            .map(|f| LeftoverDoc {
+                path: &f.path,
+                warning: foreign_words(f),
+            })
+            .collect(),
         summary: Summary {
             counts,
             elapsed_ms: elapsed.millis(),

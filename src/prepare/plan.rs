@@ -246,6 +246,17 @@ pub struct Plan<'m> {
     pub deep_sides: Vec<Option<String>>,
     /// Directories that carry persist-prep's owner mark but get no owner from it.
     pub marks_left: Vec<MarkLeft>,
+    /// What `apply` found under its temporary names where others can write, and left.
+    pub foreign: Vec<Foreign>,
+}
+
+/// A directory named like persist-prep's temporary one, in a directory that others than root
+/// can write to: anyone may have made it, so it is left alone, and the directory `made` was
+/// made under another name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    pub path: String,
+    pub made: String,
 }
 
 /// A marked directory left alone: drift, which the report names.
@@ -264,6 +275,7 @@ pub struct MarkLeft {
 pub struct Outcome {
     pub storage: Option<StorageState>,
     pub entries: Vec<(usize, EntryState)>,
+    pub foreign: Vec<Foreign>,
 }
 
 impl Plan<'_> {
@@ -271,6 +283,7 @@ impl Plan<'_> {
     /// became of the plan.
     pub fn settle(&mut self, outcomes: Vec<Outcome>) {
         for (s, outcome) in self.storages.iter_mut().zip(outcomes) {
+            self.foreign.extend(outcome.foreign);
             if let Some(state) = outcome.storage {
                 s.state = state;
             }
@@ -361,6 +374,7 @@ impl<'a> Planner<'a> {
             pending: std::mem::take(&mut self.pending),
             deep_sides: std::mem::take(&mut self.deep_sides),
             marks_left: std::mem::take(&mut self.marks_left),
+            foreign: Vec::new(),
         };
         (plan, self.resolver)
     }
