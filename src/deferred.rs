@@ -168,6 +168,11 @@ pub enum RecordError {
     Read(Errno),
     /// It is not a regular file (a FIFO would hang the boot).
     NotAFile,
+    /// Its directory is not root's alone, so anyone could have written it: it is not read.
+    UnsafeDir {
+        uid: u32,
+        mode: u32,
+    },
     /// It is not a record: serde's words about the bytes.
     Invalid(String),
     Write {
@@ -186,13 +191,22 @@ pub enum WriteOp {
 }
 
 /// Reads the record; a missing file is an empty record. Neither the state directory nor the
-/// record may be a symlink, and the record must be a regular file (a FIFO would hang the boot).
+/// record may be a symlink, the record must be a regular file (a FIFO would hang the boot), and
+/// the directory must be one only root can write to (`check` goes on without the lock where it
+/// is not, and must not believe what anyone could have written there).
 pub fn load(state_dir: &Path) -> Result<Record, RecordError> {
     let dir = match open_state_dir(state_dir) {
         Ok(dir) => dir,
         Err(Errno::NOENT) => return Ok(empty()),
         Err(errno) => return Err(RecordError::Read(errno)),
     };
+    let st = rustix::fs::fstat(&dir).map_err(RecordError::Read)?;
+    if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+        return Err(RecordError::UnsafeDir {
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+        });
+    }
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match openat(&dir, FILE, flags, Mode::empty()) {
         Ok(fd) => fd,

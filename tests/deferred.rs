@@ -397,3 +397,42 @@ fn trusted_marks_refused_with_eperm_leave_the_deferral_to_the_record() {
     assert_eq!(stat(&source), (0o750, 4001, 4001));
     assert_eq!(stat(s.root().join("var/lib/svc")), (0o750, 4001, 4001));
 }
+
+/// `check` goes on without the lock where the state directory is not root's alone, and must
+/// then not believe a record that anyone could have written: a forged one would make a drifted
+/// directory look like one waiting for `finish`.
+#[test]
+fn check_trusts_no_record_in_a_state_directory_others_can_write_to() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("record-unsafe");
+    s.manifest(SVC);
+    add_svc_user(&s);
+    let source = s.root().join("persist/var/lib/svc");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let meta = std::fs::metadata(&source).unwrap();
+    let (dev, ino) = (
+        std::os::unix::fs::MetadataExt::dev(&meta),
+        std::os::unix::fs::MetadataExt::ino(&meta),
+    );
+    let honest = s.run(&["check", "--json"]);
+    assert_eq!(
+        honest.json()["entries"][0]["state"],
+        "drift",
+        "{}",
+        honest.stdout
+    );
+    std::fs::set_permissions(
+        s.state(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let forged = format!(
+        r#"{{"version":1,"pending":[{{"storage":"/persist","path":"/var/lib/svc","entry":"x","user":"svc","group":"svc","uid":null,"gid":null,"mode":488,"dev":{dev},"ino":{ino}}}]}}"#
+    );
+    std::fs::write(s.state().join("deferred.json"), forged).unwrap();
+    let run = s.run(&["check", "--json"]);
+    assert_eq!(run.json()["entries"][0]["state"], "drift", "{}", run.stderr);
+}

@@ -138,6 +138,9 @@ pub fn record_error(state_dir: &Path, error: &RecordError) -> String {
         RecordError::NotAFile => format!(
             "cannot read the deferred-owner record {file}: it is not a regular file; fix: {read_fix}"
         ),
+        RecordError::UnsafeDir { uid, mode } => format!(
+            "did not read the deferred-owner record {file}: its directory is owned by uid {uid} with mode {mode:04o}, so anyone could have written it; fix: chown root {dir} && chmod go-w {dir}"
+        ),
         RecordError::Invalid(why) => format!(
             "cannot read the deferred-owner record {file}: {}; fix: {read_fix}",
             escape::text(why)
