@@ -34,6 +34,17 @@ pub struct Holder {
     pub command: Option<String>,
 }
 
+/// Who holds the lock, as far as `/proc/locks` tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holders {
+    Named(Vec<Holder>),
+    /// `/proc/locks` lists no holder that this pid namespace can see: one in another pid
+    /// namespace (the kernel leaves those out), or one that has just let go.
+    Unseen,
+    /// `/proc/locks` cannot be read (no `/proc`).
+    NoProc,
+}
+
 /// Why a run did not get the lock, or got something less.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -49,10 +60,10 @@ pub enum Problem {
     },
     /// The lock file is not a regular file of ours.
     UnsafeFile,
-    /// Another run held it for the whole wait; `holders` is empty when `/proc` is missing.
+    /// Another run held it for the whole wait.
     Timeout {
         waited: Duration,
-        holders: Vec<Holder>,
+        holders: Holders,
     },
     /// The file system keeps no locks (`ENOLCK`, `EOPNOTSUPP`): the run goes on unlocked.
     Unsupported {
@@ -66,7 +77,7 @@ pub enum Problem {
 /// What happened on the way to the lock, for the caller to say.
 pub enum Event {
     /// Another run holds it: this one waits (exclusive) or goes on without it (shared).
-    Busy { holders: Vec<Holder> },
+    Busy { holders: Holders },
 }
 
 /// The bound on the wait, from `PERSIST_PREP_LOCK_TIMEOUT` (seconds) or the default.
@@ -169,13 +180,13 @@ fn open(state_dir: &Path) -> Result<OwnedFd, Problem> {
     Ok(fd)
 }
 
-/// Who holds the lock on `fd`, by `/proc/locks`; empty when it cannot be read.
-fn holders(fd: &OwnedFd) -> Vec<Holder> {
+/// Who holds the lock on `fd`, by `/proc/locks`.
+fn holders(fd: &OwnedFd) -> Holders {
     let Ok(st) = fstat(fd) else {
-        return Vec::new();
+        return Holders::Unseen;
     };
     let Ok(text) = std::fs::read_to_string("/proc/locks") else {
-        return Vec::new();
+        return Holders::NoProc;
     };
     let id = format!(
         "{:02x}:{:02x}:{}",
@@ -183,7 +194,7 @@ fn holders(fd: &OwnedFd) -> Vec<Holder> {
         rustix::fs::minor(st.st_dev),
         st.st_ino
     );
-    parse_locks(&text, &id)
+    let named: Vec<Holder> = parse_locks(&text, &id)
         .into_iter()
         .map(|pid| Holder {
             pid,
@@ -191,7 +202,12 @@ fn holders(fd: &OwnedFd) -> Vec<Holder> {
                 .ok()
                 .map(|c| c.trim_end().to_owned()),
         })
-        .collect()
+        .collect();
+    if named.is_empty() {
+        Holders::Unseen
+    } else {
+        Holders::Named(named)
+    }
 }
 
 /// The pids holding (not waiting for) a lock on the file `id` (`maj:min:ino`, as

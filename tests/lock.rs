@@ -274,3 +274,36 @@ fn a_finish_that_cannot_read_its_record_still_prints_one_json_document() {
         "{doc}"
     );
 }
+
+/// A holder that the run's pid namespace cannot see shows in `/proc/locks` as pid 0: the run
+/// says so, instead of naming a process 0 that does not exist.
+#[test]
+fn a_holder_in_another_pid_namespace_is_named_as_such() {
+    if !require_root() {
+        return;
+    }
+    if !Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return common::skip("unshare --pid --mount-proc is not available here");
+    }
+    let s = Scratch::new("lock-pidns");
+    s.manifest(ONE);
+    let holder = hold(&["flock", "-x", "-o"], &s.state().join("lock"));
+    let mut cmd = s.wrapped(
+        &["unshare", "--pid", "--fork", "--mount", "--mount-proc"],
+        "apply",
+    );
+    cmd.env("PERSIST_PREP_LOCK_TIMEOUT", "1");
+    let run = common::Run::from(cmd.output().unwrap());
+    release(holder);
+    run.assert_code(1);
+    assert!(!run.stderr.contains("pid 0"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("another pid namespace"),
+        "{}",
+        run.stderr
+    );
+}

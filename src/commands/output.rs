@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Options;
 use crate::deferred::{self, RecordError, WriteOp};
 use crate::escape;
-use crate::lock::{Access, Event, Holder, Problem};
+use crate::lock::{Access, Event, Holders, Problem};
 use crate::report;
 
 /// The document a command prints with `--json` when it could not even start.
@@ -47,10 +47,16 @@ pub fn failed_start(options: &Options, command: &str, error: String, fix: &str) 
 }
 
 /// `pid 812 (persist-prep), pid 813`, or words for no holder found.
-fn holders_text(holders: &[Holder]) -> String {
-    if holders.is_empty() {
-        return "a process that /proc/locks does not name (is /proc mounted?)".into();
-    }
+fn holders_text(holders: &Holders) -> String {
+    let holders = match holders {
+        Holders::Named(holders) => holders,
+        Holders::Unseen => {
+            return "a process that /proc/locks does not show here (one in another pid namespace, or one that just let go)".into();
+        }
+        Holders::NoProc => {
+            return "a process that cannot be named without /proc (mount /proc to see who)".into();
+        }
+    };
     let named: Vec<String> = holders
         .iter()
         .map(|h| match &h.command {
