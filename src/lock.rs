@@ -167,8 +167,12 @@ fn open(state_dir: &Path) -> Result<OwnedFd, Problem> {
     }
     let flags =
         OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = openat(&dir, FILE, flags, Mode::from_raw_mode(0o600))
-        .map_err(|errno| Problem::Open { op: "open", errno })?;
+    let fd =
+        openat(&dir, FILE, flags, Mode::from_raw_mode(0o600)).map_err(|errno| match errno {
+            // A symlink, a directory or a socket stands at its name.
+            Errno::LOOP | Errno::ISDIR | Errno::NXIO => Problem::UnsafeFile,
+            errno => Problem::Open { op: "open", errno },
+        })?;
     let st = fstat(&fd).map_err(|errno| Problem::Open { op: "open", errno })?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_uid != euid {
         return Err(Problem::UnsafeFile);

@@ -307,3 +307,41 @@ fn a_holder_in_another_pid_namespace_is_named_as_such() {
         run.stderr
     );
 }
+
+/// Whatever stands at the lock's name instead of a regular file (a symlink, a directory, a
+/// FIFO), the run refuses it and the fix is to remove it, not to change the state directory.
+#[test]
+fn anything_but_a_file_at_the_locks_name_is_named_with_the_right_fix() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("lock-not-a-file");
+    s.manifest(ONE);
+    let lock = s.state().join("lock");
+    let kinds: [(&str, &dyn Fn(&std::path::Path)); 3] = [
+        ("symlink", &|p| {
+            std::os::unix::fs::symlink("/etc/passwd", p).unwrap()
+        }),
+        ("directory", &|p| std::fs::create_dir(p).unwrap()),
+        ("fifo", &|p| {
+            assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+        }),
+    ];
+    for (kind, make) in kinds {
+        make(&lock);
+        let (run, _) = apply_within(&s, "10", &[]);
+        run.assert_code(1);
+        assert!(
+            run.stderr.contains("is not a regular file that root owns")
+                && run.stderr.contains("Fix: remove"),
+            "{kind}: {}",
+            run.stderr
+        );
+        assert!(!exists(s.root().join("persist")), "{kind}");
+        if kind == "directory" {
+            std::fs::remove_dir(&lock).unwrap();
+        } else {
+            std::fs::remove_file(&lock).unwrap();
+        }
+    }
+}
