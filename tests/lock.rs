@@ -318,17 +318,13 @@ fn anything_but_a_file_at_the_locks_name_is_named_with_the_right_fix() {
     let s = Scratch::new("lock-not-a-file");
     s.manifest(ONE);
     let lock = s.state().join("lock");
-    let kinds: [(&str, &dyn Fn(&std::path::Path)); 3] = [
-        ("symlink", &|p| {
-            std::os::unix::fs::symlink("/etc/passwd", p).unwrap()
-        }),
-        ("directory", &|p| std::fs::create_dir(p).unwrap()),
-        ("fifo", &|p| {
-            assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
-        }),
-    ];
-    for (kind, make) in kinds {
-        make(&lock);
+    let make = |kind: &str, p: &std::path::Path| match kind {
+        "symlink" => std::os::unix::fs::symlink("/etc/passwd", p).unwrap(),
+        "directory" => std::fs::create_dir(p).unwrap(),
+        _ => assert!(Command::new("mkfifo").arg(p).status().unwrap().success()),
+    };
+    for kind in ["symlink", "directory", "fifo"] {
+        make(kind, &lock);
         let (run, _) = apply_within(&s, "10", &[]);
         run.assert_code(1);
         assert!(
