@@ -381,3 +381,28 @@ fn no_message_forges_a_journal_line() {
         "{text}"
     );
 }
+
+/// Names starting with `.persist-prep.` are persist-prep's own: an entry declared under one
+/// could stand at another entry's temporary name, and the sibling's run would take it for a
+/// leftover (and, empty, remove it). They are refused like any other invalid path.
+#[test]
+fn paths_under_persist_preps_reserved_names_are_refused() {
+    let s = Scratch::new("input-reserved");
+    for path in [
+        "/var/lib/.persist-prep.8267ac195d0787ed",
+        "/var/.persist-prep.x/lib",
+    ] {
+        s.manifest(&format!(
+            r#"{{"version":1,"storages":[{{"path":"/persist","directories":[
+            {{"path":"{path}","user":"root","group":"root","mode":"0700"}},
+            {{"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}}]}}]}}"#
+        ));
+        let run = s.run(&["validate"]);
+        run.assert_code(3);
+        assert!(
+            run.stderr.contains(".persist-prep."),
+            "{path}: {}",
+            run.stderr
+        );
+    }
+}

@@ -233,6 +233,11 @@ fn normalise(path: &str) -> Result<String, &'static str> {
     if path.contains('\0') {
         return Err("the path contains a NUL byte");
     }
+    if path.contains("/.persist-prep.") {
+        return Err(
+            "a component of the path starts with `.persist-prep.`, which persist-prep reserves for its temporary directories (a directory declared there could be taken for a leftover of an interrupted run)",
+        );
+    }
     let clean = path.len() > 1
         && !path.ends_with('/')
         && !path.contains("//")
