@@ -217,3 +217,34 @@ fn a_leftover_in_a_group_writable_root_directory_stays() {
         run.stderr
     );
 }
+
+#[test]
+fn a_storage_made_in_a_users_directory_is_not_blocked_by_a_predicted_name() {
+    if !require_root() {
+        return;
+    }
+    let s = Scratch::new("leftover-storage");
+    s.manifest(
+        r#"{"version":1,"storages":[{"path":"/srv/alice/persist","directories":[
+        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
+    );
+    let alice = s.root().join("srv/alice");
+    let planted = alice.join(temp_name("persist"));
+    std::fs::create_dir_all(&planted).unwrap();
+    chown_tree(&alice, 1000);
+    // Set-group-id: mkdir alone would not make the storage root:root, so it is staged.
+    std::fs::set_permissions(&alice, std::os::unix::fs::PermissionsExt::from_mode(0o2755)).unwrap();
+    let run = s.run(&["apply", "--json"]);
+    run.assert_code(0);
+    assert_eq!(
+        common::stat(alice.join("persist")),
+        (0o755, 0, 0),
+        "{}",
+        run.stderr
+    );
+    assert!(exists(alice.join("persist/var/lib/svc")), "{}", run.stderr);
+    assert!(exists(&planted), "{}", run.stderr);
+    let doc = run.json();
+    let path = doc["leftovers"][0]["path"].as_str().unwrap_or_default();
+    assert!(path.ends_with(&temp_name("persist")), "{doc}");
+}

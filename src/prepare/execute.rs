@@ -149,6 +149,7 @@ impl<'a> Executor<'a> {
                 outcome.storage = Some(StorageState::Failed(problem));
                 let skipped = EntryState::Skipped(Skip::StorageError);
                 outcome.entries = (0..s.entries.len()).map(|i| (i, skipped.clone())).collect();
+                outcome.foreign = self.foreign.take();
                 return outcome;
             }
         }
