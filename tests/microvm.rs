@@ -2039,3 +2039,90 @@ fn a_mounted_state_dir_is_used() {
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.d/"));
 }
+
+/// Shape 2 is a rule, not an example: however a kept VM's runner names a path in an orphan's
+/// directory (any hypervisor's arguments, its volume-creation lines, a firecracker config file, a
+/// relative `../` path, a symlink to the directory, doubled slashes), `--purge-state` refuses.
+#[test]
+fn any_way_a_kept_runner_names_an_orphans_path_blocks_its_purge() {
+    /// Case name, the runner's script, and a store file it names (path, text).
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let cases: [Case; 7] = [
+        (
+            "crosvm",
+            "exec crosvm run --block /var/lib/microvms/fw/var.img,o_direct=false,ro=false",
+            None,
+        ),
+        (
+            "kvmtool",
+            "exec lkvm run -d '/var/lib/microvms/fw/var.img' --9p '/var/lib/microvms/fw/j,journal'",
+            None,
+        ),
+        (
+            "autoCreate",
+            "if [ ! -e '/var/lib/microvms/fw/var.img' ]; then\n  touch '/var/lib/microvms/fw/var.img'\nfi\nexec qemu -drive file=/var/lib/microvms/firewall/x.img",
+            None,
+        ),
+        (
+            "firecracker",
+            "exec firecracker --config-file /nix/store/fc-firecracker-firewall.json",
+            Some((
+                "/nix/store/fc-firecracker-firewall.json",
+                r#"{"drives":[{"drive_id":"/var/lib/microvms/fw/var.img","path_on_host":"/var/lib/microvms/fw/var.img"}]}"#,
+            )),
+        ),
+        (
+            "relative",
+            "exec qemu -drive id=vda,format=raw,file=../fw/var.img,if=none",
+            None,
+        ),
+        (
+            "symlink",
+            "exec qemu -drive id=vda,format=raw,file=/srv/fw-data/var.img,if=none",
+            None,
+        ),
+        (
+            "slashes",
+            "exec qemu -drive id=vda,format=raw,file=/var/lib//microvms/./fw/var.img,if=none",
+            None,
+        ),
+    ];
+    for (case, script, extra) in cases {
+        let tree = Tree::new("kept-runner");
+        let runner = tree.runner("firewall", &[], &[]);
+        tree.file(
+            &format!("{runner}/bin/microvm-run"),
+            &format!("#!/bin/sh\n{script}\n"),
+        )
+        .link("/var/lib/microvms/firewall/current", &runner)
+        .link(
+            "/var/lib/microvms/firewall/toplevel",
+            "/nix/store/fw-nixos-system",
+        )
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk")
+        .link("/srv/fw-data", "/var/lib/microvms/fw");
+        if let Some((path, text)) = extra {
+            tree.file(path, text);
+        }
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "firewall",
+            "--purge-state",
+            "fw",
+        ]);
+        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the runner of the kept VM 'firewall' uses"),
+            "{case}: {problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
+    }
+}

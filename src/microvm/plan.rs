@@ -591,6 +591,7 @@ mod tests {
                 ..classify::Evidence::default()
             },
             runner_paths: vec![],
+            mentions: vec![],
         }
     }
 

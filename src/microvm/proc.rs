@@ -18,7 +18,7 @@ use super::rootfs::Root;
 const MAX_DEPTH: usize = 16;
 const MAX_ENTRIES: usize = 200_000;
 
-type Identity = (u64, u64);
+pub type Identity = (u64, u64);
 
 /// A process using a VM's directory, with the systemd unit it runs in (from its cgroup), if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +27,9 @@ pub struct User {
     pub unit: Option<String>,
 }
 
-/// The processes using each of `dirs` (VM name -> root-relative directory), by VM name; the error
-/// says why `/proc` cannot tell.
-pub fn users(
-    root: &Root,
-    dirs: &[(String, String)],
-) -> Result<BTreeMap<String, Vec<User>>, String> {
+/// The identity of each of `dirs` (VM name -> root-relative directory) and of everything below
+/// it, mapped to the index of its directory in `dirs`.
+pub fn identities(root: &Root, dirs: &[(String, String)]) -> HashMap<Identity, usize> {
     let mut owners: HashMap<Identity, usize> = HashMap::new();
     for (index, (_, path)) in dirs.iter().enumerate() {
         if let Ok(fd) = root.open_dir(path) {
@@ -40,11 +37,20 @@ pub fn users(
             collect(&fd, index, 0, &mut owners, &mut budget);
         }
     }
+    owners
+}
+
+/// The processes using each of `dirs` (whose [`identities`] are `owners`), by VM name; the error
+/// says why `/proc` cannot tell.
+pub fn users(
+    dirs: &[(String, String)],
+    owners: &HashMap<Identity, usize>,
+) -> Result<BTreeMap<String, Vec<User>>, String> {
     let mut found: BTreeMap<String, Vec<User>> = BTreeMap::new();
     if owners.is_empty() {
         return Ok(found);
     }
-    for (pid, index) in scan_proc(Path::new("/proc"), &owners)? {
+    for (pid, index) in scan_proc(Path::new("/proc"), owners)? {
         let unit = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|text| cgroup_unit(&text));

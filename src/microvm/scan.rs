@@ -4,7 +4,7 @@
 //! anywhere. What cannot be read is a problem; a *blocking* one means the inventory may be
 //! incomplete, and then `prune` must not act on it at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use rustix::fs::{AtFlags, FileType};
@@ -141,6 +141,10 @@ pub struct Vm {
     /// Paths its runners name (share sources, sockets, volumes), each with what it is.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runner_paths: Vec<(String, String)>,
+    /// Every path its runner's script (and the config files it names) mentions, whatever the
+    /// hypervisor's syntax: what a kept VM may use in another VM's directory.
+    #[serde(skip)]
+    pub mentions: Vec<String>,
 }
 
 impl Vm {
@@ -161,6 +165,7 @@ impl Vm {
                 ..Evidence::default()
             },
             runner_paths: Vec::new(),
+            mentions: Vec::new(),
         }
     }
 }
@@ -330,8 +335,16 @@ pub fn scan(root: &Root, host: &Host, state_dir: &str, live: Option<&LiveState>)
         vm.evidence.systemd_running = vm.running;
         vm.class = classify::classify(&vm.evidence);
     }
-    reference_evidence(&mut inv);
-    user_evidence(root, &mut inv);
+    // The directories that could be purged, with the identity of everything in them.
+    let dirs: Vec<(String, String)> = inv
+        .vms
+        .values()
+        .filter(|vm| matches!(vm.class, VmClass::Orphaned | VmClass::Imperative))
+        .filter_map(|vm| Some((vm.name.clone(), vm.state_dir.clone()?)))
+        .collect();
+    let owners = super::proc::identities(root, &dirs);
+    reference_evidence(root, &mut inv, &dirs, &owners);
+    user_evidence(&mut inv, &dirs, &owners);
     sync_item_classes(&mut inv);
     add_interface_items(&mut inv);
     finish_templates(&mut inv);
@@ -672,6 +685,10 @@ fn scan_vm_dir(
         .iter()
         .flat_map(|runner| runner_paths(root, runner))
         .collect();
+    let mentions = runners
+        .iter()
+        .flat_map(|runner| runner_mentions(root, runner))
+        .collect();
     let vm = inv
         .vms
         .entry(name.to_owned())
@@ -683,6 +700,7 @@ fn scan_vm_dir(
     vm.evidence.booted = booted;
     vm.evidence.has_state_dir = true;
     vm.runner_paths = runner_paths;
+    vm.mentions = mentions;
     vm.interfaces = if unknown_interfaces && runners.is_empty() {
         None
     } else {
@@ -1284,24 +1302,45 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
 }
 
 /// Which kept VMs' runners name a path in another VM's state directory (after a rename, the new
-/// VM's shares and volumes can live in the old name's directory).
-fn reference_evidence(inv: &mut Inventory) {
+/// VM's shares and volumes can live in the old name's directory). A path counts when it is in
+/// the directory by its spelling (after `.`, `..` and doubled slashes), or when it opens (symlinks
+/// followed inside the root) to a file or directory found in it.
+fn reference_evidence(
+    root: &Root,
+    inv: &mut Inventory,
+    dirs: &[(String, String)],
+    owners: &HashMap<super::proc::Identity, usize>,
+) {
     let mut found: Vec<(String, String, String)> = Vec::new();
-    for vm in inv.vms.values() {
-        let Some(dir) = &vm.state_dir else { continue };
-        for other in inv.vms.values() {
-            if other.name == vm.name || !other.class.kept() {
-                continue;
-            }
-            let base = other.state_dir.clone().unwrap_or_default();
-            for (what, path) in &other.runner_paths {
-                let full = absolute(&base, path);
-                if full == *dir || full.starts_with(&format!("{dir}/")) {
-                    found.push((
-                        vm.name.clone(),
-                        other.name.clone(),
-                        format!("{full} ({what})"),
-                    ));
+    for other in inv.vms.values().filter(|o| o.class.kept()) {
+        let base = other.state_dir.clone().unwrap_or_default();
+        let named = other
+            .runner_paths
+            .iter()
+            .map(|(what, path)| (what.as_str(), path))
+            .chain(
+                other
+                    .mentions
+                    .iter()
+                    .map(|path| ("named by its runner", path)),
+            );
+        for (what, path) in named {
+            let full = normalize(&absolute(&base, path));
+            let by_identity = root
+                .open_path(&full, rustix::fs::OFlags::PATH)
+                .ok()
+                .and_then(|fd| rustix::fs::fstat(&fd).ok())
+                .and_then(|stat| owners.get(&(stat.st_dev, stat.st_ino)))
+                .map(|index| dirs[*index].0.clone());
+            for vm in inv.vms.values().filter(|vm| vm.name != other.name) {
+                let Some(dir) = &vm.state_dir else { continue };
+                let inside = full == *dir || full.starts_with(&format!("{dir}/"));
+                if inside || by_identity.as_deref() == Some(vm.name.as_str()) {
+                    let line = format!("{full} ({what})");
+                    let entry = (vm.name.clone(), other.name.clone(), line);
+                    if !found.contains(&entry) {
+                        found.push(entry);
+                    }
                 }
             }
         }
@@ -1310,6 +1349,26 @@ fn reference_evidence(inv: &mut Inventory) {
         if let Some(vm) = inv.vms.get_mut(&vm) {
             vm.evidence.referenced_by.push((other, path));
         }
+    }
+}
+
+/// A path as the kernel would walk it, as far as its spelling tells: `.`, empty components and
+/// `..` (against what precedes it) are resolved; symlinks are not.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    if path.starts_with('/') {
+        format!("/{}", parts.join("/"))
+    } else {
+        parts.join("/")
     }
 }
 
@@ -1324,18 +1383,16 @@ pub fn absolute(base: &str, path: &str) -> String {
 
 /// Which processes use the state directories of VMs that could lose something; when `/proc`
 /// cannot tell, that is said for each of them.
-fn user_evidence(root: &Root, inv: &mut Inventory) {
-    let dirs: Vec<(String, String)> = inv
-        .vms
-        .values()
-        .filter(|vm| matches!(vm.class, VmClass::Orphaned | VmClass::Imperative))
-        .filter_map(|vm| Some((vm.name.clone(), vm.state_dir.clone()?)))
-        .collect();
+fn user_evidence(
+    inv: &mut Inventory,
+    dirs: &[(String, String)],
+    owners: &HashMap<super::proc::Identity, usize>,
+) {
     if dirs.is_empty() {
         return;
     }
-    let found = super::proc::users(root, &dirs);
-    for (name, _) in &dirs {
+    let found = super::proc::users(dirs, owners);
+    for (name, _) in dirs {
         let Some(vm) = inv.vms.get_mut(name) else {
             continue;
         };
@@ -1400,4 +1457,75 @@ fn runner_paths(root: &Root, runner: &str) -> Vec<(String, String)> {
     }
     paths.dedup();
     paths
+}
+
+/// Every path a runner's `bin/microvm-run` mentions (a word with a `/`, whatever the hypervisor's
+/// syntax: `--block IMG,o_direct=..`, `-d 'IMG'`, `--shared-dir SRC:TAG`, the volume-creation
+/// lines), and those in the JSON config files it names from the store (firecracker's
+/// `path_on_host`). Store, device and kernel paths are left out: they are never a VM's state.
+fn runner_mentions(root: &Root, runner: &str) -> Vec<String> {
+    let Ok(Some(script)) = root.read_text(&format!("{runner}/bin/microvm-run")) else {
+        return Vec::new();
+    };
+    let mut texts = vec![script];
+    let configs: Vec<String> = path_words(&texts[0])
+        .filter(|word| {
+            word.starts_with("/nix/store/")
+                && std::path::Path::new(word)
+                    .extension()
+                    .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+        })
+        .map(str::to_owned)
+        .collect();
+    for config in configs {
+        if let Ok(Some(text)) = root.read_text(&config) {
+            texts.push(text);
+        }
+    }
+    let mut found: Vec<String> = Vec::new();
+    for text in &texts {
+        for word in path_words(text) {
+            let skip = ["/nix/store/", "/dev/", "/proc/", "/sys/"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix));
+            if !skip && !found.iter().any(|f| f == word) {
+                found.push(word.to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// The words of a script or config file that contain a `/`, split at shell and argument syntax.
+fn path_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || "'\",=:;()`{}[]|&<>$".contains(c))
+        .filter(|word| word.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_by_their_spelling() {
+        assert_eq!(
+            normalize("/var/lib//microvms/./fw/x"),
+            "/var/lib/microvms/fw/x"
+        );
+        assert_eq!(
+            normalize("/var/lib/microvms/a/../fw/"),
+            "/var/lib/microvms/fw"
+        );
+        assert_eq!(normalize("/../.."), "/");
+    }
+
+    #[test]
+    fn path_words_of_every_hypervisors_syntax() {
+        let words: Vec<&str> = path_words(
+            "crosvm --block /a/b.img,o_direct=false -d '/c/d' --shared-dir /e:tag:type=p9 \
+             file=../f/g \"path_on_host\":\"/h/i\" x=y",
+        )
+        .collect();
+        assert_eq!(words, ["/a/b.img", "/c/d", "/e", "../f/g", "/h/i"]);
+    }
 }

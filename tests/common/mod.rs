@@ -29,7 +29,7 @@ pub fn skip(why: &str) {
     record_skip(why);
 }
 
-/// Says why a test returns early, and, where `tests/run` asks for it (PERSIST_PREP_SKIP_LOG),
+/// Says why a test returns early, and, where `tests/run` asks for it (`PERSIST_PREP_SKIP_LOG`),
 /// names the test in that file: cargo counts a test that returned as passed, and the suite's
 /// total must count it as skipped.
 fn record_skip(why: &str) {
