@@ -2126,3 +2126,64 @@ fn any_way_a_kept_runner_names_an_orphans_path_blocks_its_purge() {
         assert_eq!(tree.snapshot(), before, "{case}: something was changed");
     }
 }
+
+/// A VM that starts between the scan and the purge (`microvm -r old` while prune removes the
+/// GC roots): the executor looks at `/proc` again right before it deletes, and keeps the disks.
+#[test]
+fn a_vm_started_after_the_scan_is_not_purged() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip("strace is not installed (tests/setup installs it)");
+        return;
+    }
+    let tree = Tree::new("race");
+    let runner = tree.runner("old", &[], &[]);
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        );
+    // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile.
+    let prune = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat"])
+        .args(["-e", "inject=unlinkat:delay_enter=3000000:when=1"])
+        .arg(common::BIN)
+        .args([
+            "microvm",
+            "prune",
+            "--json",
+            "--declared",
+            "",
+            "--purge-state",
+            "old",
+        ])
+        .arg("--root")
+        .arg(&tree.root)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("PERSIST_PREP_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut vm = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    let out = prune.wait_with_output().unwrap();
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        tree.path("/var/lib/microvms/old/old.img").exists(),
+        "the disk of a running VM was deleted: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("uses it now"), "{stdout}");
+}

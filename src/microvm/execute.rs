@@ -114,7 +114,33 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
                 _ => removed(root.remove_tree(path)),
             }
         }
-        Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
+        Step::PurgeState { path, vm } => {
+            unused_now(root, vm, path)?;
+            removed(root.remove_tree(path))
+        }
+    }
+}
+
+/// The scan saw no process using the directory, but a VM may have started since (`microvm -r`,
+/// `systemctl start`, while an earlier step waited): look again right before deleting its disks.
+fn unused_now(root: &Root, vm: &str, path: &str) -> Result<(), String> {
+    let dirs = [(vm.to_owned(), path.to_owned())];
+    let owners = super::proc::identities(root, &dirs);
+    match super::proc::users(&dirs, &owners) {
+        Ok(users) if users.is_empty() => Ok(()),
+        Ok(users) => Err(format!(
+            "refused: process {} uses it now (the VM started after the scan?); nothing of it \
+             was deleted",
+            users
+                .values()
+                .flatten()
+                .map(|user| user.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(why) => Err(format!(
+            "refused: whether a process uses it now cannot be known: {why}"
+        )),
     }
 }
 
