@@ -2187,3 +2187,49 @@ fn a_vm_started_after_the_scan_is_not_purged() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("uses it now"), "{stdout}");
 }
+
+/// When a kept VM's runner cannot be read (its `current` was garbage-collected, or its state
+/// directory is a symbolic link that the scan does not follow), what it uses is unknown: it may be
+/// the orphan's directory (a renamed VM's data), so `--purge-state` refuses.
+#[test]
+fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
+    for case in ["broken current", "symlinked state dir"] {
+        let tree = Tree::new("unknown-runner");
+        let runner = runner_with_paths(
+            &tree,
+            "firewall",
+            "/var/lib/microvms/fw/var.img",
+            "/var/lib/microvms/fw/journal",
+        );
+        if case == "broken current" {
+            tree.link(
+                "/var/lib/microvms/firewall/current",
+                "/nix/store/gone-microvm-qemu-firewall",
+            );
+        } else {
+            tree.link("/srv/firewall/current", &runner)
+                .link("/var/lib/microvms/firewall", "/srv/firewall");
+        }
+        tree.link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk");
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "firewall",
+            "--purge-state",
+            "fw",
+        ]);
+        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the runner of the kept VM 'firewall' cannot be read"),
+            "{case}: {problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
+    }
+}

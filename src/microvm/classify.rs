@@ -46,6 +46,9 @@ pub struct Evidence {
     /// Kept VMs whose runners name a path in its state directory, with that path.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub referenced_by: Vec<(String, String)>,
+    /// Kept VMs whose runners cannot be read, with why: they may use a path in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references_unknown: Vec<(String, String)>,
 }
 
 impl Default for Evidence {
@@ -61,6 +64,7 @@ impl Default for Evidence {
             has_state_dir: false,
             users: Users::NotChecked,
             referenced_by: Vec::new(),
+            references_unknown: Vec::new(),
         }
     }
 }
@@ -111,6 +115,13 @@ pub fn purge_refusal(e: &Evidence) -> Option<String> {
     if let Some((vm, path)) = e.referenced_by.first() {
         return Some(format!(
             "the runner of the kept VM '{vm}' uses {path}, which is in it (a renamed VM's data?)"
+        ));
+    }
+    if let Some((vm, why)) = e.references_unknown.first() {
+        return Some(format!(
+            "the runner of the kept VM '{vm}' cannot be read ({why}), so whether it uses a path \
+             in it cannot be known (a renamed VM's data?). Fix: restore that VM's runner (switch, \
+             or `microvm -u {vm}`), then purge again"
         ));
     }
     match &e.users {
@@ -203,8 +214,15 @@ mod tests {
 
     #[test]
     fn only_what_nothing_uses_is_purged() {
-        let table: [(&str, Evidence, Option<&str>); 5] = [
+        let table: [(&str, Evidence, Option<&str>); 6] = [
             ("unused", with(|_| {}), None),
+            (
+                "a kept VM's runner unreadable",
+                with(|e| {
+                    e.references_unknown = vec![("firewall".into(), "gone".into())];
+                }),
+                Some("the runner of the kept VM 'firewall' cannot be read (gone)"),
+            ),
             (
                 "referenced by a kept VM",
                 with(|e| {

@@ -592,6 +592,7 @@ mod tests {
             },
             runner_paths: vec![],
             mentions: vec![],
+            runner_unread: None,
         }
     }
 

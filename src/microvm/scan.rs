@@ -145,6 +145,9 @@ pub struct Vm {
     /// hypervisor's syntax: what a kept VM may use in another VM's directory.
     #[serde(skip)]
     pub mentions: Vec<String>,
+    /// Why its runner (and so what it uses) cannot be read, when it cannot.
+    #[serde(skip)]
+    pub runner_unread: Option<String>,
 }
 
 impl Vm {
@@ -166,6 +169,7 @@ impl Vm {
             },
             runner_paths: Vec::new(),
             mentions: Vec::new(),
+            runner_unread: None,
         }
     }
 }
@@ -420,6 +424,7 @@ fn scan_state(
         }
         if let Some(why) = bad_name {
             invalid_state(inv, &name, &path, why);
+            unread_runner(root, inv, &name, &path);
             continue;
         }
         match entry.file_type {
@@ -436,6 +441,7 @@ fn scan_state(
                      does not follow it"
                 );
                 invalid_state(inv, &name, &path, why);
+                unread_runner(root, inv, &name, &path);
             }
             FileType::RegularFile => not_a_vm(inv, &name, &path, "a file"),
             other => {
@@ -445,6 +451,20 @@ fn scan_state(
         }
     }
     bare
+}
+
+/// A state entry the scan does not walk (a symbolic link, a name systemd must escape) may still
+/// hold a runner that a VM runs from: what that runner uses is then unknown.
+fn unread_runner(root: &Root, inv: &mut Inventory, name: &str, path: &str) {
+    let runner = ["current", "booted"]
+        .iter()
+        .find(|link| root.exists(&join(path, link)).unwrap_or(true));
+    if let (Some(link), Some(vm)) = (runner, inv.vms.get_mut(name)) {
+        vm.runner_unread = Some(format!(
+            "{} is not followed: {path} cannot be handled",
+            join(path, link)
+        ));
+    }
 }
 
 /// A file directly in the stateDir (a disk image that a VM's volume may name): no VM, and not
@@ -685,10 +705,16 @@ fn scan_vm_dir(
         .iter()
         .flat_map(|runner| runner_paths(root, runner))
         .collect();
-    let mentions = runners
-        .iter()
-        .flat_map(|runner| runner_mentions(root, runner))
-        .collect();
+    let mut mentions = Vec::new();
+    let mut runner_unread = runners
+        .is_empty()
+        .then(|| "no `current` or `booted` link of it resolves".to_owned());
+    for runner in &runners {
+        match runner_mentions(root, runner) {
+            Ok(found) => mentions.extend(found),
+            Err(why) => runner_unread = Some(why),
+        }
+    }
     let vm = inv
         .vms
         .entry(name.to_owned())
@@ -701,6 +727,7 @@ fn scan_vm_dir(
     vm.evidence.has_state_dir = true;
     vm.runner_paths = runner_paths;
     vm.mentions = mentions;
+    vm.runner_unread = runner_unread;
     vm.interfaces = if unknown_interfaces && runners.is_empty() {
         None
     } else {
@@ -1350,6 +1377,21 @@ fn reference_evidence(
             vm.evidence.referenced_by.push((other, path));
         }
     }
+    let unread: Vec<(String, String)> = inv
+        .vms
+        .values()
+        .filter(|o| o.class.kept() && o.state_dir.is_some())
+        .filter_map(|o| Some((o.name.clone(), o.runner_unread.clone()?)))
+        .collect();
+    for (name, _) in dirs {
+        if let Some(vm) = inv.vms.get_mut(name) {
+            vm.evidence.references_unknown = unread
+                .iter()
+                .filter(|(other, _)| other != name)
+                .cloned()
+                .collect();
+        }
+    }
 }
 
 /// A path as the kernel would walk it, as far as its spelling tells: `.`, empty components and
@@ -1463,9 +1505,12 @@ fn runner_paths(root: &Root, runner: &str) -> Vec<(String, String)> {
 /// syntax: `--block IMG,o_direct=..`, `-d 'IMG'`, `--shared-dir SRC:TAG`, the volume-creation
 /// lines), and those in the JSON config files it names from the store (firecracker's
 /// `path_on_host`). Store, device and kernel paths are left out: they are never a VM's state.
-fn runner_mentions(root: &Root, runner: &str) -> Vec<String> {
-    let Ok(Some(script)) = root.read_text(&format!("{runner}/bin/microvm-run")) else {
-        return Vec::new();
+fn runner_mentions(root: &Root, runner: &str) -> Result<Vec<String>, String> {
+    let path = format!("{runner}/bin/microvm-run");
+    let script = match root.read_text(&path) {
+        Ok(Some(script)) => script,
+        Ok(None) => return Err(format!("{path} does not exist")),
+        Err(e) => return Err(e.to_string()),
     };
     let mut texts = vec![script];
     let configs: Vec<String> = path_words(&texts[0])
@@ -1493,7 +1538,7 @@ fn runner_mentions(root: &Root, runner: &str) -> Vec<String> {
             }
         }
     }
-    found
+    Ok(found)
 }
 
 /// The words of a script or config file that contain a `/`, split at shell and argument syntax.
