@@ -2233,3 +2233,34 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
         assert_eq!(tree.snapshot(), before, "{case}: something was changed");
     }
 }
+
+/// Shape 4 through a symbolic link: the stateDir `/var/lib/microvms` links to `/srv/vms`, whose
+/// storage `/etc/fstab` mounts and is not mounted. The link's spelling names no mount point,
+/// what it leads to does: nothing is changed.
+#[test]
+fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
+    let tree = Tree::new("unmounted-link");
+    tree.dir("/srv/vms")
+        .link("/var/lib/microvms", "/srv/vms")
+        .file(
+            "/etc/fstab",
+            "/dev/disk/by-label/vms /srv/vms ext4 defaults 0 2\n",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/imp",
+            "/var/lib/microvms/imp/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@imp.service.d/override.conf",
+            "[Service]\n",
+        );
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", ""]);
+    assert_eq!(tree.snapshot(), before, "something was changed");
+    assert_eq!(run.code, 1, "{}", run.stderr());
+    let problems = run.problems().join("\n");
+    assert!(
+        problems.contains("the stateDir /var/lib/microvms is not mounted"),
+        "{problems}"
+    );
+}

@@ -172,6 +172,17 @@ impl Root {
         Ok(Some(text))
     }
 
+    /// Whether the directory `path` opens to is the one `ancestor` opens to, or below it (symlinks
+    /// followed inside the root). `false` when either cannot be opened.
+    pub fn is_within(&self, path: &str, ancestor: &str) -> bool {
+        let (Ok(dir), Ok(top)) = (self.open_dir(path), self.open_dir(ancestor)) else {
+            return false;
+        };
+        rustix::fs::fstat(&top).is_ok_and(|top| {
+            crate::fs::is_below(&dir, (top.st_dev, top.st_ino), self.id).unwrap_or(false)
+        })
+    }
+
     /// Why nothing below this directory may be changed, if that is so.
     pub fn managed(&self, dir: &OwnedFd) -> Option<&'static str> {
         match crate::fs::on_read_only_fs(dir) {

@@ -161,7 +161,12 @@ fn expected_mounts(root: &Root, state_dir: &str) -> Result<Vec<(String, String)>
                 continue;
             }
             let point = point.replace("\\040", " ");
-            if covers(&point) && !found.iter().any(|(p, _)| *p == point) {
+            // A stateDir reached through a symbolic link (`/var/lib/microvms -> /srv/vms`) is
+            // on the storage mounted where the link leads.
+            let behind_link = !point.trim_end_matches('/').is_empty()
+                && !covers(&point)
+                && root.is_within(state_dir, &point);
+            if (covers(&point) || behind_link) && !found.iter().any(|(p, _)| *p == point) {
                 found.push((
                     point.trim_end_matches('/').to_owned(),
                     "/etc/fstab".to_owned(),
