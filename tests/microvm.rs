@@ -1910,6 +1910,19 @@ fn host_mode_output_escapes_names_from_the_tree() {
     assert!(!run.stderr().contains("bad\nname"), "{}", run.stderr());
     assert!(run.out.stdout.contains("bad\\nname"), "{}", run.out.stdout);
     assert!(!run.out.stdout.contains("bad\nname"), "{}", run.out.stdout);
+    // So are the caller's own arguments in a usage error (an option or a command).
+    for args in [
+        ["status", "--bogus\x1b[31m\nforged"],
+        ["st\x1b[31m\nforged", "--declared"],
+    ] {
+        let run = tree.run(&args);
+        assert_eq!(run.code, 2, "{}", run.stderr());
+        assert!(
+            !run.stderr().contains('\x1b') && !run.stderr().contains("\nforged"),
+            "{:?}",
+            run.stderr()
+        );
+    }
     // The --root that cannot be opened is named escaped too.
     let run = run_with_root(
         Path::new("/nonexistent\nroot"),

@@ -67,7 +67,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
             return Exit::Ok;
         }
         Err(ArgsError::Usage(message)) => {
-            eprintln!("persist-prep microvm: {message}\n{}", args::USAGE);
+            // The message may quote an argument: shown escaped, like bytes from the tree.
+            eprintln!(
+                "persist-prep microvm: {}\n{}",
+                crate::escape::text(&message),
+                args::USAGE
+            );
             return Exit::Usage;
         }
     };
