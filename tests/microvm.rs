@@ -2277,3 +2277,34 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
         "{problems}"
     );
 }
+
+/// A GC root belongs to the VM whose directory its target is in, as the kernel walks it:
+/// `<stateDir>/old/../imp/booted` is `imp`'s, not the orphan `old`'s. Whose a target like that
+/// is, is not told by its first component: it is of unknown owner and kept.
+#[test]
+fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
+    let tree = Tree::new("gcroot-dotdot");
+    tree.imperative_vm("imp")
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/imp-extra",
+            "/var/lib/microvms/old/../imp/booted",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/old2",
+            "/var/lib/microvms//old/current",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone.iter().any(|line| line.contains("gcroots")),
+        "removed: {gone:?}"
+    );
+    assert_eq!(
+        run.class_of("/nix/var/nix/gcroots/microvm/imp-extra"),
+        "unknown"
+    );
+}

@@ -863,11 +863,13 @@ fn read_interfaces(
 
 /// Which VM a GC root belongs to: the one whose state directory its target is in
 /// (`<stateDir>/NAME/current`); `None` when the target is anywhere else.
+/// A target whose spelling could lead elsewhere (`old/../imp`, `//`) is nobody's known.
 fn gcroot_vm<'a>(state_root: &str, target: &'a str) -> Option<&'a str> {
     let rest = target.strip_prefix(state_root)?.strip_prefix('/')?;
-    rest.split('/')
-        .next()
-        .filter(|vm| !vm.is_empty() && *vm != "." && *vm != "..")
+    if rest.split('/').any(|part| matches!(part, "" | "." | "..")) {
+        return None;
+    }
+    rest.split('/').next()
 }
 
 /// A GC root symlink, read but not yet classified.
