@@ -2308,3 +2308,39 @@ fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
         "unknown"
     );
 }
+
+/// A kept VM whose runner link leads through an orphan's directory (`firewall/current ->
+/// ../fw/current`, after a rename) would lose its runner with that directory: not purged.
+#[test]
+fn a_kept_vms_runner_link_into_an_orphans_dir_blocks_its_purge() {
+    let tree = Tree::new("runner-through-orphan");
+    let runner = tree.runner("firewall", &[], &[]);
+    tree.link("/var/lib/microvms/fw/current", &runner)
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .link("/var/lib/microvms/firewall/current", "../fw/current")
+        .link(
+            "/var/lib/microvms/firewall/toplevel",
+            "/nix/store/fw-nixos-system",
+        );
+    let before = tree.snapshot();
+    let run = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "firewall",
+        "--purge-state",
+        "fw",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains("the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/current"),
+        "{:?}",
+        run.problems()
+    );
+    assert_eq!(tree.snapshot(), before);
+}

@@ -710,6 +710,10 @@ fn scan_vm_dir(
         .is_empty()
         .then(|| "no `current` or `booted` link of it resolves".to_owned());
     for runner in &runners {
+        // The link itself: a runner reached through another VM's directory needs it.
+        if let Ok(target) = root.readlink(runner) {
+            mentions.push(target);
+        }
         match runner_mentions(root, runner) {
             Ok(found) => mentions.extend(found),
             Err(why) => runner_unread = Some(why),
