@@ -2344,3 +2344,42 @@ fn a_kept_vms_runner_link_into_an_orphans_dir_blocks_its_purge() {
     );
     assert_eq!(tree.snapshot(), before);
 }
+
+/// A kept VM that shares a directory above an orphan's (the stateDir, `/var/lib`) sees the
+/// orphan's files in its guest: they are in use, and not purged.
+#[test]
+fn a_kept_vms_share_above_an_orphans_dir_blocks_its_purge() {
+    for source in ["/var/lib/microvms", "/var/lib/", "/srv/link-to-state"] {
+        let tree = Tree::new("share-above");
+        let runner = runner_with_paths(&tree, "web", "/srv/web.img", source);
+        tree.link("/var/lib/microvms/web/current", &runner)
+            .link(
+                "/var/lib/microvms/web/toplevel",
+                "/nix/store/web-nixos-system",
+            )
+            .link("/srv/link-to-state", "/var/lib/microvms/old")
+            .link(
+                "/var/lib/microvms/old/toplevel",
+                "/nix/store/old-nixos-system",
+            )
+            .file("/var/lib/microvms/old/old.img", "disk");
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+        ]);
+        assert_eq!(run.code, 2, "{source}: {}", run.stderr());
+        assert!(
+            run.problems()
+                .join("\n")
+                .contains("the runner of the kept VM 'web' uses"),
+            "{source}: {:?}",
+            run.problems()
+        );
+        assert_eq!(tree.snapshot(), before, "{source}");
+    }
+}

@@ -1365,11 +1365,18 @@ fn reference_evidence(
                 .and_then(|fd| rustix::fs::fstat(&fd).ok())
                 .and_then(|stat| owners.get(&(stat.st_dev, stat.st_ino)))
                 .map(|index| dirs[*index].0.clone());
+            let share = what.starts_with("share source");
             for vm in inv.vms.values().filter(|vm| vm.name != other.name) {
                 let Some(dir) = &vm.state_dir else { continue };
                 let inside = full == *dir || full.starts_with(&format!("{dir}/"));
-                if inside || by_identity.as_deref() == Some(vm.name.as_str()) {
-                    let line = format!("{full} ({what})");
+                // A shared directory above it shows its files in the kept VM's guest.
+                let above = share && !inside && root.is_within(dir, &full);
+                if inside || above || by_identity.as_deref() == Some(vm.name.as_str()) {
+                    let line = if above {
+                        format!("{full} ({what}, which contains {dir})")
+                    } else {
+                        format!("{full} ({what})")
+                    };
                     let entry = (vm.name.clone(), other.name.clone(), line);
                     if !found.contains(&entry) {
                         found.push(entry);
