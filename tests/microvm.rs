@@ -2383,3 +2383,33 @@ fn a_kept_vms_share_above_an_orphans_dir_blocks_its_purge() {
         assert_eq!(tree.snapshot(), before, "{source}");
     }
 }
+
+/// An orphan that is kept whole (it runs outside systemd) still uses the shared templates: they
+/// are not removed as if no VM were left.
+#[test]
+fn an_orphan_kept_whole_keeps_the_templates() {
+    let tree = Tree::new("kept-whole-templates");
+    let runner = tree.runner("old", &[], &[]);
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .file("/run/systemd/system/microvm@.service", "[Service]\n")
+        .file(
+            "/run/systemd/system/microvm-tap-interfaces@.service",
+            "[Service]\n",
+        );
+    let mut child = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+}

@@ -516,9 +516,17 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
             going.insert(&vm.name);
         }
     }
+    // An orphan that is not going was kept whole (it runs, outside systemd or unstopped, or
+    // that cannot be ruled out): it still needs the templates.
+    let kept_orphans = inv
+        .vms
+        .values()
+        .filter(|vm| vm.class == VmClass::Orphaned && !going.contains(vm.name.as_str()))
+        .map(|vm| vm.name.clone());
     let remaining_users: Vec<String> = inv
         .template_users()
         .into_iter()
+        .chain(kept_orphans)
         .filter(|name| !going.contains(name.as_str()))
         .collect();
     for item in &inv.items {
