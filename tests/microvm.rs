@@ -2413,3 +2413,51 @@ fn an_orphan_kept_whole_keeps_the_templates() {
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.is_empty(), "removed: {gone:?}");
 }
+
+/// Offline (`--root` is not the running system), systemd was not asked, so a process in the
+/// VM's own unit is not known to be covered by a stop: it uses the directory like any other.
+/// (A stateDir on storage that the running host also mounts, with the VM running there.)
+#[test]
+fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let base = if unified.join("cgroup.procs").exists() {
+        unified.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let group = base.join(format!("persist-prep-test-{}", std::process::id()));
+    let unit = group.join("microvm@old.service");
+    if fs::create_dir_all(&unit).is_err() {
+        skip("cannot create a cgroup (needs root and a writable cgroup2 hierarchy)");
+        return;
+    }
+    let tree = Tree::new("own-unit-offline");
+    tree.link(
+        "/var/lib/microvms/old/toplevel",
+        "/nix/store/old-nixos-system",
+    )
+    .file("/var/lib/microvms/old/old.img", "disk");
+    let mut child = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    let moved = fs::write(unit.join("cgroup.procs"), child.id().to_string());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", "old"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = fs::remove_dir(&unit);
+    let _ = fs::remove_dir(&group);
+    moved.expect("moving the process into the cgroup");
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains(&format!("process {} uses it", child.id())),
+        "{:?}",
+        run.problems()
+    );
+    assert_eq!(tree.snapshot(), before);
+}

@@ -1447,19 +1447,20 @@ fn user_evidence(
         return;
     }
     let found = super::proc::users(dirs, owners);
+    let live = inv.live;
     for (name, _) in dirs {
         let Some(vm) = inv.vms.get_mut(name) else {
             continue;
         };
         vm.evidence.users = match &found {
             // A process in one of the VM's own units ends when that unit stops: systemd's
-            // view of it (running, --stop) covers it.
+            // view of it (running, --stop) covers it, when systemd was asked.
             Ok(users) => Users::Pids(
                 users
                     .get(name)
                     .into_iter()
                     .flatten()
-                    .filter(|user| !own_unit(user.unit.as_deref(), name))
+                    .filter(|user| !(live && own_unit(user.unit.as_deref(), name)))
                     .map(|user| user.pid)
                     .collect(),
             ),
