@@ -2461,3 +2461,49 @@ fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
     );
     assert_eq!(tree.snapshot(), before);
 }
+
+/// The installed template names the stateDir in more places than its condition
+/// (`WorkingDirectory=`, `ExecStart=`): a microvm.nix that spells its condition otherwise (or a
+/// template replaced by hand) still tells. Read from the condition alone, `/srv/microvms` was
+/// missed, the default was used, and the imperative VM there looked like an orphan.
+#[test]
+fn the_state_dir_comes_from_any_path_of_the_template() {
+    let tree = Tree::new("template-no-condition");
+    let runner = tree.runner("imp", &[], &[]);
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
+         ExecStart=/srv/microvms/%i/current/bin/microvm-run\n",
+    )
+    .link("/srv/microvms/imp/current", &runner)
+    .file("/srv/microvms/imp/flake", "git+file:///etc/nixos")
+    .link(
+        "/nix/var/nix/gcroots/microvm/imp",
+        "/srv/microvms/imp/current",
+    )
+    .file(
+        "/run/systemd/system/microvm@imp.service.d/override.conf",
+        "[Service]\n",
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    assert_eq!(run.json["stateDir"], "/srv/microvms");
+    // Two different stateDirs in one template: which one runs is unknown.
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
+         ExecStart=/var/lib/microvms/%i/current/bin/microvm-run\n",
+    );
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", ""]);
+    assert_eq!(tree.snapshot(), before);
+    assert_eq!(run.code, 1, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains("names several stateDirs"),
+        "{:?}",
+        run.problems()
+    );
+}
