@@ -92,6 +92,17 @@ pub fn runs_outside_systemd(e: &Evidence) -> Option<&[u32]> {
     }
 }
 
+/// Whether a process using the VM's directory ends when the VM's running units stop, so that
+/// systemd's view (running, `--stop`) covers it: it runs in one of them. `active` is `None` when
+/// systemd was not asked (offline); a leftover process of a unit that is no longer active (a
+/// failed unit with `KillMode=process`) is not covered either.
+pub fn covered_by_stop(unit: Option<&str>, active: Option<&[String]>) -> bool {
+    match (unit, active) {
+        (Some(unit), Some(active)) => active.iter().any(|a| a == unit),
+        _ => false,
+    }
+}
+
 /// Why an orphan that systemd runs must not be stopped by persist-prep, if it must not.
 /// `microvm@NAME` runs `<stateDir>/NAME/current/bin/microvm-run`: without that directory in the
 /// known stateDir the running unit is not shown to be this orphan's.
@@ -251,6 +262,37 @@ mod tests {
                     "{case}: {got:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn only_a_process_of_a_running_unit_is_covered_by_its_stop() {
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a [String]>, bool);
+        let active = ["microvm@old.service".to_owned()];
+        let table: [Case; 5] = [
+            (
+                "running unit",
+                Some("microvm@old.service"),
+                Some(&active),
+                true,
+            ),
+            ("offline", Some("microvm@old.service"), None, false),
+            (
+                "leftover of a failed unit",
+                Some("microvm@old.service"),
+                Some(&[]),
+                false,
+            ),
+            (
+                "another unit",
+                Some("session-3.scope"),
+                Some(&active),
+                false,
+            ),
+            ("no unit", None, Some(&active), false),
+        ];
+        for (case, unit, active, covered) in table {
+            assert_eq!(covered_by_stop(unit, active), covered, "{case}");
         }
     }
 

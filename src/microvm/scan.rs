@@ -1452,27 +1452,20 @@ fn user_evidence(
         let Some(vm) = inv.vms.get_mut(name) else {
             continue;
         };
+        let active = live.then_some(vm.active_units.as_slice());
         vm.evidence.users = match &found {
-            // A process in one of the VM's own units ends when that unit stops: systemd's
-            // view of it (running, --stop) covers it, when systemd was asked.
             Ok(users) => Users::Pids(
                 users
                     .get(name)
                     .into_iter()
                     .flatten()
-                    .filter(|user| !(live && own_unit(user.unit.as_deref(), name)))
+                    .filter(|user| !classify::covered_by_stop(user.unit.as_deref(), active))
                     .map(|user| user.pid)
                     .collect(),
             ),
             Err(why) => Users::Unknown(why.clone()),
         };
     }
-}
-
-/// Whether a unit (from a process's cgroup) is one of the VM's own.
-fn own_unit(unit: Option<&str>, vm: &str) -> bool {
-    unit.and_then(names::parse_unit)
-        .is_some_and(|parsed| parsed == UnitName::Instance { vm: vm.to_owned() })
 }
 
 /// The paths a runner names: virtiofs share sources and sockets (`share/microvm/virtiofs/TAG/`)
