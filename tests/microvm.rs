@@ -2160,20 +2160,13 @@ fn a_vm_started_after_the_scan_is_not_purged() {
             "/nix/var/nix/gcroots/microvm/old",
             "/var/lib/microvms/old/current",
         );
-    // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile.
-    let prune = Command::new("strace")
+    // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile,
+    // once the plan (made from the scan) has been printed.
+    let mut prune = Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat"])
         .args(["-e", "inject=unlinkat:delay_enter=3000000:when=1"])
         .arg(common::BIN)
-        .args([
-            "microvm",
-            "prune",
-            "--json",
-            "--declared",
-            "",
-            "--purge-state",
-            "old",
-        ])
+        .args(["microvm", "prune", "--declared", "", "--purge-state", "old"])
         .arg("--root")
         .arg(&tree.root)
         .env_remove("JOURNAL_STREAM")
@@ -2182,23 +2175,30 @@ fn a_vm_started_after_the_scan_is_not_purged() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut stdout = std::io::BufReader::new(prune.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("purge-state") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "prune ended before its plan: {printed}");
+        printed.push_str(&line);
+    }
     let mut vm = Command::new("sh")
         .args(["-c", "exec 3<old.img; exec sleep 60"])
         .current_dir(tree.path("/var/lib/microvms/old"))
         .spawn()
         .unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
     let out = prune.wait_with_output().unwrap();
     vm.kill().unwrap();
     vm.wait().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         tree.path("/var/lib/microvms/old/old.img").exists(),
         "the disk of a running VM was deleted: {stderr}"
     );
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("uses it now"), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{printed}\n{stderr}");
+    assert!(printed.contains("uses it now"), "{printed}");
 }
 
 /// When a kept VM's runner cannot be read (its `current` was garbage-collected, or its state
