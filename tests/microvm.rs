@@ -1105,6 +1105,25 @@ fn command_line_and_manifest_errors() {
     .unwrap();
     let manifest = manifest.display().to_string();
     assert_eq!(tree.run(&["status", "--manifest", &manifest]).code, 3);
+    // A FIFO given as the manifest is refused at once, not read (which would hang).
+    let fifo = tree.root.parent().unwrap().join("fifo.json");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .args(["microvm", "status", "--manifest"])
+        .arg(&fifo)
+        .arg("--root")
+        .arg(&tree.root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     fs::write(
         &manifest,
         r#"{"version":1,"vms":[{"name":"web","autostart":true},{"name":"db","autostart":false}]}"#,
