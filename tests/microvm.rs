@@ -2264,6 +2264,18 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
         );
         assert_eq!(tree.snapshot(), before, "{case}: something was changed");
     }
+    // A declared VM whose state "directory" links to a file holds no runner: no unknown there.
+    let tree = Tree::new("runner-in-a-file");
+    tree.file("/srv/not-a-dir", "x")
+        .link("/var/lib/microvms/web", "/srv/not-a-dir")
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk");
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web", "--purge-state", "fw"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
 }
 
 /// Shape 4 through a symbolic link: the stateDir `/var/lib/microvms` links to `/srv/vms`, whose

@@ -458,7 +458,11 @@ fn scan_state(
 fn unread_runner(root: &Root, inv: &mut Inventory, name: &str, path: &str) {
     let runner = ["current", "booted"]
         .iter()
-        .find(|link| root.exists(&join(path, link)).unwrap_or(true));
+        .find(|link| match root.exists(&join(path, link)) {
+            Ok(found) => found,
+            // A link to a file holds no runner; anything else cannot be told.
+            Err(e) => e.errno != Errno::NOTDIR,
+        });
     if let (Some(link), Some(vm)) = (runner, inv.vms.get_mut(name)) {
         vm.runner_unread = Some(format!(
             "{} is not followed: {path} cannot be handled",
