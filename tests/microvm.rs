@@ -2266,14 +2266,20 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
     }
     // A declared VM whose state "directory" links to a file holds no runner: no unknown there.
     let tree = Tree::new("runner-in-a-file");
+    // Nor does one whose runner has no bin/microvm-run (it cannot run: the template's condition).
     tree.file("/srv/not-a-dir", "x")
         .link("/var/lib/microvms/web", "/srv/not-a-dir")
+        .file(
+            "/nix/store/db-runner/share/microvm/tap-interfaces",
+            "vm-db0\n",
+        )
+        .link("/var/lib/microvms/db/current", "/nix/store/db-runner")
         .link(
             "/var/lib/microvms/fw/toplevel",
             "/nix/store/old-fw-nixos-system",
         )
         .file("/var/lib/microvms/fw/var.img", "disk");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web", "--purge-state", "fw"]);
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web,db", "--purge-state", "fw"]);
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
 }
