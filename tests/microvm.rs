@@ -2274,12 +2274,17 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
             "vm-db0\n",
         )
         .link("/var/lib/microvms/db/current", "/nix/store/db-runner")
+        // Nor one with no runner link at all (not installed yet, or made by hand).
+        .file("/var/lib/microvms/plain/plain.img", "disk")
         .link(
             "/var/lib/microvms/fw/toplevel",
             "/nix/store/old-fw-nixos-system",
         )
         .file("/var/lib/microvms/fw/var.img", "disk");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web,db", "--purge-state", "fw"]);
+    let (run, gone) = prune_as_planned(
+        &tree,
+        &["--declared", "web,db,plain", "--purge-state", "fw"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
 }

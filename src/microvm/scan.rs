@@ -703,6 +703,9 @@ fn scan_vm_dir(
         .map(|(entry, _)| (*entry).to_owned())
         .collect();
     let (runners, mut unknown_interfaces) = runner_links(root, inv, name, path, &mut details);
+    // A runner link that cannot be followed (garbage-collected, a loop) hides what it uses;
+    // with no runner link at all, the VM cannot run (the template's condition).
+    let broken_link = unknown_interfaces;
     let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
     unknown_interfaces |= unreadable_list;
     let runner_paths = runners
@@ -710,9 +713,8 @@ fn scan_vm_dir(
         .flat_map(|runner| runner_paths(root, runner))
         .collect();
     let mut mentions = Vec::new();
-    let mut runner_unread = runners
-        .is_empty()
-        .then(|| "no `current` or `booted` link of it resolves".to_owned());
+    let mut runner_unread =
+        broken_link.then(|| "a `current` or `booted` link of it cannot be followed".to_owned());
     for runner in &runners {
         // The link itself: a runner reached through another VM's directory needs it.
         if let Ok(target) = root.readlink(runner) {
