@@ -2322,7 +2322,8 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
 
 /// A GC root belongs to the VM whose directory its target is in, as the kernel walks it:
 /// `<stateDir>/old/../imp/booted` is `imp`'s, not the orphan `old`'s. Whose a target like that
-/// is, is not told by its first component: it is of unknown owner and kept.
+/// is, is not told by its first component: it is of unknown owner and kept. A doubled slash
+/// changes nothing: `<stateDir>//old/current` is `old`'s.
 #[test]
 fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
     let tree = Tree::new("gcroot-dotdot");
@@ -2341,8 +2342,13 @@ fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
         );
     let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(run.code, 0, "{}", run.stderr());
-    assert!(
-        !gone.iter().any(|line| line.contains("gcroots")),
+    let gcroots: Vec<_> = gone
+        .iter()
+        .filter(|line| line.contains("gcroots"))
+        .collect();
+    assert_eq!(
+        gcroots,
+        ["/root/nix/var/nix/gcroots/microvm/old2 -> /var/lib/microvms//old/current"],
         "removed: {gone:?}"
     );
     assert_eq!(
@@ -2548,4 +2554,31 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
         "{:?}",
         run.problems()
     );
+}
+
+/// `microvm.stateDir = "/srv/vms/"`: the `microvm` command spells its GC roots
+/// `/srv/vms//imp/current`. They are still `imp`'s, so `imp` is imperative, not an orphan.
+#[test]
+fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
+    let tree = Tree::new("trailing-slash");
+    let runner = tree.runner("imp", &[], &[]);
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Unit]\nConditionPathExists=/srv/vms//%i/current/bin/microvm-run\n",
+    )
+    .link("/srv/vms/imp/current", &runner)
+    .file("/srv/vms/imp/flake", "git+file:///etc/nixos")
+    .link("/nix/var/nix/gcroots/microvm/imp", "/srv/vms//imp/current")
+    .link(
+        "/nix/var/nix/gcroots/microvm/booted-imp",
+        "/srv/vms//imp/booted",
+    )
+    .file(
+        "/run/systemd/system/microvm@imp.service.d/override.conf",
+        "[Service]\n",
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    assert_eq!(vm_json(&run, "imp")["class"], "imperative");
 }

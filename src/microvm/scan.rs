@@ -873,13 +873,14 @@ fn read_interfaces(
 
 /// Which VM a GC root belongs to: the one whose state directory its target is in
 /// (`<stateDir>/NAME/current`); `None` when the target is anywhere else.
-/// A target whose spelling could lead elsewhere (`old/../imp`, `//`) is nobody's known.
+/// Doubled slashes are the same path (`microvm -c` under `stateDir = "/srv/vms/"` makes
+/// `/srv/vms//NAME/current`); a target with `.` or `..` could lead elsewhere and is nobody's known.
 fn gcroot_vm<'a>(state_root: &str, target: &'a str) -> Option<&'a str> {
-    let rest = target.strip_prefix(state_root)?.strip_prefix('/')?;
-    if rest.split('/').any(|part| matches!(part, "" | "." | "..")) {
+    let rest = target.strip_prefix(state_root)?;
+    if !rest.starts_with('/') || rest.split('/').any(|part| matches!(part, "." | "..")) {
         return None;
     }
-    rest.split('/').next()
+    rest.split('/').find(|part| !part.is_empty())
 }
 
 /// A GC root symlink, read but not yet classified.
