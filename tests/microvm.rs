@@ -2582,3 +2582,27 @@ fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
     assert!(gone.is_empty(), "removed: {gone:?}");
     assert_eq!(vm_json(&run, "imp")["class"], "imperative");
 }
+
+/// `systemctl mask microvms.target` (or `microvm@.service`) links it to `/dev/null`: a masked
+/// unit is no unreadable evidence. The masked target wants nothing (the configuration's own
+/// target is still read), and a masked template leaves the stateDir to the one below it.
+#[test]
+fn masked_units_are_not_unreadable() {
+    let tree = nixos_host();
+    target_wants(&tree, &["web"]);
+    tree.dir("/dev");
+    let status = Command::new("mknod")
+        .arg(tree.path("/dev/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    if !status.success() {
+        skip("cannot make a device node (needs root)");
+        return;
+    }
+    tree.link("/run/systemd/system/microvms.target", "/dev/null")
+        .link("/etc/systemd/system.control/microvm@.service", "/dev/null");
+    let run = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(run.code, 0, "{:?}", run.problems());
+    assert_eq!(run.json["stateDir"], "/var/lib/microvms");
+}

@@ -133,6 +133,12 @@ impl Root {
         Ok(target.to_string_lossy().into_owned())
     }
 
+    /// Whether a unit file is masked (`systemctl mask`: a symbolic link to `/dev/null`).
+    pub fn masked(&self, path: &str) -> bool {
+        self.readlink(path)
+            .is_ok_and(|target| target == "/dev/null")
+    }
+
     /// Whether the path exists after following symlinks (inside the root).
     pub fn exists(&self, path: &str) -> Result<bool, FsError> {
         match self.open_path(path, OFlags::PATH) {

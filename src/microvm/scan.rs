@@ -1278,6 +1278,10 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
         .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
     {
         let path = join(dir, names::TARGET);
+        // A masked target (`systemctl mask`) wants nothing; the configuration's is still read.
+        if root.masked(&path) {
+            continue;
+        }
         let text = match root.read_text(&path) {
             Ok(Some(text)) => text,
             Ok(None) => continue,

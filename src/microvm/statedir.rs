@@ -34,6 +34,10 @@ pub enum Template {
 pub fn read_template(root: &Root) -> Template {
     for dir in UNIT_DIRS.iter().chain(VENDOR_UNIT_DIRS.iter()) {
         let path = join(dir, "microvm@.service");
+        // Masked, it runs nothing and names nothing: the next one down still tells.
+        if root.masked(&path) {
+            continue;
+        }
         match root.lstat(&path) {
             Ok(None) => continue,
             Ok(Some(_)) => {}
