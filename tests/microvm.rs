@@ -2606,3 +2606,36 @@ fn masked_units_are_not_unreadable() {
     assert_eq!(run.code, 0, "{:?}", run.problems());
     assert_eq!(run.json["stateDir"], "/var/lib/microvms");
 }
+
+/// A mask (`systemctl mask`, a link to `/dev/null`) is the admin's decision, not a leftover:
+/// unmasking `microvms.target` would start the autostarted VMs again at the next boot, and
+/// unmasking an orphan's unit would let its remaining state be started. Masks are kept.
+#[test]
+fn masks_are_never_removed() {
+    let tree = Tree::new("masks");
+    tree.link("/etc/systemd/system/microvms.target", "/dev/null")
+        .link("/etc/systemd/system/microvm@.service", "/dev/null")
+        .link("/etc/systemd/system/microvm@old.service", "/dev/null")
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(
+        gone,
+        [
+            "/root/run/systemd/system/microvm@old.service.d/",
+            "/root/run/systemd/system/microvm@old.service.d/override.conf (10 bytes)"
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect(),
+        "{:?}",
+        run.plan()
+    );
+}

@@ -552,7 +552,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
             ));
             continue;
         }
-        if item.class == Class::Invalid {
+        if matches!(item.class, Class::Invalid | Class::Masked) {
             continue;
         }
         if let Some(step) = removal(item) {

@@ -60,6 +60,8 @@ pub enum Class {
     NotAVm,
     /// Not in `microvm.vms`, but the active `microvms.target` wants it; kept.
     Autostarted,
+    /// A unit masked by the admin (`systemctl mask`, a link to `/dev/null`): a decision, kept.
+    Masked,
 }
 
 /// One thing found on the host.
@@ -1136,6 +1138,14 @@ fn unit_item(
             class = Class::StoreManaged;
         }
         detail.push(format!("{reason}; {STORE_FIX}"));
+    } else if detail.first().is_some_and(|d| d == "-> /dev/null") && kind != Kind::EnablementLink {
+        // Unmasking microvms.target would start the autostarted VMs again at the next boot.
+        class = Class::Masked;
+        detail.push(
+            "masked (`systemctl mask`): the admin's decision, kept; `systemctl unmask` it to let \
+             prune remove it"
+                .to_owned(),
+        );
     }
     inv.items.push(Item {
         kind,
