@@ -167,7 +167,9 @@ pub fn interface_conflict(inv: &Inventory, vm: &Vm) -> Option<String> {
     let mut shared = Vec::new();
     let mut unknown = Vec::new();
     for other in inv.vms.values().filter(|o| o.name != vm.name) {
-        if !other.class.kept() {
+        // An orphan that runs outside systemd stays running whatever this run does.
+        let stays = other.class.kept() || classify::runs_outside_systemd(&other.evidence).is_some();
+        if !stays {
             continue;
         }
         match (&vm.interfaces, &other.interfaces) {
@@ -952,6 +954,45 @@ mod tests {
             )
             .steps
             .is_empty()
+        );
+    }
+
+    /// After a rename, an orphan run outside systemd (`microvm -r fw2`) lists the tap of the
+    /// running orphan `old`: stopping `old` runs its tap-down, which deletes the tap under `fw2`,
+    /// which nothing stops. It is kept whole, so `old` is not stopped.
+    #[test]
+    fn a_tap_shared_with_an_orphan_kept_whole_stops_nothing() {
+        let mut inv = live_inventory();
+        let mut fw2 = vm("fw2", VmClass::Orphaned);
+        fw2.evidence.users = classify::Users::Pids(vec![42]);
+        fw2.interfaces = Some(vec![Interface {
+            name: "vm-old0".into(),
+            kind: "tap",
+            present: Some(true),
+        }]);
+        inv.vms.insert("fw2".into(), fw2);
+        let plan = build(
+            &inv,
+            &Options {
+                stop: true,
+                purge_state: &[],
+                purge_possibly_running: false,
+            },
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Stop { .. } | Step::DeleteInterface { .. })),
+            "{:?}",
+            plan.steps
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message.contains("vm-old0 (also 'fw2')")),
+            "{:?}",
+            plan.notes
         );
     }
 }
