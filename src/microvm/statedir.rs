@@ -104,7 +104,11 @@ pub fn template_state_dirs(text: &str) -> std::collections::BTreeSet<String> {
             .split(|c: char| c.is_whitespace() || c == '\'' || c == '"')
             .map(|word| word.trim_start_matches(['!', '@', '+', '-', ':', '|']));
         for word in words {
-            if let Some((dir, _)) = word.split_once("/%i") {
+            // `%i` as a whole component (`<dir>/%i` or `<dir>/%i/...`), not `/run/%i.sock`.
+            let Some((dir, rest)) = word.split_once("/%i") else {
+                continue;
+            };
+            if rest.is_empty() || rest.starts_with('/') {
                 if let Ok(dir) = super::manifest::check_state_dir(dir) {
                     dirs.insert(dir);
                 }
@@ -260,6 +264,7 @@ mod tests {
         let dirs: Vec<String> = template_state_dirs(text).into_iter().collect();
         assert_eq!(dirs, ["/srv/my-vms"]);
         assert!(template_state_dirs("[Service]\nExecStart=/bin/true\n").is_empty());
+        assert!(template_state_dirs("[Service]\nExecStart=/bin/x --api /run/%i.sock\n").is_empty());
     }
 
     #[test]
