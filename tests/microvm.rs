@@ -2639,3 +2639,28 @@ fn masks_are_never_removed() {
         run.plan()
     );
 }
+
+/// `systemctl edit microvms.target` (a drop-in with `Wants=microvm@ci.service`) makes the active
+/// target want `ci` as much as its unit file does: `ci` is autostarted and kept whole.
+#[test]
+fn a_target_drop_in_that_wants_a_vm_keeps_it() {
+    let tree = nixos_host();
+    let runner = tree.runner("ci", &["vm-ci0"], &[]);
+    tree.link("/var/lib/microvms/ci/current", &runner)
+        .file("/var/lib/microvms/ci/ci.img", "disk")
+        .file(
+            "/run/systemd/system/microvm@ci.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvms.target.d/override.conf",
+            "[Unit]\nWants=microvm@ci.service\n",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone.iter().any(|line| line.contains("ci")),
+        "removed: {gone:?}"
+    );
+    assert_eq!(vm_json(&run, "ci")["evidence"]["autostarted"], true);
+}

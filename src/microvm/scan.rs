@@ -1283,11 +1283,7 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
         .iter()
         .map(|name| (name.clone(), "the host manifest's autostart".to_owned()))
         .collect();
-    for dir in UNIT_DIRS
-        .iter()
-        .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
-    {
-        let path = join(dir, names::TARGET);
+    for path in target_files(root) {
         // A masked target (`systemctl mask`) wants nothing; the configuration's is still read.
         if root.masked(&path) {
             continue;
@@ -1353,6 +1349,32 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
             ));
         }
     }
+}
+
+/// `microvms.target` in every unit directory, and its drop-ins (`systemctl edit microvms.target`
+/// adds `Wants=` there): each says which VMs the active target wants.
+fn target_files(root: &Root) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in UNIT_DIRS
+        .iter()
+        .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
+    {
+        files.push(join(dir, names::TARGET));
+        let drop_ins = join(dir, &format!("{}.d", names::TARGET));
+        if let Ok(fd) = root.open_dir(&drop_ins) {
+            let mut confs: Vec<String> = rootfs::list_fd(&fd, &drop_ins)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|entry| entry.name.ok())
+                // systemd reads `*.conf` only, case and all.
+                .filter(|name| std::path::Path::new(name).extension() == Some("conf".as_ref()))
+                .map(|name| join(&drop_ins, &name))
+                .collect();
+            confs.sort();
+            files.extend(confs);
+        }
+    }
+    files
 }
 
 /// Which kept VMs' runners name a path in another VM's state directory (after a rename, the new
