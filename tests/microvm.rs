@@ -2664,3 +2664,66 @@ fn a_target_drop_in_that_wants_a_vm_keeps_it() {
     );
     assert_eq!(vm_json(&run, "ci")["evidence"]["autostarted"], true);
 }
+
+/// A process whose working directory is on a hung NFS or FUSE mount must not hang the scan of
+/// `/proc` (the module's unit runs prune after every switch): identities are taken from the
+/// kernel's cache, without asking the file system.
+#[test]
+fn a_process_on_a_hung_mount_does_not_hang_the_scan() {
+    let tree = Tree::new("hung-mount");
+    tree.link(
+        "/var/lib/microvms/old/toplevel",
+        "/nix/store/old-nixos-system",
+    );
+    let base = tree.root.parent().unwrap().to_path_buf();
+    let (mountpoint, flag) = (base.join("fuse"), base.join("hang"));
+    fs::create_dir(&mountpoint).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hung_fuse.py");
+    let mut server = Command::new("python3")
+        .arg(&script)
+        .arg(&mountpoint)
+        .arg(&flag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    if line.trim() != "mounted" {
+        let _ = server.kill();
+        let _ = server.wait();
+        skip(&format!("cannot mount a FUSE file system: {}", line.trim()));
+        return;
+    }
+    let mut user = Command::new("sleep")
+        .arg("60")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    fs::write(&flag, "").unwrap();
+    // A process stuck on the hung mount cannot even be killed; ending the server releases it.
+    let mut status = Command::new(BIN)
+        .args(["microvm", "status", "--json", "--declared", ""])
+        .arg("--root")
+        .arg(&tree.root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut finished = None;
+    for _ in 0..200 {
+        finished = status.try_wait().unwrap();
+        if finished.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let code = status.wait().unwrap().code();
+    user.kill().unwrap();
+    user.wait().unwrap();
+    let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+    assert!(finished.is_some(), "status hung on the mount");
+    assert_eq!(code, Some(0));
+}

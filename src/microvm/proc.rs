@@ -6,7 +6,6 @@
 //! through another mount namespace still matches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use rustix::fd::OwnedFd;
@@ -137,7 +136,7 @@ fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32,
             continue;
         }
         let base = entry.path();
-        let identity = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+        let identity = |path: &Path| cached_identity(path);
         let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
         let mut seen = Vec::new();
         match identity(&base.join("cwd")) {
@@ -159,6 +158,21 @@ fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32,
         }
     }
     Ok(found)
+}
+
+/// The device and inode that `path` leads to, from the kernel's cache: a process whose working
+/// directory or open file is on a hung NFS or FUSE mount would otherwise hang the scan, and a
+/// request that its server has read cannot even be killed.
+fn cached_identity(path: &Path) -> std::io::Result<Identity> {
+    use rustix::fs::{CWD, StatxFlags, makedev, statx};
+    let stx = statx(
+        CWD,
+        path,
+        AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::INO,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok((makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino))
 }
 
 fn no_access(pid: u32) -> String {
