@@ -1105,6 +1105,25 @@ fn command_line_and_manifest_errors() {
     .unwrap();
     let manifest = manifest.display().to_string();
     assert_eq!(tree.run(&["status", "--manifest", &manifest]).code, 3);
+    // A FIFO given as the manifest is refused at once, not read (which would hang).
+    let fifo = tree.root.parent().unwrap().join("fifo.json");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .args(["microvm", "status", "--manifest"])
+        .arg(&fifo)
+        .arg("--root")
+        .arg(&tree.root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     fs::write(
         &manifest,
         r#"{"version":1,"vms":[{"name":"web","autostart":true},{"name":"db","autostart":false}]}"#,
@@ -1910,6 +1929,19 @@ fn host_mode_output_escapes_names_from_the_tree() {
     assert!(!run.stderr().contains("bad\nname"), "{}", run.stderr());
     assert!(run.out.stdout.contains("bad\\nname"), "{}", run.out.stdout);
     assert!(!run.out.stdout.contains("bad\nname"), "{}", run.out.stdout);
+    // So are the caller's own arguments in a usage error (an option or a command).
+    for args in [
+        ["status", "--bogus\x1b[31m\nforged"],
+        ["st\x1b[31m\nforged", "--declared"],
+    ] {
+        let run = tree.run(&args);
+        assert_eq!(run.code, 2, "{}", run.stderr());
+        assert!(
+            !run.stderr().contains('\x1b') && !run.stderr().contains("\nforged"),
+            "{:?}",
+            run.stderr()
+        );
+    }
     // The --root that cannot be opened is named escaped too.
     let run = run_with_root(
         Path::new("/nonexistent\nroot"),
@@ -2038,4 +2070,660 @@ fn a_mounted_state_dir_is_used() {
     let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.d/"));
+}
+
+/// Shape 2 is a rule, not an example: however a kept VM's runner names a path in an orphan's
+/// directory (any hypervisor's arguments, its volume-creation lines, a firecracker config file, a
+/// relative `../` path, a symlink to the directory, doubled slashes), `--purge-state` refuses.
+#[test]
+fn any_way_a_kept_runner_names_an_orphans_path_blocks_its_purge() {
+    /// Case name, the runner's script, and a store file it names (path, text).
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let cases: [Case; 7] = [
+        (
+            "crosvm",
+            "exec crosvm run --block /var/lib/microvms/fw/var.img,o_direct=false,ro=false",
+            None,
+        ),
+        (
+            "kvmtool",
+            "exec lkvm run -d '/var/lib/microvms/fw/var.img' --9p '/var/lib/microvms/fw/j,journal'",
+            None,
+        ),
+        (
+            "autoCreate",
+            "if [ ! -e '/var/lib/microvms/fw/var.img' ]; then\n  touch '/var/lib/microvms/fw/var.img'\nfi\nexec qemu -drive file=/var/lib/microvms/firewall/x.img",
+            None,
+        ),
+        (
+            "firecracker",
+            "exec firecracker --config-file /nix/store/fc-firecracker-firewall.json",
+            Some((
+                "/nix/store/fc-firecracker-firewall.json",
+                r#"{"drives":[{"drive_id":"/var/lib/microvms/fw/var.img","path_on_host":"/var/lib/microvms/fw/var.img"}]}"#,
+            )),
+        ),
+        (
+            "relative",
+            "exec qemu -drive id=vda,format=raw,file=../fw/var.img,if=none",
+            None,
+        ),
+        (
+            "symlink",
+            "exec qemu -drive id=vda,format=raw,file=/srv/fw-data/var.img,if=none",
+            None,
+        ),
+        (
+            "slashes",
+            "exec qemu -drive id=vda,format=raw,file=/var/lib//microvms/./fw/var.img,if=none",
+            None,
+        ),
+    ];
+    for (case, script, extra) in cases {
+        let tree = Tree::new("kept-runner");
+        let runner = tree.runner("firewall", &[], &[]);
+        tree.file(
+            &format!("{runner}/bin/microvm-run"),
+            &format!("#!/bin/sh\n{script}\n"),
+        )
+        .link("/var/lib/microvms/firewall/current", &runner)
+        .link(
+            "/var/lib/microvms/firewall/toplevel",
+            "/nix/store/fw-nixos-system",
+        )
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk")
+        .link("/srv/fw-data", "/var/lib/microvms/fw");
+        if let Some((path, text)) = extra {
+            tree.file(path, text);
+        }
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "firewall",
+            "--purge-state",
+            "fw",
+        ]);
+        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the runner of the kept VM 'firewall' uses"),
+            "{case}: {problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
+    }
+}
+
+/// A VM that starts between the scan and the purge (`microvm -r old` while prune removes the
+/// GC roots): the executor looks at `/proc` again right before it deletes, and keeps the disks.
+#[test]
+fn a_vm_started_after_the_scan_is_not_purged() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip("strace is not installed (tests/setup installs it)");
+        return;
+    }
+    let tree = Tree::new("race");
+    let runner = tree.runner("old", &[], &[]);
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .link(
+            "/nix/var/nix/gcroots/microvm/old",
+            "/var/lib/microvms/old/current",
+        );
+    // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile,
+    // once the plan (made from the scan) has been printed.
+    let mut prune = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat"])
+        .args(["-e", "inject=unlinkat:delay_enter=3000000:when=1"])
+        .arg(common::BIN)
+        .args(["microvm", "prune", "--declared", "", "--purge-state", "old"])
+        .arg("--root")
+        .arg(&tree.root)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("PERSIST_PREP_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(prune.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("purge-state") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "prune ended before its plan: {printed}");
+        printed.push_str(&line);
+    }
+    let mut vm = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+    let out = prune.wait_with_output().unwrap();
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        tree.path("/var/lib/microvms/old/old.img").exists(),
+        "the disk of a running VM was deleted: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{printed}\n{stderr}");
+    assert!(printed.contains("uses it now"), "{printed}");
+}
+
+/// When a kept VM's runner cannot be read (its `current` was garbage-collected, or its state
+/// directory is a symbolic link that the scan does not follow), what it uses is unknown: it may be
+/// the orphan's directory (a renamed VM's data), so `--purge-state` refuses.
+#[test]
+fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
+    for case in ["broken current", "symlinked state dir"] {
+        let tree = Tree::new("unknown-runner");
+        let runner = runner_with_paths(
+            &tree,
+            "firewall",
+            "/var/lib/microvms/fw/var.img",
+            "/var/lib/microvms/fw/journal",
+        );
+        if case == "broken current" {
+            tree.link(
+                "/var/lib/microvms/firewall/current",
+                "/nix/store/gone-microvm-qemu-firewall",
+            );
+        } else {
+            tree.link("/srv/firewall/current", &runner)
+                .link("/var/lib/microvms/firewall", "/srv/firewall");
+        }
+        tree.link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk");
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "firewall",
+            "--purge-state",
+            "fw",
+        ]);
+        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
+        let problems = run.problems().join("\n");
+        assert!(
+            problems.contains("the runner of the kept VM 'firewall' cannot be read"),
+            "{case}: {problems}"
+        );
+        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
+    }
+    // A declared VM whose state "directory" links to a file holds no runner: no unknown there.
+    let tree = Tree::new("runner-in-a-file");
+    // Nor does one whose runner has no bin/microvm-run (it cannot run: the template's condition).
+    tree.file("/srv/not-a-dir", "x")
+        .link("/var/lib/microvms/web", "/srv/not-a-dir")
+        .file(
+            "/nix/store/db-runner/share/microvm/tap-interfaces",
+            "vm-db0\n",
+        )
+        .link("/var/lib/microvms/db/current", "/nix/store/db-runner")
+        // Nor one with no runner link at all (not installed yet, or made by hand).
+        .file("/var/lib/microvms/plain/plain.img", "disk")
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .file("/var/lib/microvms/fw/var.img", "disk");
+    let (run, gone) = prune_as_planned(
+        &tree,
+        &["--declared", "web,db,plain", "--purge-state", "fw"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
+}
+
+/// Shape 4 through a symbolic link: the stateDir `/var/lib/microvms` links to `/srv/vms`, whose
+/// storage `/etc/fstab` mounts and is not mounted. The link's spelling names no mount point,
+/// what it leads to does: nothing is changed.
+#[test]
+fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
+    let tree = Tree::new("unmounted-link");
+    tree.dir("/srv/vms")
+        .link("/var/lib/microvms", "/srv/vms")
+        .file(
+            "/etc/fstab",
+            "/dev/disk/by-label/vms /srv/vms ext4 defaults 0 2\n",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/imp",
+            "/var/lib/microvms/imp/current",
+        )
+        .file(
+            "/run/systemd/system/microvm@imp.service.d/override.conf",
+            "[Service]\n",
+        );
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", ""]);
+    assert_eq!(tree.snapshot(), before, "something was changed");
+    assert_eq!(run.code, 1, "{}", run.stderr());
+    let problems = run.problems().join("\n");
+    assert!(
+        problems.contains("the stateDir /var/lib/microvms is not mounted"),
+        "{problems}"
+    );
+}
+
+/// A GC root belongs to the VM whose directory its target is in, as the kernel walks it:
+/// `<stateDir>/old/../imp/booted` is `imp`'s, not the orphan `old`'s. Whose a target like that
+/// is, is not told by its first component: it is of unknown owner and kept. A doubled slash
+/// changes nothing: `<stateDir>//old/current` is `old`'s.
+#[test]
+fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
+    let tree = Tree::new("gcroot-dotdot");
+    tree.imperative_vm("imp")
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/imp-extra",
+            "/var/lib/microvms/old/../imp/booted",
+        )
+        .link(
+            "/nix/var/nix/gcroots/microvm/old2",
+            "/var/lib/microvms//old/current",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    let gcroots: Vec<_> = gone
+        .iter()
+        .filter(|line| line.contains("gcroots"))
+        .collect();
+    assert_eq!(
+        gcroots,
+        ["/root/nix/var/nix/gcroots/microvm/old2 -> /var/lib/microvms//old/current"],
+        "removed: {gone:?}"
+    );
+    assert_eq!(
+        run.class_of("/nix/var/nix/gcroots/microvm/imp-extra"),
+        "unknown"
+    );
+}
+
+/// A kept VM whose runner link leads through an orphan's directory (`firewall/current ->
+/// ../fw/current`, after a rename) would lose its runner with that directory: not purged.
+#[test]
+fn a_kept_vms_runner_link_into_an_orphans_dir_blocks_its_purge() {
+    let tree = Tree::new("runner-through-orphan");
+    let runner = tree.runner("firewall", &[], &[]);
+    tree.link("/var/lib/microvms/fw/current", &runner)
+        .link(
+            "/var/lib/microvms/fw/toplevel",
+            "/nix/store/old-fw-nixos-system",
+        )
+        .link("/var/lib/microvms/firewall/current", "../fw/current")
+        .link(
+            "/var/lib/microvms/firewall/toplevel",
+            "/nix/store/fw-nixos-system",
+        );
+    let before = tree.snapshot();
+    let run = tree.run(&[
+        "prune",
+        "--json",
+        "--declared",
+        "firewall",
+        "--purge-state",
+        "fw",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains("the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/current"),
+        "{:?}",
+        run.problems()
+    );
+    assert_eq!(tree.snapshot(), before);
+}
+
+/// A kept VM that shares a directory above an orphan's (the stateDir, `/var/lib`) sees the
+/// orphan's files in its guest: they are in use, and not purged.
+#[test]
+fn a_kept_vms_share_above_an_orphans_dir_blocks_its_purge() {
+    for source in ["/var/lib/microvms", "/var/lib/", "/srv/link-to-state"] {
+        let tree = Tree::new("share-above");
+        let runner = runner_with_paths(&tree, "web", "/srv/web.img", source);
+        tree.link("/var/lib/microvms/web/current", &runner)
+            .link(
+                "/var/lib/microvms/web/toplevel",
+                "/nix/store/web-nixos-system",
+            )
+            .link("/srv/link-to-state", "/var/lib/microvms/old")
+            .link(
+                "/var/lib/microvms/old/toplevel",
+                "/nix/store/old-nixos-system",
+            )
+            .file("/var/lib/microvms/old/old.img", "disk");
+        let before = tree.snapshot();
+        let run = tree.run(&[
+            "prune",
+            "--json",
+            "--declared",
+            "web",
+            "--purge-state",
+            "old",
+        ]);
+        assert_eq!(run.code, 2, "{source}: {}", run.stderr());
+        assert!(
+            run.problems()
+                .join("\n")
+                .contains("the runner of the kept VM 'web' uses"),
+            "{source}: {:?}",
+            run.problems()
+        );
+        assert_eq!(tree.snapshot(), before, "{source}");
+    }
+}
+
+/// An orphan that is kept whole (it runs outside systemd) still uses the shared templates: they
+/// are not removed as if no VM were left.
+#[test]
+fn an_orphan_kept_whole_keeps_the_templates() {
+    let tree = Tree::new("kept-whole-templates");
+    let runner = tree.runner("old", &[], &[]);
+    tree.link("/var/lib/microvms/old/current", &runner)
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file("/var/lib/microvms/old/old.img", "disk")
+        .file("/run/systemd/system/microvm@.service", "[Service]\n")
+        .file(
+            "/run/systemd/system/microvm-tap-interfaces@.service",
+            "[Service]\n",
+        );
+    let mut child = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+}
+
+/// Offline (`--root` is not the running system), systemd was not asked, so a process in the
+/// VM's own unit is not known to be covered by a stop: it uses the directory like any other.
+/// (A stateDir on storage that the running host also mounts, with the VM running there.)
+#[test]
+fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let base = if unified.join("cgroup.procs").exists() {
+        unified.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let group = base.join(format!("persist-prep-test-{}", std::process::id()));
+    let unit = group.join("microvm@old.service");
+    if fs::create_dir_all(&unit).is_err() {
+        skip("cannot create a cgroup (needs root and a writable cgroup2 hierarchy)");
+        return;
+    }
+    let tree = Tree::new("own-unit-offline");
+    tree.link(
+        "/var/lib/microvms/old/toplevel",
+        "/nix/store/old-nixos-system",
+    )
+    .file("/var/lib/microvms/old/old.img", "disk");
+    let mut child = Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap();
+    let moved = fs::write(unit.join("cgroup.procs"), child.id().to_string());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", "old"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = fs::remove_dir(&unit);
+    let _ = fs::remove_dir(&group);
+    moved.expect("moving the process into the cgroup");
+    assert_eq!(run.code, 2, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains(&format!("process {} uses it", child.id())),
+        "{:?}",
+        run.problems()
+    );
+    assert_eq!(tree.snapshot(), before);
+}
+
+/// The installed template names the stateDir in more places than its condition
+/// (`WorkingDirectory=`, `ExecStart=`): a microvm.nix that spells its condition otherwise (or a
+/// template replaced by hand) still tells. Read from the condition alone, `/srv/microvms` was
+/// missed, the default was used, and the imperative VM there looked like an orphan.
+#[test]
+fn the_state_dir_comes_from_any_path_of_the_template() {
+    let tree = Tree::new("template-no-condition");
+    let runner = tree.runner("imp", &[], &[]);
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
+         ExecStart=/srv/microvms/%i/current/bin/microvm-run\n",
+    )
+    .link("/srv/microvms/imp/current", &runner)
+    .file("/srv/microvms/imp/flake", "git+file:///etc/nixos")
+    .link(
+        "/nix/var/nix/gcroots/microvm/imp",
+        "/srv/microvms/imp/current",
+    )
+    .file(
+        "/run/systemd/system/microvm@imp.service.d/override.conf",
+        "[Service]\n",
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    assert_eq!(run.json["stateDir"], "/srv/microvms");
+    // Two different stateDirs in one template: which one runs is unknown.
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
+         ExecStart=/var/lib/microvms/%i/current/bin/microvm-run\n",
+    );
+    let before = tree.snapshot();
+    let run = tree.run(&["prune", "--json", "--declared", ""]);
+    assert_eq!(tree.snapshot(), before);
+    assert_eq!(run.code, 1, "{}", run.stderr());
+    assert!(
+        run.problems()
+            .join("\n")
+            .contains("names several stateDirs"),
+        "{:?}",
+        run.problems()
+    );
+}
+
+/// `microvm.stateDir = "/srv/vms/"`: the `microvm` command spells its GC roots
+/// `/srv/vms//imp/current`. They are still `imp`'s, so `imp` is imperative, not an orphan.
+#[test]
+fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
+    let tree = Tree::new("trailing-slash");
+    let runner = tree.runner("imp", &[], &[]);
+    tree.file(
+        "/etc/systemd/system/microvm@.service",
+        "[Unit]\nConditionPathExists=/srv/vms//%i/current/bin/microvm-run\n",
+    )
+    .link("/srv/vms/imp/current", &runner)
+    .file("/srv/vms/imp/flake", "git+file:///etc/nixos")
+    .link("/nix/var/nix/gcroots/microvm/imp", "/srv/vms//imp/current")
+    .link(
+        "/nix/var/nix/gcroots/microvm/booted-imp",
+        "/srv/vms//imp/booted",
+    )
+    .file(
+        "/run/systemd/system/microvm@imp.service.d/override.conf",
+        "[Service]\n",
+    );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    assert_eq!(vm_json(&run, "imp")["class"], "imperative");
+}
+
+/// `systemctl mask microvms.target` (or `microvm@.service`) links it to `/dev/null`: a masked
+/// unit is no unreadable evidence. The masked target wants nothing (the configuration's own
+/// target is still read), and a masked template leaves the stateDir to the one below it.
+#[test]
+fn masked_units_are_not_unreadable() {
+    let tree = nixos_host();
+    target_wants(&tree, &["web"]);
+    tree.dir("/dev");
+    let status = Command::new("mknod")
+        .arg(tree.path("/dev/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    if !status.success() {
+        skip("cannot make a device node (needs root)");
+        return;
+    }
+    tree.link("/run/systemd/system/microvms.target", "/dev/null")
+        .link("/etc/systemd/system.control/microvm@.service", "/dev/null");
+    let run = tree.run(&["status", "--json", "--declared", "web"]);
+    assert_eq!(run.code, 0, "{:?}", run.problems());
+    assert_eq!(run.json["stateDir"], "/var/lib/microvms");
+}
+
+/// A mask (`systemctl mask`, a link to `/dev/null`) is the admin's decision, not a leftover:
+/// unmasking `microvms.target` would start the autostarted VMs again at the next boot, and
+/// unmasking an orphan's unit would let its remaining state be started. Masks are kept.
+#[test]
+fn masks_are_never_removed() {
+    let tree = Tree::new("masks");
+    tree.link("/etc/systemd/system/microvms.target", "/dev/null")
+        .link("/etc/systemd/system/microvm@.service", "/dev/null")
+        .link("/etc/systemd/system/microvm@old.service", "/dev/null")
+        .link(
+            "/var/lib/microvms/old/toplevel",
+            "/nix/store/old-nixos-system",
+        )
+        .file(
+            "/run/systemd/system/microvm@old.service.d/override.conf",
+            "[Service]\n",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert_eq!(
+        gone,
+        [
+            "/root/run/systemd/system/microvm@old.service.d/",
+            "/root/run/systemd/system/microvm@old.service.d/override.conf (10 bytes)"
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect(),
+        "{:?}",
+        run.plan()
+    );
+}
+
+/// `systemctl edit microvms.target` (a drop-in with `Wants=microvm@ci.service`) makes the active
+/// target want `ci` as much as its unit file does: `ci` is autostarted and kept whole.
+#[test]
+fn a_target_drop_in_that_wants_a_vm_keeps_it() {
+    let tree = nixos_host();
+    let runner = tree.runner("ci", &["vm-ci0"], &[]);
+    tree.link("/var/lib/microvms/ci/current", &runner)
+        .file("/var/lib/microvms/ci/ci.img", "disk")
+        .file(
+            "/run/systemd/system/microvm@ci.service.d/override.conf",
+            "[Service]\n",
+        )
+        .file(
+            "/run/systemd/system/microvms.target.d/override.conf",
+            "[Unit]\nWants=microvm@ci.service\n",
+        );
+    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(
+        !gone.iter().any(|line| line.contains("ci")),
+        "removed: {gone:?}"
+    );
+    assert_eq!(vm_json(&run, "ci")["evidence"]["autostarted"], true);
+}
+
+/// A process whose working directory is on a hung NFS or FUSE mount must not hang the scan of
+/// `/proc` (the module's unit runs prune after every switch): identities are taken from the
+/// kernel's cache, without asking the file system.
+#[test]
+fn a_process_on_a_hung_mount_does_not_hang_the_scan() {
+    let tree = Tree::new("hung-mount");
+    tree.link(
+        "/var/lib/microvms/old/toplevel",
+        "/nix/store/old-nixos-system",
+    );
+    let base = tree.root.parent().unwrap().to_path_buf();
+    let (mountpoint, flag) = (base.join("fuse"), base.join("hang"));
+    fs::create_dir(&mountpoint).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hung_fuse.py");
+    let mut server = Command::new("python3")
+        .arg(&script)
+        .arg(&mountpoint)
+        .arg(&flag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    if line.trim() != "mounted" {
+        let _ = server.kill();
+        let _ = server.wait();
+        skip(&format!("cannot mount a FUSE file system: {}", line.trim()));
+        return;
+    }
+    let mut user = Command::new("sleep")
+        .arg("60")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    fs::write(&flag, "").unwrap();
+    // A process stuck on the hung mount cannot even be killed; ending the server releases it.
+    let mut status = Command::new(BIN)
+        .args(["microvm", "status", "--json", "--declared", ""])
+        .arg("--root")
+        .arg(&tree.root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut finished = None;
+    for _ in 0..200 {
+        finished = status.try_wait().unwrap();
+        if finished.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let code = status.wait().unwrap().code();
+    user.kill().unwrap();
+    user.wait().unwrap();
+    let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+    assert!(finished.is_some(), "status hung on the mount");
+    assert_eq!(code, Some(0));
 }

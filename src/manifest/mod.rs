@@ -164,7 +164,7 @@ pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
 /// Reads the manifest, which must be a regular file. It is opened non-blocking and checked
 /// before it is read, so that a FIFO or a device there is refused at once instead of hanging the
 /// boot. Symlinks are followed: the NixOS initrd links the manifest into the store.
-fn read(path: &Path) -> Result<String, String> {
+pub(crate) fn read(path: &Path) -> Result<String, String> {
     use rustix::fs::{FileType, Mode, OFlags, fstat, open};
     let words = |e| crate::report::errno_words(e);
     let fd = open(

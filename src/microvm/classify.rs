@@ -46,6 +46,9 @@ pub struct Evidence {
     /// Kept VMs whose runners name a path in its state directory, with that path.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub referenced_by: Vec<(String, String)>,
+    /// Kept VMs whose runners cannot be read, with why: they may use a path in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references_unknown: Vec<(String, String)>,
 }
 
 impl Default for Evidence {
@@ -61,6 +64,7 @@ impl Default for Evidence {
             has_state_dir: false,
             users: Users::NotChecked,
             referenced_by: Vec::new(),
+            references_unknown: Vec::new(),
         }
     }
 }
@@ -88,6 +92,17 @@ pub fn runs_outside_systemd(e: &Evidence) -> Option<&[u32]> {
     }
 }
 
+/// Whether a process using the VM's directory ends when the VM's running units stop, so that
+/// systemd's view (running, `--stop`) covers it: it runs in one of them. `active` is `None` when
+/// systemd was not asked (offline); a leftover process of a unit that is no longer active (a
+/// failed unit with `KillMode=process`) is not covered either.
+pub fn covered_by_stop(unit: Option<&str>, active: Option<&[String]>) -> bool {
+    match (unit, active) {
+        (Some(unit), Some(active)) => active.iter().any(|a| a == unit),
+        _ => false,
+    }
+}
+
 /// Why an orphan that systemd runs must not be stopped by persist-prep, if it must not.
 /// `microvm@NAME` runs `<stateDir>/NAME/current/bin/microvm-run`: without that directory in the
 /// known stateDir the running unit is not shown to be this orphan's.
@@ -111,6 +126,13 @@ pub fn purge_refusal(e: &Evidence) -> Option<String> {
     if let Some((vm, path)) = e.referenced_by.first() {
         return Some(format!(
             "the runner of the kept VM '{vm}' uses {path}, which is in it (a renamed VM's data?)"
+        ));
+    }
+    if let Some((vm, why)) = e.references_unknown.first() {
+        return Some(format!(
+            "the runner of the kept VM '{vm}' cannot be read ({why}), so whether it uses a path \
+             in it cannot be known (a renamed VM's data?). Fix: restore that VM's runner (switch, \
+             or `microvm -u {vm}`), then purge again"
         ));
     }
     match &e.users {
@@ -203,8 +225,15 @@ mod tests {
 
     #[test]
     fn only_what_nothing_uses_is_purged() {
-        let table: [(&str, Evidence, Option<&str>); 5] = [
+        let table: [(&str, Evidence, Option<&str>); 6] = [
             ("unused", with(|_| {}), None),
+            (
+                "a kept VM's runner unreadable",
+                with(|e| {
+                    e.references_unknown = vec![("firewall".into(), "gone".into())];
+                }),
+                Some("the runner of the kept VM 'firewall' cannot be read (gone)"),
+            ),
             (
                 "referenced by a kept VM",
                 with(|e| {
@@ -233,6 +262,37 @@ mod tests {
                     "{case}: {got:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn only_a_process_of_a_running_unit_is_covered_by_its_stop() {
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a [String]>, bool);
+        let active = ["microvm@old.service".to_owned()];
+        let table: [Case; 5] = [
+            (
+                "running unit",
+                Some("microvm@old.service"),
+                Some(&active),
+                true,
+            ),
+            ("offline", Some("microvm@old.service"), None, false),
+            (
+                "leftover of a failed unit",
+                Some("microvm@old.service"),
+                Some(&[]),
+                false,
+            ),
+            (
+                "another unit",
+                Some("session-3.scope"),
+                Some(&active),
+                false,
+            ),
+            ("no unit", None, Some(&active), false),
+        ];
+        for (case, unit, active, covered) in table {
+            assert_eq!(covered_by_stop(unit, active), covered, "{case}");
         }
     }
 

@@ -93,13 +93,17 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
         // unloaded at once: "not loaded" then means there is nothing left to stop or reset.
         Step::Stop { unit, .. } => tolerate_unloaded(&["stop", "--", unit]),
         Step::ResetFailed { unit, .. } => tolerate_unloaded(&["reset-failed", "--", unit]),
-        Step::DeleteInterface { interface, .. } => {
+        Step::DeleteInterface {
+            interface, kind, ..
+        } => {
             if !std::path::Path::new("/sys/class/net")
                 .join(interface)
                 .exists()
             {
                 return Ok(Some("already gone".into()));
             }
+            let shown = systemd::output("ip", &["-d", "-j", "link", "show", "dev", interface])?;
+            interface_is(&shown, kind)?;
             systemd::run("ip", &["link", "delete", "dev", interface]).map(|()| None)
         }
         Step::DaemonReload => systemd::run("systemctl", &["daemon-reload"]).map(|()| None),
@@ -114,7 +118,61 @@ fn run_step(root: &Root, live: bool, step: &Step) -> Result<Option<String>, Stri
                 _ => removed(root.remove_tree(path)),
             }
         }
-        Step::PurgeState { path, .. } => removed(root.remove_tree(path)),
+        Step::PurgeState { path, vm } => {
+            unused_now(root, vm, path)?;
+            removed(root.remove_tree(path))
+        }
+    }
+}
+
+/// Checks that `ip -d -j link show` describes a `tap` (a tun device in tap mode) or `macvtap`:
+/// a runner may list a name that is now the host's bridge or another tool's device, and
+/// deleting that would take the host's network down.
+fn interface_is(shown: &str, kind: &str) -> Result<(), String> {
+    let links: serde_json::Value = serde_json::from_str(shown)
+        .map_err(|e| format!("cannot read `ip -j link show` ({e}); left alone"))?;
+    let info = &links[0]["linkinfo"];
+    let found = match (
+        info["info_kind"].as_str(),
+        info["info_data"]["type"].as_str(),
+    ) {
+        (Some("tun"), Some(mode)) => mode.to_owned(),
+        (Some(other), _) => other.to_owned(),
+        (None, _) => links[0]["link_type"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
+    };
+    if found == kind {
+        Ok(())
+    } else {
+        Err(format!(
+            "refused: it is a {found} interface, not a {kind}; the VM's runner lists a name that \
+             is not its interface now, so it is left alone"
+        ))
+    }
+}
+
+/// The scan saw no process using the directory, but a VM may have started since (`microvm -r`,
+/// `systemctl start`, while an earlier step waited): look again right before deleting its disks.
+fn unused_now(root: &Root, vm: &str, path: &str) -> Result<(), String> {
+    let dirs = [(vm.to_owned(), path.to_owned())];
+    let owners = super::proc::identities(root, &dirs);
+    match super::proc::users(&dirs, &owners) {
+        Ok(users) if users.is_empty() => Ok(()),
+        Ok(users) => Err(format!(
+            "refused: process {} uses it now (the VM started after the scan?); nothing of it \
+             was deleted",
+            users
+                .values()
+                .flatten()
+                .map(|user| user.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(why) => Err(format!(
+            "refused: whether a process uses it now cannot be known: {why}"
+        )),
     }
 }
 
@@ -123,5 +181,38 @@ fn tolerate_unloaded(args: &[&str]) -> Result<Option<String>, String> {
         Ok(()) => Ok(None),
         Err(message) if message.contains("not loaded") => Ok(Some("not loaded any more".into())),
         Err(message) => Err(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_tap_or_macvtap_is_deleted() {
+        let link =
+            |info: &str| format!(r#"[{{"ifname":"x","link_type":"ether","linkinfo":{info}}}]"#);
+        let tap = link(r#"{"info_kind":"tun","info_data":{"type":"tap"}}"#);
+        let tun = link(r#"{"info_kind":"tun","info_data":{"type":"tun"}}"#);
+        let macvtap = link(r#"{"info_kind":"macvtap","info_data":{"mode":"bridge"}}"#);
+        let bridge = link(r#"{"info_kind":"bridge","info_data":{}}"#);
+        let physical = r#"[{"ifname":"eth0","link_type":"ether"}]"#.to_owned();
+        let table = [
+            (&tap, "tap", true),
+            (&tun, "tap", false),
+            (&macvtap, "macvtap", true),
+            (&tap, "macvtap", false),
+            (&bridge, "tap", false),
+            (&physical, "tap", false),
+        ];
+        for (shown, kind, ok) in table {
+            assert_eq!(interface_is(shown, kind).is_ok(), ok, "{shown} as {kind}");
+        }
+        assert!(
+            interface_is(&bridge, "tap")
+                .unwrap_err()
+                .contains("it is a bridge interface, not a tap")
+        );
+        assert!(interface_is("not json", "tap").is_err());
     }
 }

@@ -47,12 +47,12 @@ pub struct Host {
 
 /// Reads and validates the host manifest; the error is a complete message.
 pub fn load(path: &Path) -> Result<Host, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    // Like the core's manifest: a FIFO or device there is refused at once, never read.
+    let text = crate::manifest::read(path).map_err(|why| {
         format!(
-            "cannot read the host manifest {}: {}; pass the file the NixOS module writes, or \
+            "cannot read the host manifest {}: {why}; pass the file the NixOS module writes, or \
              --declared NAMES",
             path.to_string_lossy(),
-            crate::report::io_error_words(&e)
         )
     })?;
     parse(&text).map_err(|why| format!("invalid host manifest {}: {why}", path.to_string_lossy()))

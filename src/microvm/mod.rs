@@ -35,6 +35,10 @@
 //!   outside systemd is kept whole; one `daemon-reload` follows unit file changes.
 //! - A directory that cannot be read (a FIFO or file where a directory belongs, a link loop) makes
 //!   the inventory incomplete, and then `prune` changes nothing at all.
+//! - A kept VM's runner references a path however it names it (any hypervisor's syntax, `..`,
+//!   symlinks: compared by spelling and by identity), and one that cannot be read may reference
+//!   anything. Right before a purge the executor looks at `/proc` again (a VM may have started
+//!   since the scan). Masks (`systemctl mask`) are the admin's decision and never removed.
 
 mod args;
 mod classify;
@@ -67,7 +71,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
             return Exit::Ok;
         }
         Err(ArgsError::Usage(message)) => {
-            eprintln!("persist-prep microvm: {message}\n{}", args::USAGE);
+            // The message may quote an argument: shown escaped, like bytes from the tree.
+            eprintln!(
+                "persist-prep microvm: {}\n{}",
+                crate::escape::text(&message),
+                args::USAGE
+            );
             return Exit::Usage;
         }
     };

@@ -167,7 +167,9 @@ pub fn interface_conflict(inv: &Inventory, vm: &Vm) -> Option<String> {
     let mut shared = Vec::new();
     let mut unknown = Vec::new();
     for other in inv.vms.values().filter(|o| o.name != vm.name) {
-        if !other.class.kept() {
+        // An orphan that runs outside systemd stays running whatever this run does.
+        let stays = other.class.kept() || classify::runs_outside_systemd(&other.evidence).is_some();
+        if !stays {
             continue;
         }
         match (&vm.interfaces, &other.interfaces) {
@@ -516,9 +518,17 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
             going.insert(&vm.name);
         }
     }
+    // An orphan that is not going was kept whole (it runs, outside systemd or unstopped, or
+    // that cannot be ruled out): it still needs the templates.
+    let kept_orphans = inv
+        .vms
+        .values()
+        .filter(|vm| vm.class == VmClass::Orphaned && !going.contains(vm.name.as_str()))
+        .map(|vm| vm.name.clone());
     let remaining_users: Vec<String> = inv
         .template_users()
         .into_iter()
+        .chain(kept_orphans)
         .filter(|name| !going.contains(name.as_str()))
         .collect();
     for item in &inv.items {
@@ -544,7 +554,7 @@ pub fn build(inv: &Inventory, options: &Options) -> Plan {
             ));
             continue;
         }
-        if item.class == Class::Invalid {
+        if matches!(item.class, Class::Invalid | Class::Masked) {
             continue;
         }
         if let Some(step) = removal(item) {
@@ -591,6 +601,8 @@ mod tests {
                 ..classify::Evidence::default()
             },
             runner_paths: vec![],
+            mentions: vec![],
+            runner_unread: None,
         }
     }
 
@@ -942,6 +954,45 @@ mod tests {
             )
             .steps
             .is_empty()
+        );
+    }
+
+    /// After a rename, an orphan run outside systemd (`microvm -r fw2`) lists the tap of the
+    /// running orphan `old`: stopping `old` runs its tap-down, which deletes the tap under `fw2`,
+    /// which nothing stops. It is kept whole, so `old` is not stopped.
+    #[test]
+    fn a_tap_shared_with_an_orphan_kept_whole_stops_nothing() {
+        let mut inv = live_inventory();
+        let mut fw2 = vm("fw2", VmClass::Orphaned);
+        fw2.evidence.users = classify::Users::Pids(vec![42]);
+        fw2.interfaces = Some(vec![Interface {
+            name: "vm-old0".into(),
+            kind: "tap",
+            present: Some(true),
+        }]);
+        inv.vms.insert("fw2".into(), fw2);
+        let plan = build(
+            &inv,
+            &Options {
+                stop: true,
+                purge_state: &[],
+                purge_possibly_running: false,
+            },
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Stop { .. } | Step::DeleteInterface { .. })),
+            "{:?}",
+            plan.steps
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message.contains("vm-old0 (also 'fw2')")),
+            "{:?}",
+            plan.notes
         );
     }
 }

@@ -6,7 +6,6 @@
 //! through another mount namespace still matches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use rustix::fd::OwnedFd;
@@ -18,7 +17,7 @@ use super::rootfs::Root;
 const MAX_DEPTH: usize = 16;
 const MAX_ENTRIES: usize = 200_000;
 
-type Identity = (u64, u64);
+pub type Identity = (u64, u64);
 
 /// A process using a VM's directory, with the systemd unit it runs in (from its cgroup), if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +26,9 @@ pub struct User {
     pub unit: Option<String>,
 }
 
-/// The processes using each of `dirs` (VM name -> root-relative directory), by VM name; the error
-/// says why `/proc` cannot tell.
-pub fn users(
-    root: &Root,
-    dirs: &[(String, String)],
-) -> Result<BTreeMap<String, Vec<User>>, String> {
+/// The identity of each of `dirs` (VM name -> root-relative directory) and of everything below
+/// it, mapped to the index of its directory in `dirs`.
+pub fn identities(root: &Root, dirs: &[(String, String)]) -> HashMap<Identity, usize> {
     let mut owners: HashMap<Identity, usize> = HashMap::new();
     for (index, (_, path)) in dirs.iter().enumerate() {
         if let Ok(fd) = root.open_dir(path) {
@@ -40,11 +36,20 @@ pub fn users(
             collect(&fd, index, 0, &mut owners, &mut budget);
         }
     }
+    owners
+}
+
+/// The processes using each of `dirs` (whose [`identities`] are `owners`), by VM name; the error
+/// says why `/proc` cannot tell.
+pub fn users(
+    dirs: &[(String, String)],
+    owners: &HashMap<Identity, usize>,
+) -> Result<BTreeMap<String, Vec<User>>, String> {
     let mut found: BTreeMap<String, Vec<User>> = BTreeMap::new();
     if owners.is_empty() {
         return Ok(found);
     }
-    for (pid, index) in scan_proc(Path::new("/proc"), &owners)? {
+    for (pid, index) in scan_proc(Path::new("/proc"), owners)? {
         let unit = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|text| cgroup_unit(&text));
@@ -131,7 +136,7 @@ fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32,
             continue;
         }
         let base = entry.path();
-        let identity = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+        let identity = |path: &Path| cached_identity(path);
         let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
         let mut seen = Vec::new();
         match identity(&base.join("cwd")) {
@@ -153,6 +158,21 @@ fn scan_proc(proc: &Path, owners: &HashMap<Identity, usize>) -> Result<Vec<(u32,
         }
     }
     Ok(found)
+}
+
+/// The device and inode that `path` leads to, from the kernel's cache: a process whose working
+/// directory or open file is on a hung NFS or FUSE mount would otherwise hang the scan, and a
+/// request that its server has read cannot even be killed.
+fn cached_identity(path: &Path) -> std::io::Result<Identity> {
+    use rustix::fs::{CWD, StatxFlags, makedev, statx};
+    let stx = statx(
+        CWD,
+        path,
+        AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::INO,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok((makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino))
 }
 
 fn no_access(pid: u32) -> String {

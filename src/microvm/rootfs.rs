@@ -133,6 +133,12 @@ impl Root {
         Ok(target.to_string_lossy().into_owned())
     }
 
+    /// Whether a unit file is masked (`systemctl mask`: a symbolic link to `/dev/null`).
+    pub fn masked(&self, path: &str) -> bool {
+        self.readlink(path)
+            .is_ok_and(|target| target == "/dev/null")
+    }
+
     /// Whether the path exists after following symlinks (inside the root).
     pub fn exists(&self, path: &str) -> Result<bool, FsError> {
         match self.open_path(path, OFlags::PATH) {
@@ -170,6 +176,17 @@ impl Root {
             .read_to_string(&mut text)
             .map_err(|e| fail(path, Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
         Ok(Some(text))
+    }
+
+    /// Whether the directory `path` opens to is the one `ancestor` opens to, or below it (symlinks
+    /// followed inside the root). `false` when either cannot be opened.
+    pub fn is_within(&self, path: &str, ancestor: &str) -> bool {
+        let (Ok(dir), Ok(top)) = (self.open_dir(path), self.open_dir(ancestor)) else {
+            return false;
+        };
+        rustix::fs::fstat(&top).is_ok_and(|top| {
+            crate::fs::is_below(&dir, (top.st_dev, top.st_ino), self.id).unwrap_or(false)
+        })
     }
 
     /// Why nothing below this directory may be changed, if that is so.

@@ -4,7 +4,7 @@
 //! anywhere. What cannot be read is a problem; a *blocking* one means the inventory may be
 //! incomplete, and then `prune` must not act on it at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use rustix::fs::{AtFlags, FileType};
@@ -60,6 +60,8 @@ pub enum Class {
     NotAVm,
     /// Not in `microvm.vms`, but the active `microvms.target` wants it; kept.
     Autostarted,
+    /// A unit masked by the admin (`systemctl mask`, a link to `/dev/null`): a decision, kept.
+    Masked,
 }
 
 /// One thing found on the host.
@@ -141,6 +143,13 @@ pub struct Vm {
     /// Paths its runners name (share sources, sockets, volumes), each with what it is.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runner_paths: Vec<(String, String)>,
+    /// Every path its runner's script (and the config files it names) mentions, whatever the
+    /// hypervisor's syntax: what a kept VM may use in another VM's directory.
+    #[serde(skip)]
+    pub mentions: Vec<String>,
+    /// Why its runner (and so what it uses) cannot be read, when it cannot.
+    #[serde(skip)]
+    pub runner_unread: Option<String>,
 }
 
 impl Vm {
@@ -161,6 +170,8 @@ impl Vm {
                 ..Evidence::default()
             },
             runner_paths: Vec::new(),
+            mentions: Vec::new(),
+            runner_unread: None,
         }
     }
 }
@@ -330,8 +341,16 @@ pub fn scan(root: &Root, host: &Host, state_dir: &str, live: Option<&LiveState>)
         vm.evidence.systemd_running = vm.running;
         vm.class = classify::classify(&vm.evidence);
     }
-    reference_evidence(&mut inv);
-    user_evidence(root, &mut inv);
+    // The directories that could be purged, with the identity of everything in them.
+    let dirs: Vec<(String, String)> = inv
+        .vms
+        .values()
+        .filter(|vm| matches!(vm.class, VmClass::Orphaned | VmClass::Imperative))
+        .filter_map(|vm| Some((vm.name.clone(), vm.state_dir.clone()?)))
+        .collect();
+    let owners = super::proc::identities(root, &dirs);
+    reference_evidence(root, &mut inv, &dirs, &owners);
+    user_evidence(&mut inv, &dirs, &owners);
     sync_item_classes(&mut inv);
     add_interface_items(&mut inv);
     finish_templates(&mut inv);
@@ -407,6 +426,7 @@ fn scan_state(
         }
         if let Some(why) = bad_name {
             invalid_state(inv, &name, &path, why);
+            unread_runner(root, inv, &name, &path);
             continue;
         }
         match entry.file_type {
@@ -423,6 +443,7 @@ fn scan_state(
                      does not follow it"
                 );
                 invalid_state(inv, &name, &path, why);
+                unread_runner(root, inv, &name, &path);
             }
             FileType::RegularFile => not_a_vm(inv, &name, &path, "a file"),
             other => {
@@ -432,6 +453,24 @@ fn scan_state(
         }
     }
     bare
+}
+
+/// A state entry the scan does not walk (a symbolic link, a name systemd must escape) may still
+/// hold a runner that a VM runs from: what that runner uses is then unknown.
+fn unread_runner(root: &Root, inv: &mut Inventory, name: &str, path: &str) {
+    let runner = ["current", "booted"]
+        .iter()
+        .find(|link| match root.exists(&join(path, link)) {
+            Ok(found) => found,
+            // A link to a file holds no runner; anything else cannot be told.
+            Err(e) => e.errno != Errno::NOTDIR,
+        });
+    if let (Some(link), Some(vm)) = (runner, inv.vms.get_mut(name)) {
+        vm.runner_unread = Some(format!(
+            "{} is not followed: {path} cannot be handled",
+            join(path, link)
+        ));
+    }
 }
 
 /// A file directly in the stateDir (a disk image that a VM's volume may name): no VM, and not
@@ -666,12 +705,28 @@ fn scan_vm_dir(
         .map(|(entry, _)| (*entry).to_owned())
         .collect();
     let (runners, mut unknown_interfaces) = runner_links(root, inv, name, path, &mut details);
+    // A runner link that cannot be followed (garbage-collected, a loop) hides what it uses;
+    // with no runner link at all, the VM cannot run (the template's condition).
+    let broken_link = unknown_interfaces;
     let (interfaces, unreadable_list) = read_interfaces(root, inv, name, &runners, live);
     unknown_interfaces |= unreadable_list;
     let runner_paths = runners
         .iter()
         .flat_map(|runner| runner_paths(root, runner))
         .collect();
+    let mut mentions = Vec::new();
+    let mut runner_unread =
+        broken_link.then(|| "a `current` or `booted` link of it cannot be followed".to_owned());
+    for runner in &runners {
+        // The link itself: a runner reached through another VM's directory needs it.
+        if let Ok(target) = root.readlink(runner) {
+            mentions.push(target);
+        }
+        match runner_mentions(root, runner) {
+            Ok(found) => mentions.extend(found),
+            Err(why) => runner_unread = Some(why),
+        }
+    }
     let vm = inv
         .vms
         .entry(name.to_owned())
@@ -683,6 +738,8 @@ fn scan_vm_dir(
     vm.evidence.booted = booted;
     vm.evidence.has_state_dir = true;
     vm.runner_paths = runner_paths;
+    vm.mentions = mentions;
+    vm.runner_unread = runner_unread;
     vm.interfaces = if unknown_interfaces && runners.is_empty() {
         None
     } else {
@@ -818,11 +875,14 @@ fn read_interfaces(
 
 /// Which VM a GC root belongs to: the one whose state directory its target is in
 /// (`<stateDir>/NAME/current`); `None` when the target is anywhere else.
+/// Doubled slashes are the same path (`microvm -c` under `stateDir = "/srv/vms/"` makes
+/// `/srv/vms//NAME/current`); a target with `.` or `..` could lead elsewhere and is nobody's known.
 fn gcroot_vm<'a>(state_root: &str, target: &'a str) -> Option<&'a str> {
-    let rest = target.strip_prefix(state_root)?.strip_prefix('/')?;
-    rest.split('/')
-        .next()
-        .filter(|vm| !vm.is_empty() && *vm != "." && *vm != "..")
+    let rest = target.strip_prefix(state_root)?;
+    if !rest.starts_with('/') || rest.split('/').any(|part| matches!(part, "." | "..")) {
+        return None;
+    }
+    rest.split('/').find(|part| !part.is_empty())
 }
 
 /// A GC root symlink, read but not yet classified.
@@ -1078,6 +1138,14 @@ fn unit_item(
             class = Class::StoreManaged;
         }
         detail.push(format!("{reason}; {STORE_FIX}"));
+    } else if detail.first().is_some_and(|d| d == "-> /dev/null") && kind != Kind::EnablementLink {
+        // Unmasking microvms.target would start the autostarted VMs again at the next boot.
+        class = Class::Masked;
+        detail.push(
+            "masked (`systemctl mask`): the admin's decision, kept; `systemctl unmask` it to let \
+             prune remove it"
+                .to_owned(),
+        );
     }
     inv.items.push(Item {
         kind,
@@ -1215,11 +1283,11 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
         .iter()
         .map(|name| (name.clone(), "the host manifest's autostart".to_owned()))
         .collect();
-    for dir in UNIT_DIRS
-        .iter()
-        .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
-    {
-        let path = join(dir, names::TARGET);
+    for path in target_files(root) {
+        // A masked target (`systemctl mask`) wants nothing; the configuration's is still read.
+        if root.masked(&path) {
+            continue;
+        }
         let text = match root.read_text(&path) {
             Ok(Some(text)) => text,
             Ok(None) => continue,
@@ -1283,25 +1351,79 @@ fn autostart_evidence(root: &Root, inv: &mut Inventory, host: &Host) {
     }
 }
 
+/// `microvms.target` in every unit directory, and its drop-ins (`systemctl edit microvms.target`
+/// adds `Wants=` there): each says which VMs the active target wants.
+fn target_files(root: &Root) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in UNIT_DIRS
+        .iter()
+        .chain(super::statedir::VENDOR_UNIT_DIRS.iter())
+    {
+        files.push(join(dir, names::TARGET));
+        let drop_ins = join(dir, &format!("{}.d", names::TARGET));
+        if let Ok(fd) = root.open_dir(&drop_ins) {
+            let mut confs: Vec<String> = rootfs::list_fd(&fd, &drop_ins)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|entry| entry.name.ok())
+                // systemd reads `*.conf` only, case and all.
+                .filter(|name| std::path::Path::new(name).extension() == Some("conf".as_ref()))
+                .map(|name| join(&drop_ins, &name))
+                .collect();
+            confs.sort();
+            files.extend(confs);
+        }
+    }
+    files
+}
+
 /// Which kept VMs' runners name a path in another VM's state directory (after a rename, the new
-/// VM's shares and volumes can live in the old name's directory).
-fn reference_evidence(inv: &mut Inventory) {
+/// VM's shares and volumes can live in the old name's directory). A path counts when it is in
+/// the directory by its spelling (after `.`, `..` and doubled slashes), or when it opens (symlinks
+/// followed inside the root) to a file or directory found in it.
+fn reference_evidence(
+    root: &Root,
+    inv: &mut Inventory,
+    dirs: &[(String, String)],
+    owners: &HashMap<super::proc::Identity, usize>,
+) {
     let mut found: Vec<(String, String, String)> = Vec::new();
-    for vm in inv.vms.values() {
-        let Some(dir) = &vm.state_dir else { continue };
-        for other in inv.vms.values() {
-            if other.name == vm.name || !other.class.kept() {
-                continue;
-            }
-            let base = other.state_dir.clone().unwrap_or_default();
-            for (what, path) in &other.runner_paths {
-                let full = absolute(&base, path);
-                if full == *dir || full.starts_with(&format!("{dir}/")) {
-                    found.push((
-                        vm.name.clone(),
-                        other.name.clone(),
-                        format!("{full} ({what})"),
-                    ));
+    for other in inv.vms.values().filter(|o| o.class.kept()) {
+        let base = other.state_dir.clone().unwrap_or_default();
+        let named = other
+            .runner_paths
+            .iter()
+            .map(|(what, path)| (what.as_str(), path))
+            .chain(
+                other
+                    .mentions
+                    .iter()
+                    .map(|path| ("named by its runner", path)),
+            );
+        for (what, path) in named {
+            let full = normalize(&absolute(&base, path));
+            let by_identity = root
+                .open_path(&full, rustix::fs::OFlags::PATH)
+                .ok()
+                .and_then(|fd| rustix::fs::fstat(&fd).ok())
+                .and_then(|stat| owners.get(&(stat.st_dev, stat.st_ino)))
+                .map(|index| dirs[*index].0.clone());
+            let share = what.starts_with("share source");
+            for vm in inv.vms.values().filter(|vm| vm.name != other.name) {
+                let Some(dir) = &vm.state_dir else { continue };
+                let inside = full == *dir || full.starts_with(&format!("{dir}/"));
+                // A shared directory above it shows its files in the kept VM's guest.
+                let above = share && !inside && root.is_within(dir, &full);
+                if inside || above || by_identity.as_deref() == Some(vm.name.as_str()) {
+                    let line = if above {
+                        format!("{full} ({what}, which contains {dir})")
+                    } else {
+                        format!("{full} ({what})")
+                    };
+                    let entry = (vm.name.clone(), other.name.clone(), line);
+                    if !found.contains(&entry) {
+                        found.push(entry);
+                    }
                 }
             }
         }
@@ -1310,6 +1432,41 @@ fn reference_evidence(inv: &mut Inventory) {
         if let Some(vm) = inv.vms.get_mut(&vm) {
             vm.evidence.referenced_by.push((other, path));
         }
+    }
+    let unread: Vec<(String, String)> = inv
+        .vms
+        .values()
+        .filter(|o| o.class.kept() && o.state_dir.is_some())
+        .filter_map(|o| Some((o.name.clone(), o.runner_unread.clone()?)))
+        .collect();
+    for (name, _) in dirs {
+        if let Some(vm) = inv.vms.get_mut(name) {
+            vm.evidence.references_unknown = unread
+                .iter()
+                .filter(|(other, _)| other != name)
+                .cloned()
+                .collect();
+        }
+    }
+}
+
+/// A path as the kernel would walk it, as far as its spelling tells: `.`, empty components and
+/// `..` (against what precedes it) are resolved; symlinks are not.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    if path.starts_with('/') {
+        format!("/{}", parts.join("/"))
+    } else {
+        parts.join("/")
     }
 }
 
@@ -1324,42 +1481,34 @@ pub fn absolute(base: &str, path: &str) -> String {
 
 /// Which processes use the state directories of VMs that could lose something; when `/proc`
 /// cannot tell, that is said for each of them.
-fn user_evidence(root: &Root, inv: &mut Inventory) {
-    let dirs: Vec<(String, String)> = inv
-        .vms
-        .values()
-        .filter(|vm| matches!(vm.class, VmClass::Orphaned | VmClass::Imperative))
-        .filter_map(|vm| Some((vm.name.clone(), vm.state_dir.clone()?)))
-        .collect();
+fn user_evidence(
+    inv: &mut Inventory,
+    dirs: &[(String, String)],
+    owners: &HashMap<super::proc::Identity, usize>,
+) {
     if dirs.is_empty() {
         return;
     }
-    let found = super::proc::users(root, &dirs);
-    for (name, _) in &dirs {
+    let found = super::proc::users(dirs, owners);
+    let live = inv.live;
+    for (name, _) in dirs {
         let Some(vm) = inv.vms.get_mut(name) else {
             continue;
         };
+        let active = live.then_some(vm.active_units.as_slice());
         vm.evidence.users = match &found {
-            // A process in one of the VM's own units ends when that unit stops: systemd's
-            // view of it (running, --stop) covers it.
             Ok(users) => Users::Pids(
                 users
                     .get(name)
                     .into_iter()
                     .flatten()
-                    .filter(|user| !own_unit(user.unit.as_deref(), name))
+                    .filter(|user| !classify::covered_by_stop(user.unit.as_deref(), active))
                     .map(|user| user.pid)
                     .collect(),
             ),
             Err(why) => Users::Unknown(why.clone()),
         };
     }
-}
-
-/// Whether a unit (from a process's cgroup) is one of the VM's own.
-fn own_unit(unit: Option<&str>, vm: &str) -> bool {
-    unit.and_then(names::parse_unit)
-        .is_some_and(|parsed| parsed == UnitName::Instance { vm: vm.to_owned() })
 }
 
 /// The paths a runner names: virtiofs share sources and sockets (`share/microvm/virtiofs/TAG/`)
@@ -1400,4 +1549,79 @@ fn runner_paths(root: &Root, runner: &str) -> Vec<(String, String)> {
     }
     paths.dedup();
     paths
+}
+
+/// Every path a runner's `bin/microvm-run` mentions (a word with a `/`, whatever the hypervisor's
+/// syntax: `--block IMG,o_direct=..`, `-d 'IMG'`, `--shared-dir SRC:TAG`, the volume-creation
+/// lines), and those in the JSON config files it names from the store (firecracker's
+/// `path_on_host`). Store, device and kernel paths are left out: they are never a VM's state.
+fn runner_mentions(root: &Root, runner: &str) -> Result<Vec<String>, String> {
+    let path = format!("{runner}/bin/microvm-run");
+    let script = match root.read_text(&path) {
+        Ok(Some(script)) => script,
+        // Without it the runner cannot run (the template's condition), so it uses nothing.
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut texts = vec![script];
+    let configs: Vec<String> = path_words(&texts[0])
+        .filter(|word| {
+            word.starts_with("/nix/store/")
+                && std::path::Path::new(word)
+                    .extension()
+                    .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+        })
+        .map(str::to_owned)
+        .collect();
+    for config in configs {
+        if let Ok(Some(text)) = root.read_text(&config) {
+            texts.push(text);
+        }
+    }
+    let mut found: Vec<String> = Vec::new();
+    for text in &texts {
+        for word in path_words(text) {
+            let skip = ["/nix/store/", "/dev/", "/proc/", "/sys/"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix));
+            if !skip && !found.iter().any(|f| f == word) {
+                found.push(word.to_owned());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The words of a script or config file that contain a `/`, split at shell and argument syntax.
+fn path_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || "'\",=:;()`{}[]|&<>$".contains(c))
+        .filter(|word| word.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_by_their_spelling() {
+        assert_eq!(
+            normalize("/var/lib//microvms/./fw/x"),
+            "/var/lib/microvms/fw/x"
+        );
+        assert_eq!(
+            normalize("/var/lib/microvms/a/../fw/"),
+            "/var/lib/microvms/fw"
+        );
+        assert_eq!(normalize("/../.."), "/");
+    }
+
+    #[test]
+    fn path_words_of_every_hypervisors_syntax() {
+        let words: Vec<&str> = path_words(
+            "crosvm --block /a/b.img,o_direct=false -d '/c/d' --shared-dir /e:tag:type=p9 \
+             file=../f/g \"path_on_host\":\"/h/i\" x=y",
+        )
+        .collect();
+        assert_eq!(words, ["/a/b.img", "/c/d", "/e", "../f/g", "/h/i"]);
+    }
 }

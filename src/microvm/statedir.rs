@@ -34,6 +34,10 @@ pub enum Template {
 pub fn read_template(root: &Root) -> Template {
     for dir in UNIT_DIRS.iter().chain(VENDOR_UNIT_DIRS.iter()) {
         let path = join(dir, "microvm@.service");
+        // Masked, it runs nothing and names nothing: the next one down still tells.
+        if root.masked(&path) {
+            continue;
+        }
         match root.lstat(&path) {
             Ok(None) => continue,
             Ok(Some(_)) => {}
@@ -45,10 +49,20 @@ pub fn read_template(root: &Root) -> Template {
             }
         }
         return match root.read_text(&path) {
-            Ok(Some(text)) => Template::Found {
-                state_dir: condition_state_dir(&text),
-                path,
-            },
+            Ok(Some(text)) => {
+                let dirs = template_state_dirs(&text);
+                if dirs.len() > 1 {
+                    let why = format!(
+                        "it names several stateDirs ({}), so which one VMs run from is unknown",
+                        dirs.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                    return Template::Unreadable { path, why };
+                }
+                Template::Found {
+                    state_dir: dirs.into_iter().next(),
+                    path,
+                }
+            }
             Ok(None) => Template::Unreadable {
                 path,
                 why: "it is a symbolic link to nothing".into(),
@@ -71,6 +85,37 @@ pub fn condition_state_dir(text: &str) -> Option<String> {
         .filter_map(|value| value.trim().strip_suffix(CONDITION_SUFFIX))
         .filter_map(|dir| super::manifest::check_state_dir(dir).ok())
         .next_back()
+}
+
+/// Every stateDir a template names: the directory before `/%i` in any of its paths (the
+/// condition, `WorkingDirectory=`, `ExecStart=`, the scripts of `ExecStartPost=`).
+pub fn template_state_dirs(text: &str) -> std::collections::BTreeSet<String> {
+    let mut dirs: std::collections::BTreeSet<String> =
+        condition_state_dir(text).into_iter().collect();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with(['#', ';']) {
+            continue;
+        }
+        let Some((_, value)) = line.split_once('=') else {
+            continue;
+        };
+        // Exec prefixes (`+`, `-`, `@`, `:`, `!`) and condition marks (`!`, `|`) are no path.
+        let words = value
+            .split(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+            .map(|word| word.trim_start_matches(['!', '@', '+', '-', ':', '|']));
+        for word in words {
+            // `%i` as a whole component (`<dir>/%i` or `<dir>/%i/...`), not `/run/%i.sock`.
+            let Some((dir, rest)) = word.split_once("/%i") else {
+                continue;
+            };
+            if rest.is_empty() || rest.starts_with('/') {
+                if let Ok(dir) = super::manifest::check_state_dir(dir) {
+                    dirs.insert(dir);
+                }
+            }
+        }
+    }
+    dirs
 }
 
 /// The stateDir to use, or the usage error when the given one contradicts the template.
@@ -161,7 +206,12 @@ fn expected_mounts(root: &Root, state_dir: &str) -> Result<Vec<(String, String)>
                 continue;
             }
             let point = point.replace("\\040", " ");
-            if covers(&point) && !found.iter().any(|(p, _)| *p == point) {
+            // A stateDir reached through a symbolic link (`/var/lib/microvms -> /srv/vms`) is
+            // on the storage mounted where the link leads.
+            let behind_link = !point.trim_end_matches('/').is_empty()
+                && !covers(&point)
+                && root.is_within(state_dir, &point);
+            if (covers(&point) || behind_link) && !found.iter().any(|(p, _)| *p == point) {
                 found.push((
                     point.trim_end_matches('/').to_owned(),
                     "/etc/fstab".to_owned(),
@@ -204,6 +254,18 @@ fn escape_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_path_of_the_template_names_the_state_dir() {
+        let text = "[Unit]\nConditionPathExists=/srv/my-vms/%i/current/bin/microvm-run\n\
+                    [Service]\nWorkingDirectory=/srv/my-vms/%i\n\
+                    ExecStartPost=+/nix/store/x-bash/bin/sh -c 'if [ -x /srv/my-vms/%i/current/bin/r ]; then :; fi'\n\
+                    ExecStop=-/srv/my-vms/%i/booted/bin/microvm-shutdown\n";
+        let dirs: Vec<String> = template_state_dirs(text).into_iter().collect();
+        assert_eq!(dirs, ["/srv/my-vms"]);
+        assert!(template_state_dirs("[Service]\nExecStart=/bin/true\n").is_empty());
+        assert!(template_state_dirs("[Service]\nExecStart=/bin/x --api /run/%i.sock\n").is_empty());
+    }
 
     #[test]
     fn reads_the_state_dir_from_the_template() {

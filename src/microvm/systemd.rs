@@ -94,6 +94,11 @@ pub fn parse_list_units(text: &str) -> Vec<UnitState> {
 
 /// Runs a command; the error carries its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    output(program, args).map(drop)
+}
+
+/// Runs a command and returns its standard output; the error carries its stderr.
+pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(program).args(args).output().map_err(|e| {
         format!(
             "cannot run {program}: {}",
@@ -101,7 +106,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
         )
     })?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "`{program} {}` failed ({}): {}",
