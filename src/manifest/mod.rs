@@ -31,6 +31,20 @@ pub struct Storage {
     pub entries: Vec<Entry>,
 }
 
+impl Storage {
+    /// The owner and mode that a directory entry declares for `path`, if one does: found in
+    /// the entries' order (ancestors first), without an index to build on every run.
+    pub fn declared(&self, path: &str) -> Option<&Attrs> {
+        let first = self
+            .entries
+            .partition_point(|e| path_order(&e.path, path).is_lt());
+        self.entries[first..]
+            .iter()
+            .take_while(|e| e.path == path)
+            .find_map(|e| e.attrs.as_ref())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Directory,
@@ -259,7 +273,7 @@ fn normalise(path: &str) -> Result<String, &'static str> {
 
 /// Ancestors first: sorting by a key with `/` as the lowest byte orders by component, so that
 /// `/a/b` comes before `/a-b`; the sort is stable among equal paths.
-fn sort_entries(entries: &mut Vec<Entry>) {
+fn sort_entries(entries: &mut [Entry]) {
     if entries.is_sorted_by(|a, b| path_order(&a.path, &b.path).is_le()) {
         return;
     }
@@ -696,6 +710,24 @@ mod tests {
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
                 let _ = parse(&text);
+            }
+
+            /// `declared` finds by the entries' order what a search of every entry finds.
+            #[test]
+            fn declared_finds_what_a_linear_search_finds(
+                dirs in prop::collection::vec(prop::sample::select(vec!["/a", "/a/b", "/a-b", "/b", "/a/b/c", "/c/a", "/b/a"]), 0..12),
+                files in prop::collection::vec(prop::sample::select(vec!["/a", "/a/b", "/a-b/f", "/b"]), 0..4),
+            ) {
+                let dirs: Vec<_> = dirs.iter().map(|p| serde_json::json!({"path": p, "user": "root", "group": "root", "mode": "0700"})).collect();
+                let files: Vec<_> = files.iter().map(|p| serde_json::json!({"path": p})).collect();
+                let doc = serde_json::json!({"version": 1, "storages": [{"path": "/p", "directories": dirs, "files": files}]});
+                let Ok(m) = parse(&doc.to_string()) else { return Ok(()) };
+                let storage = &m.storages[0];
+                for path in ["/a", "/a/b", "/a-b", "/a-b/f", "/b", "/a/b/c", "/c", "/c/a", "/b/a", "/z"] {
+                    let linear = storage.entries.iter().find(|e| e.path == path).and_then(|e| e.attrs.as_ref());
+                    let linear = linear.or_else(|| storage.entries.iter().filter(|e| e.path == path).find_map(|e| e.attrs.as_ref()));
+                    prop_assert_eq!(storage.declared(path), linear, "{}", path);
+                }
             }
 
             /// Sorting in place by the permutation's cycles gives what a stable sort gives:

@@ -6,7 +6,7 @@
 //! each walked from the first missing component on. Directories that an interrupted run made
 //! with a deferred owner carry a mark (see `deferred`), and are planned to get their owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
@@ -417,15 +417,10 @@ impl<'a> Planner<'a> {
         if storage_fd.is_some() {
             self.resolver.add_storage(&storage.path);
         }
-        let declared: HashMap<&str, &Attrs> = storage
-            .entries
-            .iter()
-            .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
-            .collect();
         storage
             .entries
             .iter()
-            .map(|entry| self.entry(storage, storage_fd, entry, &declared))
+            .map(|entry| self.entry(storage, storage_fd, entry))
             .collect()
     }
 
@@ -506,7 +501,6 @@ impl<'a> Planner<'a> {
         storage: &'m Storage,
         storage_fd: Option<BorrowedFd<'_>>,
         entry: &'m Entry,
-        declared: &HashMap<&str, &Attrs>,
     ) -> EntryPlan<'m> {
         let mut plan = EntryPlan {
             entry,
@@ -514,7 +508,7 @@ impl<'a> Planner<'a> {
             actions: Vec::new(),
             actual: None,
         };
-        if let Err(problem) = self.both_sides(storage, storage_fd, entry, declared, &mut plan) {
+        if let Err(problem) = self.both_sides(storage, storage_fd, entry, &mut plan) {
             plan.state = EntryState::Failed(problem);
         } else if plan.state == EntryState::Present
             && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
@@ -530,14 +524,13 @@ impl<'a> Planner<'a> {
         storage: &Storage,
         storage_fd: Option<BorrowedFd<'_>>,
         entry: &Entry,
-        declared: &HashMap<&str, &Attrs>,
         plan: &mut EntryPlan<'_>,
     ) -> Result<(), Problem> {
         let dirs = dirs_of(entry);
         let attrs_of = |prefix: &str| -> Attrs {
-            declared
-                .get(prefix)
-                .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
+            storage
+                .declared(prefix)
+                .map_or_else(|| entry.parent.clone(), Clone::clone)
         };
         let exists = self.side(
             storage,
