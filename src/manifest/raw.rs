@@ -46,8 +46,9 @@ pub struct RawDirectory<'a> {
     pub gid: Option<Number>,
     #[serde(borrow)]
     pub mode: Option<Cow<'a, str>>,
+    /// Boxed: rare, and 104 bytes inline in every entry of a list that grows by copying.
     #[serde(borrow)]
-    pub parent: Option<RawAttrs<'a>>,
+    pub parent: Option<Box<RawAttrs<'a>>>,
     #[serde(borrow)]
     pub origin: Option<Cow<'a, str>>,
 }
@@ -58,7 +59,7 @@ pub struct RawFile<'a> {
     #[serde(borrow)]
     pub path: Cow<'a, str>,
     #[serde(borrow)]
-    pub parent: Option<RawAttrs<'a>>,
+    pub parent: Option<Box<RawAttrs<'a>>>,
     #[serde(borrow)]
     pub origin: Option<Cow<'a, str>>,
 }

@@ -113,7 +113,7 @@ impl Checker {
                 &d.path,
                 d.origin.as_deref(),
                 Some(d.fields()),
-                d.parent.as_ref(),
+                d.parent.as_deref(),
             );
             entries.extend(entry);
         }
@@ -128,7 +128,7 @@ impl Checker {
                 &f.path,
                 f.origin.as_deref(),
                 None,
-                f.parent.as_ref(),
+                f.parent.as_deref(),
             );
             entries.extend(entry);
         }
