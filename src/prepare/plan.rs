@@ -283,9 +283,10 @@ impl Plan<'_> {
     }
 }
 
-/// One directory a walk opened, kept for the next entry, which usually shares it.
+/// One directory a walk opened, kept for the next entry, which usually shares it. Its path
+/// is the first `len` bytes of the side's `walked` path: no string of its own to allocate.
 struct Link {
-    prefix: String,
+    len: usize,
     fd: OwnedFd,
 }
 
@@ -304,6 +305,8 @@ pub struct Planner<'a> {
     record: &'a Record,
     planned: Sides<HashSet<String>>,
     chains: Sides<Vec<Link>>,
+    /// The directories the last walk of each side went for; its chain's links are prefixes.
+    walked: Sides<String>,
     /// A side whose base carries the mark of deferred owners left by an earlier run: every
     /// existing directory on it is looked at, not only the entries' own.
     deep: Sides<bool>,
@@ -339,6 +342,7 @@ impl<'a> Planner<'a> {
             record,
             planned: Sides::default(),
             chains: Sides::default(),
+            walked: Sides::default(),
             deep: Sides {
                 storage: false,
                 root: deep_marked(root),
@@ -541,14 +545,15 @@ impl<'a> Planner<'a> {
             &attrs_of,
             plan,
         )?;
-        let source_attrs = if entry.kind == Kind::Directory && exists {
-            self.source_attrs(storage, entry, plan)?
+        let source = if entry.kind == Kind::Directory && exists {
+            self.source_meta(storage, entry, plan)?
         } else {
             None
         };
+        // Built only for a mount point to make: a no-op run formats no ids.
         let root_attrs_of = |prefix: &str| -> Attrs {
-            match &source_attrs {
-                Some(attrs) if prefix == entry.path => attrs.clone(),
+            match source {
+                Some(meta) if prefix == entry.path => attrs_of_meta(meta),
                 _ => attrs_of(prefix),
             }
         };
@@ -567,15 +572,15 @@ impl<'a> Planner<'a> {
 
     /// The owner and mode the mount point takes: the source's actual ones, as impermanence
     /// does; none while the source waits for its owner (the mount point waits with it).
-    fn source_attrs(
+    fn source_meta(
         &mut self,
         storage: &Storage,
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
-    ) -> Result<Option<Attrs>, Problem> {
+    ) -> Result<Option<Meta>, Problem> {
         match self.judge(storage, entry, plan) {
             Ok(_) if plan.state == EntryState::Deferred => Ok(None),
-            Ok(meta) => Ok(Some(attrs_of_meta(meta))),
+            Ok(meta) => Ok(Some(meta)),
             Err(errno) => Err(Problem::Os {
                 path: self.shown(&storage.path, Side::Storage, &entry.path),
                 error: fs::OsError {
@@ -627,10 +632,13 @@ impl<'a> Planner<'a> {
             return Ok(Walked::MissingFrom(from));
         }
         let mut chain = std::mem::take(&mut self.chains[side]);
+        let walked = &mut self.walked[side];
         let shared = chain
             .iter()
-            .take_while(|link| manifest::contains(&link.prefix, dirs))
+            .take_while(|link| manifest::contains(&walked[..link.len], dirs))
             .count();
+        walked.clear();
+        walked.push_str(dirs);
         for link in chain.drain(shared..) {
             self.retired.retire(link.fd);
         }
@@ -650,7 +658,7 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Walked, Problem> {
-        let done = chain.last().map_or(0, |l| l.prefix.len());
+        let done = chain.last().map_or(0, |l| l.len);
         if done == dirs.len() && done > 0 {
             return Ok(Walked::Exists);
         }
@@ -660,8 +668,10 @@ impl<'a> Planner<'a> {
         if !deep {
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
             if let Some(fd) = open_whole(volume.is_some(), from, rest) {
-                let prefix = dirs.to_owned();
-                chain.push(Link { prefix, fd });
+                chain.push(Link {
+                    len: dirs.len(),
+                    fd,
+                });
                 return Ok(Walked::Exists);
             }
         }
@@ -675,8 +685,10 @@ impl<'a> Planner<'a> {
                     if deep {
                         self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
                     }
-                    let prefix = prefix.clone();
-                    chain.push(Link { prefix, fd });
+                    chain.push(Link {
+                        len: prefix.len(),
+                        fd,
+                    });
                 }
                 Err(Ok(errno)) => {
                     return match fs::diagnose(parent, name, errno) {
