@@ -941,11 +941,7 @@ impl<'a> Planner<'a> {
 /// The common case on every boot after the first: everything is there, one call; below a
 /// storage on its volume, one that stays on the storage's mount.
 fn open_whole(on_volume: bool, from: BorrowedFd<'_>, rest: &str) -> Option<OwnedFd> {
-    if on_volume {
-        fs::open_beneath_same_mount(from, rest).ok()
-    } else {
-        fs::open_beneath(from, rest).ok()
-    }
+    fs::open_descending(from, rest, on_volume).ok()
 }
 
 /// A side's base carries the mark that an earlier run left deferred owners on it.
