@@ -151,14 +151,20 @@ impl std::fmt::Display for Attrs {
 /// A user or group: its name, and the numeric id when the manifest gives one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
-    pub name: String,
+    /// Shared: a manifest names the same few users and groups in every entry, and the
+    /// default `parent` names root twice per entry.
+    pub name: std::rc::Rc<str>,
     pub id: Option<u32>,
+}
+
+thread_local! {
+    static ROOT: std::rc::Rc<str> = std::rc::Rc::from("root");
 }
 
 impl Owner {
     pub fn root() -> Self {
         Owner {
-            name: "root".into(),
+            name: ROOT.with(std::rc::Rc::clone),
             id: Some(0),
         }
     }
@@ -385,6 +391,20 @@ mod tests {
             .map(|e| e.path.as_str())
             .collect();
         assert_eq!(paths, ["/a", "/a/b", "/a/b/c", "/a-b"]);
+    }
+
+    #[test]
+    fn entries_share_the_names_they_repeat() {
+        let m = ok(&one_dir(
+            r#"{"path":"/a","user":"u","group":"g","mode":"0700"},
+               {"path":"/b","user":"u","group":"g","mode":"0700"}"#,
+        ));
+        let [a, b] = [0, 1].map(|i| m.storages[0].entries[i].attrs.clone().unwrap());
+        assert!(std::rc::Rc::ptr_eq(&a.user.name, &b.user.name));
+        assert!(std::rc::Rc::ptr_eq(&a.group.name, &b.group.name));
+        let [pa, pb] = [0, 1].map(|i| m.storages[0].entries[i].parent.clone());
+        assert!(std::rc::Rc::ptr_eq(&pa.user.name, &pb.user.name));
+        assert_eq!(&*a.user.name, "u");
     }
 
     #[test]
@@ -619,7 +639,7 @@ mod tests {
             r#"{"path":"/a","user":"4294967294","group":"0","mode":"0700"}"#,
         ));
         assert_eq!(
-            m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
+            &*m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
             "4294967294"
         );
     }

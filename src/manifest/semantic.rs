@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Display};
+use std::rc::Rc;
 
 use serde_json::Number;
 
@@ -62,6 +63,8 @@ pub(super) fn check(raw: &Raw<'_>) -> (Manifest, Vec<String>) {
 #[derive(Default)]
 struct Checker {
     errors: Vec<String>,
+    /// The names met last, shared by the entries that repeat them (most do).
+    names: Vec<Rc<str>>,
 }
 
 impl Checker {
@@ -252,9 +255,9 @@ impl Checker {
             return None;
         }
         let name = match (name, id) {
-            (Some(name), _) => name.to_owned(),
+            (Some(name), _) => self.shared(name),
             (None, None) if defaults => return Some(Owner::root()),
-            (None, Some(id)) => id.to_string(),
+            (None, Some(id)) => self.shared(&id.to_string()),
             (None, None) => {
                 self.error(
                     here,
@@ -265,8 +268,23 @@ impl Checker {
             }
         };
         // root is 0 everywhere; saying so keeps `"user": "root"` equal to the default.
-        let id = id.or_else(|| (name == "root").then_some(0));
+        let id = id.or_else(|| (&*name == "root").then_some(0));
         Some(Owner { name, id })
+    }
+
+    /// One allocation per name among the last few met, not one per entry and field. The
+    /// search is bounded, so that a manifest of thousands of names costs no more than before.
+    fn shared(&mut self, name: &str) -> Rc<str> {
+        const RECENT: usize = 8;
+        if let Some(shared) = self.names.iter().rev().find(|n| ***n == *name) {
+            return Rc::clone(shared);
+        }
+        let shared: Rc<str> = Rc::from(name);
+        if self.names.len() == RECENT {
+            self.names.remove(0);
+        }
+        self.names.push(Rc::clone(&shared));
+        shared
     }
 
     /// Checks that need the whole manifest: duplicates and entries clashing with storages.

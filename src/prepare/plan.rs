@@ -973,11 +973,11 @@ fn skipped(storage: &Storage, why: Skip) -> Vec<EntryPlan<'_>> {
 fn attrs_of_meta(meta: Meta) -> Attrs {
     Attrs {
         user: Owner {
-            name: meta.uid.to_string(),
+            name: meta.uid.to_string().into(),
             id: Some(meta.uid),
         },
         group: Owner {
-            name: meta.gid.to_string(),
+            name: meta.gid.to_string().into(),
             id: Some(meta.gid),
         },
         mode: meta.mode,
