@@ -71,7 +71,8 @@ pub struct Entry {
     /// Attributes of missing ancestors.
     pub parent: Attrs,
     /// The NixOS option this entry came from, if the manifest says.
-    pub origin: Option<String>,
+    /// Shared like owner names: most entries repeat the option they came from.
+    pub origin: Option<std::rc::Rc<str>>,
     /// Where in the manifest it stands, e.g. `storages[0].directories[3]`.
     pub location: Location,
 }
@@ -396,9 +397,11 @@ mod tests {
     #[test]
     fn entries_share_the_names_they_repeat() {
         let m = ok(&one_dir(
-            r#"{"path":"/a","user":"u","group":"g","mode":"0700"},
-               {"path":"/b","user":"u","group":"g","mode":"0700"}"#,
+            r#"{"path":"/a","user":"u","group":"g","mode":"0700","origin":"o"},
+               {"path":"/b","user":"u","group":"g","mode":"0700","origin":"o"}"#,
         ));
+        let [oa, ob] = [0, 1].map(|i| m.storages[0].entries[i].origin.clone().unwrap());
+        assert!(std::rc::Rc::ptr_eq(&oa, &ob));
         let [a, b] = [0, 1].map(|i| m.storages[0].entries[i].attrs.clone().unwrap());
         assert!(std::rc::Rc::ptr_eq(&a.user.name, &b.user.name));
         assert!(std::rc::Rc::ptr_eq(&a.group.name, &b.group.name));

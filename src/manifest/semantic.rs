@@ -178,7 +178,7 @@ impl Checker {
                 None => None,
             },
             parent: parent?,
-            origin: origin.map(str::to_owned),
+            origin: origin.map(|o| self.shared(o)),
             location,
         })
     }
@@ -272,7 +272,8 @@ impl Checker {
         Some(Owner { name, id })
     }
 
-    /// One allocation per name among the last few met, not one per entry and field. The
+    /// One allocation per name (or origin) among the last few met, not one per entry and
+    /// field. The
     /// search is bounded, so that a manifest of thousands of names costs no more than before.
     fn shared(&mut self, name: &str) -> Rc<str> {
         const RECENT: usize = 8;
