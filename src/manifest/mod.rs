@@ -753,6 +753,31 @@ mod tests {
                 }
             }
 
+            /// The first declaration of a path, found by binary search per storage, is the
+            /// one a scan of every storage and entry in order finds.
+            #[test]
+            fn first_declared_is_the_first_in_the_manifests_order(
+                storages in prop::collection::vec(prop::collection::vec((prop::sample::select(vec!["/a", "/a/b", "/a-b", "/b", "/b/a"]), prop::sample::select(vec!["0700", "0750"])), 0..8), 1..4),
+            ) {
+                let storages: Vec<_> = storages.iter().enumerate().map(|(i, dirs)| {
+                    let dirs: Vec<_> = dirs.iter().map(|(p, m)| serde_json::json!({"path": p, "user": "root", "group": "root", "mode": m})).collect();
+                    serde_json::json!({"path": format!("/s{i}"), "directories": dirs})
+                }).collect();
+                let text = serde_json::json!({"version": 1, "storages": storages}).to_string();
+                let raw = serde_json::from_str::<raw::Raw<'_>>(&text).unwrap();
+                let (m, _) = semantic::check(&raw);
+                for (s, storage) in m.storages.iter().enumerate() {
+                    for (i, entry) in storage.entries.iter().enumerate() {
+                        let scan = m.storages.iter().flat_map(|st| st.entries.iter().map(move |e| (st, e)))
+                            .find(|(_, e)| e.path == entry.path)
+                            .filter(|(_, e)| !std::ptr::eq(*e, entry));
+                        let found = semantic::first_declared(&m, s, i);
+                        let ptrs = |(st, e): (&Storage, &Entry)| (std::ptr::from_ref(st), std::ptr::from_ref(e));
+                        prop_assert_eq!(found.map(ptrs), scan.map(ptrs));
+                    }
+                }
+            }
+
             /// Sorting in place by the permutation's cycles gives what a stable sort gives:
             /// ancestors first, equal paths in the manifest's order.
             #[test]

@@ -10,7 +10,7 @@ use serde_json::Number;
 use super::raw::{Fields, Raw, RawAttrs, RawStorage};
 use super::{
     Attrs, Entry, Kind, Location, Manifest, Owner, Storage, VERSION, contains, normalise,
-    sort_entries, valid_name,
+    path_order, sort_entries, valid_name,
 };
 use crate::escape;
 use crate::mode;
@@ -302,18 +302,11 @@ impl Checker {
                 );
             }
         }
-        let mut seen: HashMap<&str, (&Storage, &Entry)> =
-            HashMap::with_capacity(manifest.storages.iter().map(|s| s.entries.len()).sum());
-        for storage in &manifest.storages {
-            for entry in &storage.entries {
+        for (s, storage) in manifest.storages.iter().enumerate() {
+            for (i, entry) in storage.entries.iter().enumerate() {
                 self.overlaps(manifest, entry);
-                match seen.get(entry.path.as_str()) {
-                    None => {
-                        seen.insert(&entry.path, (storage, entry));
-                    }
-                    Some(&(first_storage, first)) => {
-                        self.duplicate((first_storage, first), (storage, entry));
-                    }
+                if let Some(first) = first_declared(manifest, s, i) {
+                    self.duplicate(first, (storage, entry));
                 }
             }
         }
@@ -367,6 +360,29 @@ impl Checker {
             ),
         );
     }
+}
+
+/// The first declaration, in the manifest's order, of the path of entry `index` of storage
+/// `storage`, when that entry is not it. Each storage's entries are sorted (ancestors first,
+/// equal paths in the manifest's order), so a binary search per storage finds it, without a
+/// hash of every path on every run.
+pub(super) fn first_declared(
+    manifest: &Manifest,
+    storage: usize,
+    index: usize,
+) -> Option<(&Storage, &Entry)> {
+    let path = manifest.storages[storage].entries[index].path.as_str();
+    let earlier = manifest.storages[..storage]
+        .iter()
+        .find_map(|s| first_in(&s.entries, path).map(|e| (s, e)));
+    let s = &manifest.storages[storage];
+    earlier.or_else(|| first_in(&s.entries[..index], path).map(|e| (s, e)))
+}
+
+/// The first of sorted `entries` whose path is `path`.
+fn first_in<'m>(entries: &'m [Entry], path: &str) -> Option<&'m Entry> {
+    let at = entries.partition_point(|e| path_order(&e.path, path).is_lt());
+    entries.get(at).filter(|e| e.path == path)
 }
 
 /// Why a user or group name is refused.
