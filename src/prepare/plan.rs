@@ -163,13 +163,13 @@ pub enum EntryState {
     /// Made by this run.
     Created,
     /// Exists with another owner or mode; never changed.
-    Drift(Judged),
+    Drift(Box<Judged>),
     /// Made root-owned because its owner does not resolve yet; actions give it when it does.
     Deferred,
     /// Its deferred owner was given by this run.
     Finished,
     /// Exists, but its owner names cannot be resolved, so it cannot be judged.
-    Unresolvable(Judged),
+    Unresolvable(Box<Judged>),
     Failed(Problem),
     Skipped(Skip),
 }
@@ -1019,12 +1019,13 @@ fn drift_or_unresolvable(
     meta: Meta,
 ) -> EntryState {
     let owner_differs = uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
-    let judged = Judged {
+    // Boxed: rare, and 120 bytes that every entry's state would carry inline.
+    let judged = Box::new(Judged {
         declared: attrs.clone(),
         uid,
         gid,
         actual: meta,
-    };
+    });
     if owner_differs || meta.mode != attrs.mode {
         EntryState::Drift(judged)
     } else {
