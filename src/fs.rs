@@ -204,8 +204,9 @@ pub fn open_descending(dir: impl AsFd, path: &str, same_mount: bool) -> Result<O
 
 /// True when a relative path names a descendant by child names alone.
 fn only_descends(path: &str) -> bool {
-    path.split('/')
-        .all(|c| !c.is_empty() && c != "." && c != "..")
+    path.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|c| !matches!(c, b"" | b"." | b".."))
 }
 
 /// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.

@@ -306,9 +306,24 @@ fn sort_entries(entries: &mut [Entry]) {
 /// Compares paths as if `/` were the lowest byte, without building keys.
 fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let same = common_prefix(a, b);
     let key = |c: Option<&u8>| c.map(|&c| if c == b'/' { 0 } else { u16::from(c) + 1 });
     key(a.get(same)).cmp(&key(b.get(same)))
+}
+
+/// The length of the bytes `a` and `b` start with alike: eight at a time, then one by one
+/// (sorting and searching the entries compares paths some 20,000 times a run).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let end = a.len().min(b.len());
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut same = 0;
+    while same + 8 <= end && word(a, same) == word(b, same) {
+        same += 8;
+    }
+    while same < end && a[same] == b[same] {
+        same += 1;
+    }
+    same
 }
 
 /// True when `ancestor` is `path` or one of its ancestors (both normalised).
@@ -776,6 +791,15 @@ mod tests {
                         prop_assert_eq!(found.map(ptrs), scan.map(ptrs));
                     }
                 }
+            }
+
+            /// Paths compare as their bytes do with `/` below every other byte.
+            #[test]
+            fn path_order_is_bytes_with_slash_lowest(a in "[/a-]{0,40}", b in "[/a-]{0,40}") {
+                let key = |s: &str| s.bytes().map(|c| if c == b'/' { 0 } else { u16::from(c) + 1 }).collect::<Vec<_>>();
+                prop_assert_eq!(path_order(&a, &b), key(&a).cmp(&key(&b)));
+                let long = format!("{a}{a}{a}");
+                prop_assert_eq!(path_order(&long, &b), key(&long).cmp(&key(&b)));
             }
 
             /// Sorting in place by the permutation's cycles gives what a stable sort gives:

@@ -376,7 +376,13 @@ pub(super) fn first_declared(
         .iter()
         .find_map(|s| first_in(&s.entries, path).map(|e| (s, e)));
     let s = &manifest.storages[storage];
-    earlier.or_else(|| first_in(&s.entries[..index], path).map(|e| (s, e)))
+    // Sorted: an earlier declaration in the same storage is right before this one.
+    let repeated = index > 0 && s.entries[index - 1].path == path;
+    earlier.or_else(|| {
+        repeated
+            .then(|| first_in(&s.entries[..index], path).map(|e| (s, e)))
+            .flatten()
+    })
 }
 
 /// The first of sorted `entries` whose path is `path`.
