@@ -426,6 +426,19 @@ mod tests {
     }
 
     #[test]
+    fn long_lists_read_in_chunks_keep_every_entry_and_its_place() {
+        let dirs: Vec<String> = (0..150)
+            .map(|i| format!(r#"{{"path":"/d{i}","user":"root","group":"root","mode":"0700"}}"#))
+            .collect();
+        let m = ok(&one_dir(&dirs.join(",")));
+        let entries = &m.storages[0].entries;
+        assert_eq!(entries.len(), 150);
+        for e in entries {
+            assert_eq!(e.path, format!("/d{}", e.location.index));
+        }
+    }
+
+    #[test]
     fn paths_are_normalised() {
         let m = ok(&one_dir(
             r#"{"path":"//var//log/","user":"root","group":"root","mode":"0755"}"#,
