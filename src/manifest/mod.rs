@@ -179,7 +179,12 @@ pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
             crate::escape::bytes(path.as_os_str().as_encoded_bytes()),
         )]
     })?;
-    parse(&text)
+    // A command loads the manifest once and exits soon after: handing the text and the raw
+    // lists back to the allocator (a score of munmap calls for a large manifest) is work that
+    // exit does for nothing.
+    let manifest = parse_then(&text, |raw| std::mem::forget(raw));
+    std::mem::forget(text);
+    manifest
 }
 
 /// Reads the manifest, which must be a regular file. It is opened non-blocking and checked
@@ -215,10 +220,20 @@ fn read(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// Parses and validates manifest text.
+/// Parses and validates manifest text (commands read a file with `load`).
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
+    parse_then(text, |raw| drop(raw))
+}
+
+/// Parses and validates, then hands the raw manifest to `then` (to drop or to forget).
+fn parse_then(
+    text: &str,
+    then: impl for<'r> FnOnce(raw::Raw<'r>),
+) -> Result<Manifest, Vec<String>> {
     let raw = serde_json::from_str::<raw::Raw<'_>>(text).map_err(|e| vec![structural(&e)])?;
     let (mut manifest, errors) = semantic::check(&raw);
+    then(raw);
     if errors.is_empty() {
         dedup(&mut manifest);
         Ok(manifest)
