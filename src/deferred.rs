@@ -74,7 +74,7 @@ pub fn may_give(mark: &Mark, meta: fs::Meta, declared: Option<&Attrs>) -> Result
         return Err(MarkDrift::Changed);
     }
     let same = |name: &str, id: Option<u32>, owner: &Owner| {
-        name == owner.name && owner.id.is_none_or(|declared| id == Some(declared))
+        name == &*owner.name && owner.id.is_none_or(|declared| id == Some(declared))
     };
     if mark.mode != declared.mode
         || !same(&mark.user, mark.uid, &declared.user)
@@ -129,11 +129,11 @@ impl Pending {
     pub fn declared(&self) -> Attrs {
         Attrs {
             user: Owner {
-                name: self.user.clone(),
+                name: self.user.as_str().into(),
                 id: self.uid,
             },
             group: Owner {
-                name: self.group.clone(),
+                name: self.group.as_str().into(),
                 id: self.gid,
             },
             mode: self.mode,

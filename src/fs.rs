@@ -181,6 +181,34 @@ pub fn open_beneath_same_mount(dir: impl AsFd, path: &str) -> Result<OwnedFd, Er
     })
 }
 
+/// Opens a directory below `dir` in one call, refusing every symlink, for the planner's common
+/// case (a manifest path that exists). Beneath `dir` by construction rather than by the
+/// kernel's `RESOLVE_BENEATH`: the path must be child names only (no `.`, `..` or empty
+/// component; a leading `/` is taken as relative), else `EXDEV`, so every step descends and
+/// none follows a link. `RESOLVE_BENEATH` checks again at the end of every call by walking up
+/// from the result, which measured about 5% of a no-op run. With `same_mount`, also refuses
+/// to cross into another mount, as `open_beneath_same_mount` does.
+pub fn open_descending(dir: impl AsFd, path: &str, same_mount: bool) -> Result<OwnedFd, Errno> {
+    if !only_descends(relative(path)) {
+        return Err(Errno::XDEV);
+    }
+    let resolve = if same_mount {
+        ResolveFlags::NO_SYMLINKS.union(ResolveFlags::NO_XDEV)
+    } else {
+        ResolveFlags::NO_SYMLINKS
+    };
+    in_pieces(dir, path, |dir, path| {
+        openat2(dir, path, DIR_PATH, Mode::empty(), resolve)
+    })
+}
+
+/// True when a relative path names a descendant by child names alone.
+fn only_descends(path: &str) -> bool {
+    path.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|c| !matches!(c, b"" | b"." | b".."))
+}
+
 /// Opens a directory below `dir` for reading (extended attributes, `fstat`), refusing symlinks.
 pub fn open_dir_beneath(dir: impl AsFd, path: &str) -> Result<OwnedFd, Errno> {
     in_pieces(dir, path, |dir, path| {
@@ -760,4 +788,48 @@ pub fn is_below(dir: impl AsFd, ancestor: (u64, u64), stop: (u64, u64)) -> Resul
         current = parent;
     }
     Err(Errno::LOOP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory; removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("pp-fs-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("a/b/c")).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn descending_opens_child_names_only_and_never_a_symlink() {
+        let t = Scratch::new("descend");
+        let base = open_root(&t.0.join("a")).unwrap();
+        assert!(open_descending(&base, "/b/c", false).is_ok());
+        assert!(open_descending(&base, "b/c", true).is_ok());
+        // `..` would resolve here (a/b/.. is a), yet it is refused before any call.
+        for path in ["b/../b", "../a", "./b", "b//c", "b/c/", "", "/"] {
+            assert_eq!(
+                open_descending(&base, path, false).err(),
+                Some(Errno::XDEV),
+                "{path:?}"
+            );
+        }
+        std::os::unix::fs::symlink("b", t.0.join("a/l")).unwrap();
+        assert_eq!(
+            open_descending(&base, "l/c", false).err(),
+            Some(Errno::LOOP)
+        );
+    }
 }

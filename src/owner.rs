@@ -81,10 +81,10 @@ impl<'a> Resolver<'a> {
         }
         let found = table
             .as_ref()
-            .and_then(|t| t.get(&owner.name).copied())
+            .and_then(|t| t.get(&*owner.name).copied())
             .filter(|&id| id != NO_ID);
         // root is uid and gid 0 on every Linux system, even before /etc/passwd exists.
-        found.or_else(|| (owner.name == "root").then_some(0))
+        found.or_else(|| (&*owner.name == "root").then_some(0))
     }
 }
 

@@ -124,11 +124,11 @@ fn finish_all(root: &Root, record: &mut Record) -> Vec<(Pending, Outcome)> {
 /// The recorded owner's ids, or which of the two names still does not resolve.
 fn resolve(resolver: &mut Resolver<'_>, p: &Pending) -> Result<(u32, u32), Outcome> {
     let user = Owner {
-        name: p.user.clone(),
+        name: p.user.as_str().into(),
         id: p.uid,
     };
     let group = Owner {
-        name: p.group.clone(),
+        name: p.group.as_str().into(),
         id: p.gid,
     };
     let uid = resolver.resolve(&user, Db::User);

@@ -31,6 +31,20 @@ pub struct Storage {
     pub entries: Vec<Entry>,
 }
 
+impl Storage {
+    /// The owner and mode that a directory entry declares for `path`, if one does: found in
+    /// the entries' order (ancestors first), without an index to build on every run.
+    pub fn declared(&self, path: &str) -> Option<&Attrs> {
+        let first = self
+            .entries
+            .partition_point(|e| path_order(&e.path, path).is_lt());
+        self.entries[first..]
+            .iter()
+            .take_while(|e| e.path == path)
+            .find_map(|e| e.attrs.as_ref())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Directory,
@@ -57,7 +71,8 @@ pub struct Entry {
     /// Attributes of missing ancestors.
     pub parent: Attrs,
     /// The NixOS option this entry came from, if the manifest says.
-    pub origin: Option<String>,
+    /// Shared like owner names: most entries repeat the option they came from.
+    pub origin: Option<std::rc::Rc<str>>,
     /// Where in the manifest it stands, e.g. `storages[0].directories[3]`.
     pub location: Location,
 }
@@ -137,14 +152,20 @@ impl std::fmt::Display for Attrs {
 /// A user or group: its name, and the numeric id when the manifest gives one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
-    pub name: String,
+    /// Shared: a manifest names the same few users and groups in every entry, and the
+    /// default `parent` names root twice per entry.
+    pub name: std::rc::Rc<str>,
     pub id: Option<u32>,
+}
+
+thread_local! {
+    static ROOT: std::rc::Rc<str> = std::rc::Rc::from("root");
 }
 
 impl Owner {
     pub fn root() -> Self {
         Owner {
-            name: "root".into(),
+            name: ROOT.with(std::rc::Rc::clone),
             id: Some(0),
         }
     }
@@ -158,7 +179,12 @@ pub fn load(path: &Path) -> Result<Manifest, Vec<String>> {
             crate::escape::bytes(path.as_os_str().as_encoded_bytes()),
         )]
     })?;
-    parse(&text)
+    // A command loads the manifest once and exits soon after: handing the text and the raw
+    // lists back to the allocator (a score of munmap calls for a large manifest) is work that
+    // exit does for nothing.
+    let manifest = parse_then(&text, |raw| std::mem::forget(raw));
+    std::mem::forget(text);
+    manifest
 }
 
 /// Reads the manifest, which must be a regular file. It is opened non-blocking and checked
@@ -194,10 +220,20 @@ pub(crate) fn read(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// Parses and validates manifest text.
+/// Parses and validates manifest text (commands read a file with `load`).
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
+    parse_then(text, |raw| drop(raw))
+}
+
+/// Parses and validates, then hands the raw manifest to `then` (to drop or to forget).
+fn parse_then(
+    text: &str,
+    then: impl for<'r> FnOnce(raw::Raw<'r>),
+) -> Result<Manifest, Vec<String>> {
     let raw = serde_json::from_str::<raw::Raw<'_>>(text).map_err(|e| vec![structural(&e)])?;
     let (mut manifest, errors) = semantic::check(&raw);
+    then(raw);
     if errors.is_empty() {
         dedup(&mut manifest);
         Ok(manifest)
@@ -264,23 +300,50 @@ fn normalise(path: &str) -> Result<String, &'static str> {
 
 /// Ancestors first: sorting by a key with `/` as the lowest byte orders by component, so that
 /// `/a/b` comes before `/a-b`; the sort is stable among equal paths.
-fn sort_entries(entries: &mut Vec<Entry>) {
+fn sort_entries(entries: &mut [Entry]) {
     if entries.is_sorted_by(|a, b| path_order(&a.path, &b.path).is_le()) {
         return;
     }
-    // Entries are large: sort their indices (stably), then move each entry once.
+    // Entries are large: sort their indices (stably), then put each entry in place by
+    // following the permutation's cycles, without a second array of entries (memory that a
+    // short run would pay for in page faults).
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&i, &j| path_order(&entries[i].path, &entries[j].path));
-    let mut slots: Vec<Option<Entry>> = std::mem::take(entries).into_iter().map(Some).collect();
-    entries.extend(order.into_iter().filter_map(|i| slots[i].take()));
+    for start in 0..order.len() {
+        let mut at = start;
+        // Position `at` takes the entry that stood at `order[at]`; usize::MAX marks it done.
+        while order[at] != usize::MAX {
+            let from = std::mem::replace(&mut order[at], usize::MAX);
+            if from == start {
+                break;
+            }
+            entries.swap(at, from);
+            at = from;
+        }
+    }
 }
 
 /// Compares paths as if `/` were the lowest byte, without building keys.
 fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let same = common_prefix(a, b);
     let key = |c: Option<&u8>| c.map(|&c| if c == b'/' { 0 } else { u16::from(c) + 1 });
     key(a.get(same)).cmp(&key(b.get(same)))
+}
+
+/// The length of the bytes `a` and `b` start with alike: eight at a time, then one by one
+/// (sorting and searching the entries compares paths some 20,000 times a run).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let end = a.len().min(b.len());
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut same = 0;
+    while same + 8 <= end && word(a, same) == word(b, same) {
+        same += 8;
+    }
+    while same < end && a[same] == b[same] {
+        same += 1;
+    }
+    same
 }
 
 /// True when `ancestor` is `path` or one of its ancestors (both normalised).
@@ -364,6 +427,35 @@ mod tests {
             .map(|e| e.path.as_str())
             .collect();
         assert_eq!(paths, ["/a", "/a/b", "/a/b/c", "/a-b"]);
+    }
+
+    #[test]
+    fn entries_share_the_names_they_repeat() {
+        let m = ok(&one_dir(
+            r#"{"path":"/a","user":"u","group":"g","mode":"0700","origin":"o"},
+               {"path":"/b","user":"u","group":"g","mode":"0700","origin":"o"}"#,
+        ));
+        let [oa, ob] = [0, 1].map(|i| m.storages[0].entries[i].origin.clone().unwrap());
+        assert!(std::rc::Rc::ptr_eq(&oa, &ob));
+        let [a, b] = [0, 1].map(|i| m.storages[0].entries[i].attrs.clone().unwrap());
+        assert!(std::rc::Rc::ptr_eq(&a.user.name, &b.user.name));
+        assert!(std::rc::Rc::ptr_eq(&a.group.name, &b.group.name));
+        let [pa, pb] = [0, 1].map(|i| m.storages[0].entries[i].parent.clone());
+        assert!(std::rc::Rc::ptr_eq(&pa.user.name, &pb.user.name));
+        assert_eq!(&*a.user.name, "u");
+    }
+
+    #[test]
+    fn long_lists_read_in_chunks_keep_every_entry_and_its_place() {
+        let dirs: Vec<String> = (0..150)
+            .map(|i| format!(r#"{{"path":"/d{i}","user":"root","group":"root","mode":"0700"}}"#))
+            .collect();
+        let m = ok(&one_dir(&dirs.join(",")));
+        let entries = &m.storages[0].entries;
+        assert_eq!(entries.len(), 150);
+        for e in entries {
+            assert_eq!(e.path, format!("/d{}", e.location.index));
+        }
     }
 
     #[test]
@@ -598,7 +690,7 @@ mod tests {
             r#"{"path":"/a","user":"4294967294","group":"0","mode":"0700"}"#,
         ));
         assert_eq!(
-            m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
+            &*m.storages[0].entries[0].attrs.as_ref().unwrap().user.name,
             "4294967294"
         );
     }
@@ -689,6 +781,82 @@ mod tests {
             #[test]
             fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
                 let _ = parse(&text);
+            }
+
+            /// `declared` finds by the entries' order what a search of every entry finds.
+            #[test]
+            fn declared_finds_what_a_linear_search_finds(
+                dirs in prop::collection::vec(prop::sample::select(vec!["/a", "/a/b", "/a-b", "/b", "/a/b/c", "/c/a", "/b/a"]), 0..12),
+                files in prop::collection::vec(prop::sample::select(vec!["/a", "/a/b", "/a-b/f", "/b"]), 0..4),
+            ) {
+                let dirs: Vec<_> = dirs.iter().map(|p| serde_json::json!({"path": p, "user": "root", "group": "root", "mode": "0700"})).collect();
+                let files: Vec<_> = files.iter().map(|p| serde_json::json!({"path": p})).collect();
+                let doc = serde_json::json!({"version": 1, "storages": [{"path": "/p", "directories": dirs, "files": files}]});
+                let Ok(m) = parse(&doc.to_string()) else { return Ok(()) };
+                let storage = &m.storages[0];
+                for path in ["/a", "/a/b", "/a-b", "/a-b/f", "/b", "/a/b/c", "/c", "/c/a", "/b/a", "/z"] {
+                    let linear = storage.entries.iter().find(|e| e.path == path).and_then(|e| e.attrs.as_ref());
+                    let linear = linear.or_else(|| storage.entries.iter().filter(|e| e.path == path).find_map(|e| e.attrs.as_ref()));
+                    prop_assert_eq!(storage.declared(path), linear, "{}", path);
+                }
+            }
+
+            /// The first declaration of a path, found by binary search per storage, is the
+            /// one a scan of every storage and entry in order finds.
+            #[test]
+            fn first_declared_is_the_first_in_the_manifests_order(
+                storages in prop::collection::vec(prop::collection::vec((prop::sample::select(vec!["/a", "/a/b", "/a-b", "/b", "/b/a"]), prop::sample::select(vec!["0700", "0750"])), 0..8), 1..4),
+            ) {
+                let storages: Vec<_> = storages.iter().enumerate().map(|(i, dirs)| {
+                    let dirs: Vec<_> = dirs.iter().map(|(p, m)| serde_json::json!({"path": p, "user": "root", "group": "root", "mode": m})).collect();
+                    serde_json::json!({"path": format!("/s{i}"), "directories": dirs})
+                }).collect();
+                let text = serde_json::json!({"version": 1, "storages": storages}).to_string();
+                let raw = serde_json::from_str::<raw::Raw<'_>>(&text).unwrap();
+                let (m, _) = semantic::check(&raw);
+                for (s, storage) in m.storages.iter().enumerate() {
+                    for (i, entry) in storage.entries.iter().enumerate() {
+                        let scan = m.storages.iter().flat_map(|st| st.entries.iter().map(move |e| (st, e)))
+                            .find(|(_, e)| e.path == entry.path)
+                            .filter(|(_, e)| !std::ptr::eq(*e, entry));
+                        let found = semantic::first_declared(&m, s, i);
+                        let ptrs = |(st, e): (&Storage, &Entry)| (std::ptr::from_ref(st), std::ptr::from_ref(e));
+                        prop_assert_eq!(found.map(ptrs), scan.map(ptrs));
+                    }
+                }
+            }
+
+            /// Paths compare as their bytes do with `/` below every other byte.
+            #[test]
+            fn path_order_is_bytes_with_slash_lowest(a in "[/a-]{0,40}", b in "[/a-]{0,40}") {
+                let key = |s: &str| s.bytes().map(|c| if c == b'/' { 0 } else { u16::from(c) + 1 }).collect::<Vec<_>>();
+                prop_assert_eq!(path_order(&a, &b), key(&a).cmp(&key(&b)));
+                let long = format!("{a}{a}{a}");
+                prop_assert_eq!(path_order(&long, &b), key(&long).cmp(&key(&b)));
+            }
+
+            /// Sorting in place by the permutation's cycles gives what a stable sort gives:
+            /// ancestors first, equal paths in the manifest's order.
+            #[test]
+            fn entries_sort_as_a_stable_sort_does(
+                paths in prop::collection::vec(prop::sample::select(vec!["/a", "/a/b", "/a-b", "/b", "/a/b/c", "/c/a", "/b/a"]), 0..40),
+            ) {
+                let mut entries: Vec<Entry> = paths
+                    .iter()
+                    .enumerate()
+                    .map(|(index, path)| Entry {
+                        kind: Kind::Directory,
+                        path: (*path).to_owned(),
+                        attrs: None,
+                        parent: Attrs::root_0755(),
+                        origin: None,
+                        location: Location { storage: 0, kind: Kind::Directory, index },
+                    })
+                    .collect();
+                let mut expected = entries.clone();
+                expected.sort_by(|a, b| path_order(&a.path, &b.path));
+                sort_entries(&mut entries);
+                prop_assert_eq!(entries, expected);
             }
 
             /// Well-formed manifests are accepted, every path normalised and sorted parents first.

@@ -26,9 +26,64 @@ pub struct RawStorage<'a> {
     #[serde(borrow)]
     pub mount_point: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub directories: Vec<RawDirectory<'a>>,
+    pub directories: Chunks<RawDirectory<'a>>,
     #[serde(borrow, default)]
-    pub files: Vec<RawFile<'a>>,
+    pub files: Chunks<RawFile<'a>>,
+}
+
+/// A JSON list read in chunks of a fixed size. A `Vec` read from JSON, whose length is not
+/// known in advance, grows by copying everything read so far; its chunks never move, so the
+/// thousand raw entries of a large manifest are written once, in pages touched once.
+pub struct Chunks<T> {
+    chunks: Vec<Vec<T>>,
+}
+
+impl<T> Chunks<T> {
+    const SIZE: usize = 64;
+
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Chunks { chunks: Vec::new() }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Chunks<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for List<T> {
+            type Value = Chunks<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Chunks<T>, A::Error> {
+                let mut list = Chunks::default();
+                while let Some(item) = seq.next_element()? {
+                    match list.chunks.last_mut() {
+                        Some(chunk) if chunk.len() < Chunks::<T>::SIZE => chunk.push(item),
+                        _ => {
+                            let mut chunk = Vec::with_capacity(Chunks::<T>::SIZE);
+                            chunk.push(item);
+                            list.chunks.push(chunk);
+                        }
+                    }
+                }
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(List(std::marker::PhantomData))
+    }
 }
 
 /// A directory entry. Its owner and mode fields repeat `RawAttrs` because serde cannot flatten
@@ -46,8 +101,9 @@ pub struct RawDirectory<'a> {
     pub gid: Option<Number>,
     #[serde(borrow)]
     pub mode: Option<Cow<'a, str>>,
+    /// Boxed: rare, and 104 bytes inline in every entry of a list that grows by copying.
     #[serde(borrow)]
-    pub parent: Option<RawAttrs<'a>>,
+    pub parent: Option<Box<RawAttrs<'a>>>,
     #[serde(borrow)]
     pub origin: Option<Cow<'a, str>>,
 }
@@ -58,7 +114,7 @@ pub struct RawFile<'a> {
     #[serde(borrow)]
     pub path: Cow<'a, str>,
     #[serde(borrow)]
-    pub parent: Option<RawAttrs<'a>>,
+    pub parent: Option<Box<RawAttrs<'a>>>,
     #[serde(borrow)]
     pub origin: Option<Cow<'a, str>>,
 }

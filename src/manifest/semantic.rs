@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Display};
+use std::rc::Rc;
 
 use serde_json::Number;
 
 use super::raw::{Fields, Raw, RawAttrs, RawStorage};
 use super::{
     Attrs, Entry, Kind, Location, Manifest, Owner, Storage, VERSION, contains, normalise,
-    sort_entries, valid_name,
+    path_order, sort_entries, valid_name,
 };
 use crate::escape;
 use crate::mode;
@@ -62,6 +63,8 @@ pub(super) fn check(raw: &Raw<'_>) -> (Manifest, Vec<String>) {
 #[derive(Default)]
 struct Checker {
     errors: Vec<String>,
+    /// The names met last, shared by the entries that repeat them (most do).
+    names: Vec<Rc<str>>,
 }
 
 impl Checker {
@@ -113,7 +116,7 @@ impl Checker {
                 &d.path,
                 d.origin.as_deref(),
                 Some(d.fields()),
-                d.parent.as_ref(),
+                d.parent.as_deref(),
             );
             entries.extend(entry);
         }
@@ -128,7 +131,7 @@ impl Checker {
                 &f.path,
                 f.origin.as_deref(),
                 None,
-                f.parent.as_ref(),
+                f.parent.as_deref(),
             );
             entries.extend(entry);
         }
@@ -175,7 +178,7 @@ impl Checker {
                 None => None,
             },
             parent: parent?,
-            origin: origin.map(str::to_owned),
+            origin: origin.map(|o| self.shared(o)),
             location,
         })
     }
@@ -252,9 +255,9 @@ impl Checker {
             return None;
         }
         let name = match (name, id) {
-            (Some(name), _) => name.to_owned(),
+            (Some(name), _) => self.shared(name),
             (None, None) if defaults => return Some(Owner::root()),
-            (None, Some(id)) => id.to_string(),
+            (None, Some(id)) => self.shared(&id.to_string()),
             (None, None) => {
                 self.error(
                     here,
@@ -265,8 +268,24 @@ impl Checker {
             }
         };
         // root is 0 everywhere; saying so keeps `"user": "root"` equal to the default.
-        let id = id.or_else(|| (name == "root").then_some(0));
+        let id = id.or_else(|| (&*name == "root").then_some(0));
         Some(Owner { name, id })
+    }
+
+    /// One allocation per name (or origin) among the last few met, not one per entry and
+    /// field. The
+    /// search is bounded, so that a manifest of thousands of names costs no more than before.
+    fn shared(&mut self, name: &str) -> Rc<str> {
+        const RECENT: usize = 8;
+        if let Some(shared) = self.names.iter().rev().find(|n| ***n == *name) {
+            return Rc::clone(shared);
+        }
+        let shared: Rc<str> = Rc::from(name);
+        if self.names.len() == RECENT {
+            self.names.remove(0);
+        }
+        self.names.push(Rc::clone(&shared));
+        shared
     }
 
     /// Checks that need the whole manifest: duplicates and entries clashing with storages.
@@ -283,18 +302,11 @@ impl Checker {
                 );
             }
         }
-        let mut seen: HashMap<&str, (&Storage, &Entry)> =
-            HashMap::with_capacity(manifest.storages.iter().map(|s| s.entries.len()).sum());
-        for storage in &manifest.storages {
-            for entry in &storage.entries {
+        for (s, storage) in manifest.storages.iter().enumerate() {
+            for (i, entry) in storage.entries.iter().enumerate() {
                 self.overlaps(manifest, entry);
-                match seen.get(entry.path.as_str()) {
-                    None => {
-                        seen.insert(&entry.path, (storage, entry));
-                    }
-                    Some(&(first_storage, first)) => {
-                        self.duplicate((first_storage, first), (storage, entry));
-                    }
+                if let Some(first) = first_declared(manifest, s, i) {
+                    self.duplicate(first, (storage, entry));
                 }
             }
         }
@@ -348,6 +360,35 @@ impl Checker {
             ),
         );
     }
+}
+
+/// The first declaration, in the manifest's order, of the path of entry `index` of storage
+/// `storage`, when that entry is not it. Each storage's entries are sorted (ancestors first,
+/// equal paths in the manifest's order), so a binary search per storage finds it, without a
+/// hash of every path on every run.
+pub(super) fn first_declared(
+    manifest: &Manifest,
+    storage: usize,
+    index: usize,
+) -> Option<(&Storage, &Entry)> {
+    let path = manifest.storages[storage].entries[index].path.as_str();
+    let earlier = manifest.storages[..storage]
+        .iter()
+        .find_map(|s| first_in(&s.entries, path).map(|e| (s, e)));
+    let s = &manifest.storages[storage];
+    // Sorted: an earlier declaration in the same storage is right before this one.
+    let repeated = index > 0 && s.entries[index - 1].path == path;
+    earlier.or_else(|| {
+        repeated
+            .then(|| first_in(&s.entries[..index], path).map(|e| (s, e)))
+            .flatten()
+    })
+}
+
+/// The first of sorted `entries` whose path is `path`.
+fn first_in<'m>(entries: &'m [Entry], path: &str) -> Option<&'m Entry> {
+    let at = entries.partition_point(|e| path_order(&e.path, path).is_lt());
+    entries.get(at).filter(|e| e.path == path)
 }
 
 /// Why a user or group name is refused.

@@ -921,8 +921,8 @@ fn existing(path: &str, fd: OwnedFd) -> Link {
 
 fn mark_of(dir: &Dir) -> Mark {
     Mark {
-        user: dir.attrs.user.name.clone(),
-        group: dir.attrs.group.name.clone(),
+        user: dir.attrs.user.name.to_string(),
+        group: dir.attrs.group.name.to_string(),
         uid: dir.uid,
         gid: dir.gid,
         mode: dir.attrs.mode,

@@ -6,7 +6,7 @@
 //! each walked from the first missing component on. Directories that an interrupted run made
 //! with a deferred owner carry a mark (see `deferred`), and are planned to get their owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
@@ -163,13 +163,13 @@ pub enum EntryState {
     /// Made by this run.
     Created,
     /// Exists with another owner or mode; never changed.
-    Drift(Judged),
+    Drift(Box<Judged>),
     /// Made root-owned because its owner does not resolve yet; actions give it when it does.
     Deferred,
     /// Its deferred owner was given by this run.
     Finished,
     /// Exists, but its owner names cannot be resolved, so it cannot be judged.
-    Unresolvable(Judged),
+    Unresolvable(Box<Judged>),
     Failed(Problem),
     Skipped(Skip),
 }
@@ -296,9 +296,10 @@ impl Plan<'_> {
     }
 }
 
-/// One directory a walk opened, kept for the next entry, which usually shares it.
+/// One directory a walk opened, kept for the next entry, which usually shares it. Its path
+/// is the first `len` bytes of the side's `walked` path: no string of its own to allocate.
 struct Link {
-    prefix: String,
+    len: usize,
     fd: OwnedFd,
 }
 
@@ -317,6 +318,8 @@ pub struct Planner<'a> {
     record: &'a Record,
     planned: Sides<HashSet<String>>,
     chains: Sides<Vec<Link>>,
+    /// The directories the last walk of each side went for; its chain's links are prefixes.
+    walked: Sides<String>,
     /// A side whose base carries the mark of deferred owners left by an earlier run: every
     /// existing directory on it is looked at, not only the entries' own.
     deep: Sides<bool>,
@@ -352,6 +355,7 @@ impl<'a> Planner<'a> {
             record,
             planned: Sides::default(),
             chains: Sides::default(),
+            walked: Sides::default(),
             deep: Sides {
                 storage: false,
                 root: deep_marked(root),
@@ -431,15 +435,10 @@ impl<'a> Planner<'a> {
         if storage_fd.is_some() {
             self.resolver.add_storage(&storage.path);
         }
-        let declared: HashMap<&str, &Attrs> = storage
-            .entries
-            .iter()
-            .filter_map(|e| e.attrs.as_ref().map(|a| (e.path.as_str(), a)))
-            .collect();
         storage
             .entries
             .iter()
-            .map(|entry| self.entry(storage, storage_fd, entry, &declared))
+            .map(|entry| self.entry(storage, storage_fd, entry))
             .collect()
     }
 
@@ -520,7 +519,6 @@ impl<'a> Planner<'a> {
         storage: &'m Storage,
         storage_fd: Option<BorrowedFd<'_>>,
         entry: &'m Entry,
-        declared: &HashMap<&str, &Attrs>,
     ) -> EntryPlan<'m> {
         let mut plan = EntryPlan {
             entry,
@@ -528,7 +526,7 @@ impl<'a> Planner<'a> {
             actions: Vec::new(),
             actual: None,
         };
-        if let Err(problem) = self.both_sides(storage, storage_fd, entry, declared, &mut plan) {
+        if let Err(problem) = self.both_sides(storage, storage_fd, entry, &mut plan) {
             plan.state = EntryState::Failed(problem);
         } else if plan.state == EntryState::Present
             && plan.actions.iter().any(|a| a.kind == ActionKind::Mkdir)
@@ -544,14 +542,13 @@ impl<'a> Planner<'a> {
         storage: &Storage,
         storage_fd: Option<BorrowedFd<'_>>,
         entry: &Entry,
-        declared: &HashMap<&str, &Attrs>,
         plan: &mut EntryPlan<'_>,
     ) -> Result<(), Problem> {
         let dirs = dirs_of(entry);
         let attrs_of = |prefix: &str| -> Attrs {
-            declared
-                .get(prefix)
-                .map_or_else(|| entry.parent.clone(), |a| (*a).clone())
+            storage
+                .declared(prefix)
+                .map_or_else(|| entry.parent.clone(), Clone::clone)
         };
         let exists = self.side(
             storage,
@@ -562,14 +559,15 @@ impl<'a> Planner<'a> {
             &attrs_of,
             plan,
         )?;
-        let source_attrs = if entry.kind == Kind::Directory && exists {
-            self.source_attrs(storage, entry, plan)?
+        let source = if entry.kind == Kind::Directory && exists {
+            self.source_meta(storage, entry, plan)?
         } else {
             None
         };
+        // Built only for a mount point to make: a no-op run formats no ids.
         let root_attrs_of = |prefix: &str| -> Attrs {
-            match &source_attrs {
-                Some(attrs) if prefix == entry.path => attrs.clone(),
+            match source {
+                Some(meta) if prefix == entry.path => attrs_of_meta(meta),
                 _ => attrs_of(prefix),
             }
         };
@@ -588,15 +586,15 @@ impl<'a> Planner<'a> {
 
     /// The owner and mode the mount point takes: the source's actual ones, as impermanence
     /// does; none while the source waits for its owner (the mount point waits with it).
-    fn source_attrs(
+    fn source_meta(
         &mut self,
         storage: &Storage,
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
-    ) -> Result<Option<Attrs>, Problem> {
+    ) -> Result<Option<Meta>, Problem> {
         match self.judge(storage, entry, plan) {
             Ok(_) if plan.state == EntryState::Deferred => Ok(None),
-            Ok(meta) => Ok(Some(attrs_of_meta(meta))),
+            Ok(meta) => Ok(Some(meta)),
             Err(errno) => Err(Problem::Os {
                 path: self.shown(&storage.path, Side::Storage, &entry.path),
                 error: fs::OsError {
@@ -648,10 +646,13 @@ impl<'a> Planner<'a> {
             return Ok(Walked::MissingFrom(from));
         }
         let mut chain = std::mem::take(&mut self.chains[side]);
+        let walked = &mut self.walked[side];
         let shared = chain
             .iter()
-            .take_while(|link| manifest::contains(&link.prefix, dirs))
+            .take_while(|link| manifest::contains(&walked[..link.len], dirs))
             .count();
+        walked.clear();
+        walked.push_str(dirs);
         for link in chain.drain(shared..) {
             self.retired.retire(link.fd);
         }
@@ -671,7 +672,7 @@ impl<'a> Planner<'a> {
         entry: &Entry,
         plan: &mut EntryPlan<'_>,
     ) -> Result<Walked, Problem> {
-        let done = chain.last().map_or(0, |l| l.prefix.len());
+        let done = chain.last().map_or(0, |l| l.len);
         if done == dirs.len() && done > 0 {
             return Ok(Walked::Exists);
         }
@@ -681,8 +682,10 @@ impl<'a> Planner<'a> {
         if !deep {
             let from = chain.last().map_or(base, |l| l.fd.as_fd());
             if let Some(fd) = open_whole(volume.is_some(), from, rest) {
-                let prefix = dirs.to_owned();
-                chain.push(Link { prefix, fd });
+                chain.push(Link {
+                    len: dirs.len(),
+                    fd,
+                });
                 return Ok(Walked::Exists);
             }
         }
@@ -696,8 +699,10 @@ impl<'a> Planner<'a> {
                     if deep {
                         self.look_for_mark(storage, side, &prefix, &fd, entry, plan);
                     }
-                    let prefix = prefix.clone();
-                    chain.push(Link { prefix, fd });
+                    chain.push(Link {
+                        len: prefix.len(),
+                        fd,
+                    });
                 }
                 Err(Ok(errno)) => {
                     return match fs::diagnose(parent, name, errno) {
@@ -950,11 +955,7 @@ impl<'a> Planner<'a> {
 /// The common case on every boot after the first: everything is there, one call; below a
 /// storage on its volume, one that stays on the storage's mount.
 fn open_whole(on_volume: bool, from: BorrowedFd<'_>, rest: &str) -> Option<OwnedFd> {
-    if on_volume {
-        fs::open_beneath_same_mount(from, rest).ok()
-    } else {
-        fs::open_beneath(from, rest).ok()
-    }
+    fs::open_descending(from, rest, on_volume).ok()
 }
 
 /// A side's base carries the mark that an earlier run left deferred owners on it.
@@ -986,11 +987,11 @@ fn skipped(storage: &Storage, why: Skip) -> Vec<EntryPlan<'_>> {
 fn attrs_of_meta(meta: Meta) -> Attrs {
     Attrs {
         user: Owner {
-            name: meta.uid.to_string(),
+            name: meta.uid.to_string().into(),
             id: Some(meta.uid),
         },
         group: Owner {
-            name: meta.gid.to_string(),
+            name: meta.gid.to_string().into(),
             id: Some(meta.gid),
         },
         mode: meta.mode,
@@ -1032,12 +1033,13 @@ fn drift_or_unresolvable(
     meta: Meta,
 ) -> EntryState {
     let owner_differs = uid.is_some_and(|u| u != meta.uid) || gid.is_some_and(|g| g != meta.gid);
-    let judged = Judged {
+    // Boxed: rare, and 120 bytes that every entry's state would carry inline.
+    let judged = Box::new(Judged {
         declared: attrs.clone(),
         uid,
         gid,
         actual: meta,
-    };
+    });
     if owner_differs || meta.mode != attrs.mode {
         EntryState::Drift(judged)
     } else {
