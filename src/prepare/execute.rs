@@ -177,12 +177,8 @@ impl<'a> Executor<'a> {
         Some(match &s.state {
             StorageState::Ok => fs::open_in_root(self.root, &storage.path)
                 .map(|fd| existing("/", fd))
-                .map_err(|errno| Problem::Os {
-                    path: self.tree.path(Some(&storage.path), ""),
-                    error: fs::OsError {
-                        op: fs::Op::Open,
-                        errno,
-                    },
+                .map_err(|errno| {
+                    Problem::os(self.tree.path(Some(&storage.path), ""), fs::Op::Open, errno)
                 }),
             StorageState::Missing => {
                 self.creating_storage = true;
@@ -247,19 +243,13 @@ impl<'a> Executor<'a> {
         all: &[EntryPlan<'_>],
         stage: &mut Option<StorageStage>,
     ) -> Result<Link, Problem> {
-        let create = create.ok_or(Problem::Os {
-            path: storage.path.clone(),
-            error: fs::OsError {
-                op: fs::Op::Create,
-                errno: Errno::INVAL,
-            },
-        })?;
-        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| Problem::Os {
-            path: self.tree.path(None, &create.base),
-            error: fs::OsError {
-                op: fs::Op::Open,
-                errno,
-            },
+        let create = create.ok_or(Problem::os(
+            storage.path.clone(),
+            fs::Op::Create,
+            Errno::INVAL,
+        ))?;
+        let fd = fs::open_in_root(self.root, &create.base).map_err(|errno| {
+            Problem::os(self.tree.path(None, &create.base), fs::Op::Open, errno)
         })?;
         let mut parent = existing(&create.base, fd);
         let mut path = create.base.trim_end_matches('/').to_owned();
@@ -390,13 +380,8 @@ impl<'a> Executor<'a> {
         (at, name, shown): (&Located, &str, &str),
     ) -> Result<(), Problem> {
         if dir.deferred() {
-            self.mark_side(dir.side).map_err(|errno| Problem::Os {
-                path: shown.to_owned(),
-                error: fs::OsError {
-                    op: fs::Op::MarkBase,
-                    errno,
-                },
-            })?;
+            self.mark_side(dir.side)
+                .map_err(|errno| Problem::os(shown.to_owned(), fs::Op::MarkBase, errno))?;
         }
         let traits = at.traits;
         let pfd = self.link_fd(dir.side, at.at);
@@ -607,13 +592,7 @@ impl<'a> Executor<'a> {
         let (uid, gid) = (dir.uid.unwrap_or(0), dir.gid.unwrap_or(0));
         fs::set_child_owner_mode(parent, tmp, uid, gid, dir.attrs.mode)
             .map(|()| None)
-            .map_err(|errno| Problem::Os {
-                path: shown.to_owned(),
-                error: fs::OsError {
-                    op: fs::Op::SetOwnerMode,
-                    errno,
-                },
-            })
+            .map_err(|errno| Problem::os(shown.to_owned(), fs::Op::SetOwnerMode, errno))
     }
 
     /// Renames the stage that link `k` of a side started into place, then drops the links
@@ -818,25 +797,14 @@ impl<'a> Executor<'a> {
         shown: &str,
     ) -> Result<Option<Made>, Problem> {
         let fd = fs::open_child(parent, tmp).map_err(|errno| open_problem(shown, errno))?;
-        let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
-            path: shown.to_owned(),
-            error: fs::OsError {
-                op: fs::Op::Stat,
-                errno,
-            },
-        })?;
+        let meta =
+            fs::meta(&fd).map_err(|errno| Problem::os(shown.to_owned(), fs::Op::Stat, errno))?;
         if meta.uid != self.euid || meta.mode & 0o777 != 0o700 || !meta.is_dir {
             return Err(Problem::Replaced {
                 path: shown.to_owned(),
             });
         }
-        let set = |errno| Problem::Os {
-            path: shown.to_owned(),
-            error: fs::OsError {
-                op: fs::Op::SetOwnerMode,
-                errno,
-            },
-        };
+        let set = |errno| Problem::os(shown.to_owned(), fs::Op::SetOwnerMode, errno);
         let mut made = None;
         if dir.deferred() {
             let marked =
@@ -933,13 +901,7 @@ fn mark_of(dir: &Dir) -> Mark {
 /// that the one rule for deferred owners still lets it have it.
 fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Result<(), Problem> {
     let fd = fs::open_child(parent, name).map_err(|errno| open_problem(shown, errno))?;
-    let meta = fs::meta(&fd).map_err(|errno| Problem::Os {
-        path: shown.to_owned(),
-        error: fs::OsError {
-            op: fs::Op::Stat,
-            errno,
-        },
-    })?;
+    let meta = fs::meta(&fd).map_err(|errno| Problem::os(shown.to_owned(), fs::Op::Stat, errno))?;
     let ours = deferred::read_mark(&fd)
         .is_some_and(|mark| deferred::may_give(&mark, meta, dir.own.then_some(&dir.attrs)).is_ok());
     if !ours {
@@ -950,13 +912,8 @@ fn give_owner(parent: BorrowedFd<'_>, name: &str, dir: &Dir, shown: &str) -> Res
     let (Some(uid), Some(gid)) = (dir.uid, dir.gid) else {
         return Ok(());
     };
-    deferred::give_owner(&fd, uid, gid, dir.attrs.mode).map_err(|errno| Problem::Os {
-        path: shown.to_owned(),
-        error: fs::OsError {
-            op: fs::Op::SetOwnerMode,
-            errno,
-        },
-    })
+    deferred::give_owner(&fd, uid, gid, dir.attrs.mode)
+        .map_err(|errno| Problem::os(shown.to_owned(), fs::Op::SetOwnerMode, errno))
 }
 
 /// Where the temporary directory for `shown` stands, for messages.
@@ -975,21 +932,9 @@ fn place_problem(shown: &str, errno: Errno) -> Problem {
 }
 
 fn create_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Os {
-        path: shown.to_owned(),
-        error: fs::OsError {
-            op: fs::Op::Create,
-            errno,
-        },
-    }
+    Problem::os(shown.to_owned(), fs::Op::Create, errno)
 }
 
 fn open_problem(shown: &str, errno: Errno) -> Problem {
-    Problem::Os {
-        path: shown.to_owned(),
-        error: fs::OsError {
-            op: fs::Op::Open,
-            errno,
-        },
-    }
+    Problem::os(shown.to_owned(), fs::Op::Open, errno)
 }

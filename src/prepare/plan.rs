@@ -132,6 +132,14 @@ pub enum LeftoverWhy {
 }
 
 impl Problem {
+    /// A system call that failed on `path`, with the operation it was for.
+    pub fn os(path: String, op: fs::Op, errno: Errno) -> Self {
+        Problem::Os {
+            path,
+            error: fs::OsError { op, errno },
+        }
+    }
+
     pub fn path(&self) -> &str {
         match self {
             Problem::Symlink { path, .. }
@@ -471,13 +479,7 @@ impl<'a> Planner<'a> {
                         path: shown,
                         target,
                     },
-                    _ => Problem::Os {
-                        path: shown,
-                        error: fs::OsError {
-                            op: fs::Op::Open,
-                            errno,
-                        },
-                    },
+                    _ => Problem::os(shown, fs::Op::Open, errno),
                 });
             }
         }
@@ -493,13 +495,7 @@ impl<'a> Planner<'a> {
         if errno == Errno::NOTDIR {
             Problem::NotADirectory { path: shown }
         } else {
-            Problem::Os {
-                path: shown,
-                error: fs::OsError {
-                    op: fs::Op::Open,
-                    errno,
-                },
-            }
+            Problem::os(shown, fs::Op::Open, errno)
         }
     }
 
@@ -595,13 +591,11 @@ impl<'a> Planner<'a> {
         match self.judge(storage, entry, plan) {
             Ok(_) if plan.state == EntryState::Deferred => Ok(None),
             Ok(meta) => Ok(Some(meta)),
-            Err(errno) => Err(Problem::Os {
-                path: self.shown(&storage.path, Side::Storage, &entry.path),
-                error: fs::OsError {
-                    op: fs::Op::Stat,
-                    errno,
-                },
-            }),
+            Err(errno) => Err(Problem::os(
+                self.shown(&storage.path, Side::Storage, &entry.path),
+                fs::Op::Stat,
+                errno,
+            )),
         }
     }
 
@@ -773,13 +767,7 @@ impl<'a> Planner<'a> {
         match obstacle {
             Obstacle::Symlink(target) => Problem::Symlink { path, target },
             Obstacle::NotADirectory => Problem::NotADirectory { path },
-            Obstacle::Missing | Obstacle::Other => Problem::Os {
-                path,
-                error: fs::OsError {
-                    op: fs::Op::Open,
-                    errno,
-                },
-            },
+            Obstacle::Missing | Obstacle::Other => Problem::os(path, fs::Op::Open, errno),
         }
     }
 
