@@ -101,6 +101,15 @@ impl Tree {
             .toplevel(vm, system)
     }
 
+    /// A runtime drop-in `microvm@VM.service.d/override.conf` (what `systemctl edit --runtime`
+    /// leaves).
+    fn run_drop_in(&self, vm: &str) -> &Self {
+        self.file(
+            &format!("/run/systemd/system/microvm@{vm}.service.d/override.conf"),
+            "[Service]\n",
+        )
+    }
+
     /// A declaratively installed VM (what `install-microvm-NAME.service` leaves).
     fn declarative_vm(&self, name: &str, taps: &[&str]) -> &Self {
         let runner = self.runner(name, taps, &[]);
@@ -114,10 +123,7 @@ impl Tree {
         let runner = self.runner("ci", &["vm-ci0"], &[]);
         self.link("/var/lib/microvms/ci/current", &runner)
             .file("/var/lib/microvms/ci/ci.img", "disk")
-            .file(
-                "/run/systemd/system/microvm@ci.service.d/override.conf",
-                "[Service]\n",
-            )
+            .run_drop_in("ci")
     }
 
     /// An imperative VM (what `microvm -c NAME` leaves), with its GC roots.
@@ -250,6 +256,12 @@ impl Run {
         self.problems().join("\n")
     }
 
+    /// Asserts that a problem or note contains TEXT.
+    fn assert_problem(&self, text: &str) {
+        let problems = self.problem_text();
+        assert!(problems.contains(text), "{problems}");
+    }
+
     fn stderr(&self) -> String {
         self.out.stderr.clone()
     }
@@ -358,6 +370,14 @@ fn old_vm_process(tree: &Tree) -> std::process::Child {
         .unwrap()
 }
 
+/// Runs [`prune_as_planned`], which must succeed and remove nothing.
+fn prune_removing_nothing(tree: &Tree, args: &[&str]) -> Run {
+    let (run, gone) = prune_as_planned(tree, args);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    run
+}
+
 fn planned(run: &Run) -> Vec<(String, String)> {
     run.plan()
         .iter()
@@ -460,14 +480,8 @@ fn nixos_host() -> Tree {
             "/run/systemd/system.control/microvm@old.service.d/50-CPUWeight.conf",
             "[Service]\n",
         )
-        .file(
-            "/run/systemd/system/microvm@imp.service.d/override.conf",
-            "[Service]\n",
-        )
-        .file(
-            "/run/systemd/system/microvm@web.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("imp")
+        .run_drop_in("web")
         .file(
             "/run/systemd/system/microvm-virtiofsd@.service",
             "[Service]\n",
@@ -762,11 +776,7 @@ fn read_only_unit_directories_are_never_touched() {
         planned(&run),
         pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/old")])
     );
-    assert!(
-        run.problem_text().contains("read-only"),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem("read-only");
 }
 
 #[test]
@@ -822,11 +832,7 @@ fn purging_a_declared_vm_aborts_everything() {
         let run = prune_changing_nothing(&tree, args, 2, "");
         assert_eq!(run.json["aborted"], true);
         assert_eq!(run.plan(), Vec::<Value>::new());
-        assert!(
-            run.problem_text().contains("Nothing was changed"),
-            "{:?}",
-            run.problems()
-        );
+        run.assert_problem("Nothing was changed");
     }
     let run = tree.run(&[
         "prune",
@@ -836,11 +842,7 @@ fn purging_a_declared_vm_aborts_everything() {
         "--purge-state",
         "web",
     ]);
-    assert!(
-        run.problem_text().contains("declared"),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem("declared");
 }
 
 #[test]
@@ -860,10 +862,7 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
             "/nix/var/nix/gcroots/microvm/lost",
             "/var/lib/microvms/lost/current",
         )
-        .file(
-            "/run/systemd/system/microvm@lost.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("lost");
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1, "a state dir that is a symlink is an error");
     let problems = status.problem_text();
@@ -912,14 +911,8 @@ fn names_that_need_systemd_escaping_are_errors_and_kept() {
     let tree = Tree::new("escaping");
     tree.file("/var/lib/microvms/my vm/toplevel", "")
         .file("/var/lib/microvms/ünï/toplevel", "")
-        .file(
-            "/run/systemd/system/microvm@my vm.service.d/override.conf",
-            "[Service]\n",
-        )
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("my vm")
+        .run_drop_in("old")
         .file("/run/systemd/system/microvm@.service", "[Service]\n")
         .link(
             r"/nix/var/nix/gcroots/microvm/my\x20vm",
@@ -1350,10 +1343,7 @@ impl Tree {
 fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
     let tree = nixos_host();
     tree.installed_on_host_vm("deployed")
-        .file(
-            "/run/systemd/system/microvm@deployed.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("deployed")
         .link(
             "/run/systemd/system/microvms.target.wants/microvm@deployed.service",
             "/etc/systemd/system/microvm@.service",
@@ -1491,10 +1481,7 @@ fn file_system_furniture_is_not_a_vm() {
     let tree = Tree::new("furniture");
     tree.dir("/var/lib/microvms/lost+found")
         .file("/var/lib/microvms/.snapshots/1/info.xml", "<snapshot/>")
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("old")
         // Named by a unit, a bare directory is an orphan's after all.
         .dir("/var/lib/microvms/old");
     let status = tree.run(&["status", "--json", "--declared", ""]);
@@ -1566,10 +1553,8 @@ fn autostarted_vms_are_kept_whole() {
     let tree = nixos_host();
     tree.ci_vm();
     // `dropped` left microvm.vms, but microvm.autostart still names it.
-    tree.declarative_vm("dropped", &["vm-dropped0"]).file(
-        "/run/systemd/system/microvm@dropped.service.d/override.conf",
-        "[Service]\n",
-    );
+    tree.declarative_vm("dropped", &["vm-dropped0"])
+        .run_drop_in("dropped");
     target_wants(&tree, &["web", "ci", "dropped"]);
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(status.code, 0, "{}", status.stderr());
@@ -1590,11 +1575,7 @@ fn autostarted_vms_are_kept_whole() {
             .any(|line| line.contains("ci") || line.contains("dropped")),
         "removed: {gone:?}"
     );
-    let problems = run.problem_text();
-    assert!(
-        problems.contains("VM 'ci' is not in microvm.vms, but microvm.autostart names it"),
-        "{problems}"
-    );
+    run.assert_problem("VM 'ci' is not in microvm.vms, but microvm.autostart names it");
     let refused = prune_refused(&tree, &["--declared", "web", "--purge-state", "ci"], "");
     assert!(refused.contains("microvm.autostart"));
     // The host manifest's autostart list is evidence too, without any microvms.target.
@@ -1673,10 +1654,7 @@ fn a_vm_running_outside_systemd_is_kept_whole() {
             "/nix/var/nix/gcroots/microvm/old",
             "/var/lib/microvms/old/current",
         )
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("old");
     let mut child = old_vm_process(&tree);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = child.id().to_string();
@@ -1686,15 +1664,10 @@ fn a_vm_running_outside_systemd_is_kept_whole() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(purge.code, 2, "{}", purge.stderr());
-    let problems = purge.problem_text();
-    assert!(
-        problems.contains(&format!("process {pid} uses it")),
-        "{problems}"
-    );
+    purge.assert_problem(&format!("process {pid} uses it"));
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.is_empty(), "removed: {gone:?}");
-    let problems = run.problem_text();
-    assert!(problems.contains("runs outside systemd"), "{problems}");
+    run.assert_problem("runs outside systemd");
     assert_eq!(tree.snapshot(), before);
     // Once the process is gone, the orphan's leftovers go as usual.
     let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
@@ -1731,10 +1704,7 @@ fn an_unmounted_state_dir_changes_nothing() {
                 "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
                 "/etc/systemd/system/microvm@.service",
             )
-            .file(
-                "/run/systemd/system/microvm@imp.service.d/override.conf",
-                "[Service]\n",
-            );
+            .run_drop_in("imp");
         let run = prune_changing_nothing(&tree, &["--declared", ""], 1, file);
         assert!(run.plan().is_empty(), "{file}: {:?}", run.plan());
         let problems = run.problem_text();
@@ -1762,10 +1732,7 @@ fn the_state_dir_comes_from_the_installed_template() {
             "/nix/var/nix/gcroots/microvm/srvimp",
             "/srv/microvms/srvimp/current",
         )
-        .file(
-            "/run/systemd/system/microvm@srvimp.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("srvimp");
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(
         status.json["stateDir"],
@@ -1832,10 +1799,7 @@ fn a_removed_declarative_flake_vm_is_an_orphan() {
             "/var/lib/microvms/flaky/flake",
             "git+https://example.org/vms",
         )
-        .file(
-            "/run/systemd/system/microvm@flaky.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("flaky");
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(status.class_of("/var/lib/microvms/flaky"), "orphaned");
     // `microvm -c` (flake and GC roots) stays imperative.
@@ -2051,10 +2015,7 @@ fn a_mounted_state_dir_is_used() {
         "/nix/persist/var/lib/microvms /var/lib/microvms none bind 0 0\n",
     )
     .toplevel("old", "old")
-    .file(
-        "/run/systemd/system/microvm@old.service.d/override.conf",
-        "[Service]\n",
-    );
+    .run_drop_in("old");
     let dir = tree.path("/var/lib/microvms");
     let mounted = Command::new("mount")
         .arg("--bind")
@@ -2266,15 +2227,9 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
             "/nix/var/nix/gcroots/microvm/imp",
             "/var/lib/microvms/imp/current",
         )
-        .file(
-            "/run/systemd/system/microvm@imp.service.d/override.conf",
-            "[Service]\n",
-        );
-    let problems = prune_changing_nothing(&tree, &["--declared", ""], 1, "").problem_text();
-    assert!(
-        problems.contains("the stateDir /var/lib/microvms is not mounted"),
-        "{problems}"
-    );
+        .run_drop_in("imp");
+    prune_changing_nothing(&tree, &["--declared", ""], 1, "")
+        .assert_problem("the stateDir /var/lib/microvms is not mounted");
 }
 
 /// A GC root belongs to the VM whose directory its target is in, as the kernel walks it:
@@ -2403,13 +2358,7 @@ fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
     let _ = fs::remove_dir(&group);
     moved.expect("moving the process into the cgroup");
     assert_eq!(run.code, 2, "{}", run.stderr());
-    assert!(
-        run.problems()
-            .join("\n")
-            .contains(&format!("process {} uses it", child.id())),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem(&format!("process {} uses it", child.id()));
     assert_eq!(tree.snapshot(), before);
 }
 
@@ -2432,13 +2381,8 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
         "/nix/var/nix/gcroots/microvm/imp",
         "/srv/microvms/imp/current",
     )
-    .file(
-        "/run/systemd/system/microvm@imp.service.d/override.conf",
-        "[Service]\n",
-    );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
-    assert!(gone.is_empty(), "removed: {gone:?}");
+    .run_drop_in("imp");
+    let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(run.json["stateDir"], "/srv/microvms");
     // Two different stateDirs in one template: which one runs is unknown.
     tree.file(
@@ -2446,17 +2390,8 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
         "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
          ExecStart=/var/lib/microvms/%i/current/bin/microvm-run\n",
     );
-    let before = tree.snapshot();
-    let run = tree.run(&["prune", "--json", "--declared", ""]);
-    assert_eq!(tree.snapshot(), before);
-    assert_eq!(run.code, 1, "{}", run.stderr());
-    assert!(
-        run.problems()
-            .join("\n")
-            .contains("names several stateDirs"),
-        "{:?}",
-        run.problems()
-    );
+    prune_changing_nothing(&tree, &["--declared", ""], 1, "")
+        .assert_problem("names several stateDirs");
 }
 
 /// `microvm.stateDir = "/srv/vms/"`: the `microvm` command spells its GC roots
@@ -2476,13 +2411,8 @@ fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
         "/nix/var/nix/gcroots/microvm/booted-imp",
         "/srv/vms//imp/booted",
     )
-    .file(
-        "/run/systemd/system/microvm@imp.service.d/override.conf",
-        "[Service]\n",
-    );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
-    assert!(gone.is_empty(), "removed: {gone:?}");
+    .run_drop_in("imp");
+    let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(vm_json(&run, "imp")["class"], "imperative");
 }
 
@@ -2520,10 +2450,7 @@ fn masks_are_never_removed() {
         .link("/etc/systemd/system/microvm@.service", "/dev/null")
         .link("/etc/systemd/system/microvm@old.service", "/dev/null")
         .toplevel("old", "old")
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("old");
     let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert_eq!(
