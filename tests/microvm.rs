@@ -101,6 +101,11 @@ impl Tree {
             .toplevel(vm, system)
     }
 
+    /// A GC root `/nix/var/nix/gcroots/microvm/NAME` linking to TARGET.
+    fn gc_root(&self, name: &str, target: &str) -> &Self {
+        self.link(&format!("/nix/var/nix/gcroots/microvm/{name}"), target)
+    }
+
     /// A runtime drop-in `microvm@VM.service.d/override.conf` (what `systemctl edit --runtime`
     /// leaves).
     fn run_drop_in(&self, vm: &str) -> &Self {
@@ -372,10 +377,16 @@ fn old_vm_process(tree: &Tree) -> std::process::Child {
 
 /// Runs [`prune_as_planned`], which must succeed and remove nothing.
 fn prune_removing_nothing(tree: &Tree, args: &[&str]) -> Run {
-    let (run, gone) = prune_as_planned(tree, args);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(tree, args);
     assert!(gone.is_empty(), "removed: {gone:?}");
     run
+}
+
+/// Runs [`prune_as_planned`], which must succeed.
+fn prune_succeeds(tree: &Tree, args: &[&str]) -> (Run, BTreeSet<String>) {
+    let (run, gone) = prune_as_planned(tree, args);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    (run, gone)
 }
 
 fn planned(run: &Run) -> Vec<(String, String)> {
@@ -436,18 +447,9 @@ fn nixos_host() -> Tree {
             "/var/lib/microvms/old/booted",
             "/nix/store/old-microvm-qemu-old",
         )
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/booted-old",
-            "/var/lib/microvms/old/booted",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/stale",
-            "/var/lib/microvms/stale/current",
-        )
+        .gc_root("old", "/var/lib/microvms/old/current")
+        .gc_root("booted-old", "/var/lib/microvms/old/booted")
+        .gc_root("stale", "/var/lib/microvms/stale/current")
         .link(
             "/run/systemd/system/microvm@old.service",
             "/etc/systemd/system/microvm@.service",
@@ -582,8 +584,7 @@ fn status_classifies_everything() {
 #[test]
 fn prune_removes_exactly_the_orphans_leftovers() {
     let tree = nixos_host();
-    let (run, _) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--declared", "web"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -673,8 +674,7 @@ fn templates_go_only_when_no_vm_is_left() {
     assert!(gone.is_empty(), "removed {gone:?}");
     assert_eq!(run.code, 0);
     // Purging the imperative VM's state makes it an orphan: then everything goes.
-    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "imp"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--declared", "", "--purge-state", "imp"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -749,10 +749,7 @@ fn read_only_unit_directories_are_never_touched() {
     let tree = Tree::new("readonly");
     tree.file("/ro/microvm@old.service.d/override.conf", "[Service]\n")
         .dir("/etc/systemd/system.control")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        );
+        .gc_root("old", "/var/lib/microvms/old/current");
     let target = tree.path("/etc/systemd/system.control");
     let mounted = Command::new("mount")
         .arg("--bind")
@@ -791,7 +788,7 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
         .file("/var/lib/microvms/old/nested/deeper/disk.img", "disk")
         .fifo("/var/lib/microvms/old/nested/control.fifo");
     // `old` has `booted` (the host went down with it running): offline, that needs the override.
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -801,7 +798,6 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/"), "{gone:?}");
     assert!(
         tree.path("/precious/data").exists(),
@@ -852,16 +848,10 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
     tree.link("/var/lib/microvms/old/current", "/nix/store/gone-runner")
         .link("/var/lib/microvms/old/toplevel", "/nix/store/gone-system")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
+        .gc_root("old", "/var/lib/microvms/old/current")
         // A state "directory" that is itself a broken link: nothing of it may be touched.
         .link("/var/lib/microvms/lost", "/mnt/elsewhere/lost")
-        .link(
-            "/nix/var/nix/gcroots/microvm/lost",
-            "/var/lib/microvms/lost/current",
-        )
+        .gc_root("lost", "/var/lib/microvms/lost/current")
         .run_drop_in("lost");
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1, "a state dir that is a symlink is an error");
@@ -999,11 +989,7 @@ fn unreadable_directories_block_prune_entirely() {
         ("gcroots-fifo", "it is a FIFO"),
     ] {
         let tree = Tree::new(case);
-        tree.link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
-        .file(
+        tree.gc_root("old", "/var/lib/microvms/old/current").file(
             "/etc/systemd/system/microvm@old.service.d/override.conf",
             "[Service]\n",
         );
@@ -1299,7 +1285,7 @@ fn a_possibly_running_vm_is_not_purged_offline() {
     assert_eq!(vm_json(&status, "old")["booted"], true);
     assert_eq!(vm_json(&status, "imp")["booted"], false);
     // The override, named for what it does, lets a person who knows better purge both.
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -1311,7 +1297,6 @@ fn a_possibly_running_vm_is_not_purged_offline() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/old.img (4 bytes)"));
     assert!(gone.contains("/root/var/lib/microvms/gone/gone.img (4 bytes)"));
 }
@@ -1361,14 +1346,13 @@ fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
     ] {
         assert_eq!(status.class_of(path), "imperative", "class of {path}");
     }
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone.iter().any(|line| line.contains("deployed")),
         "removed: {gone:?}"
     );
     // Its state is purged only on request, like any imperative VM's (offline: with the override).
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -1378,7 +1362,6 @@ fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains(
         "/root/nix/var/nix/gcroots/microvm/old-deployed -> /var/lib/microvms/deployed/old"
     ));
@@ -1423,8 +1406,7 @@ fn the_state_dir_comes_from_the_manifest() {
     ] {
         assert_eq!(status.class_of(path), class, "class of {path}");
     }
-    let (run, _) = prune_as_planned(&tree, &["--manifest", &manifest, "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--manifest", &manifest, "--purge-state", "old"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -1567,8 +1549,7 @@ fn autostarted_vms_are_kept_whole() {
         assert_eq!(status.class_of(path), "autostarted", "class of {path}");
     }
     assert_eq!(vm_json(&status, "ci")["evidence"]["autostarted"], true);
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone
             .iter()
@@ -1584,8 +1565,7 @@ fn autostarted_vms_are_kept_whole() {
         &tree,
         r#"{"version":1,"vms":[{"name":"web","autostart":true}],"autostart":["web","ci","dropped"]}"#,
     );
-    let (run, gone) = prune_as_planned(&tree, &["--manifest", &manifest]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--manifest", &manifest]);
     assert!(
         !gone
             .iter()
@@ -1650,10 +1630,7 @@ fn a_vm_running_outside_systemd_is_kept_whole() {
     let runner = tree.runner("old", &["vm-old0"], &[]);
     tree.installed("old", &runner, "old")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
+        .gc_root("old", "/var/lib/microvms/old/current")
         .run_drop_in("old");
     let mut child = old_vm_process(&tree);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -1670,8 +1647,7 @@ fn a_vm_running_outside_systemd_is_kept_whole() {
     run.assert_problem("runs outside systemd");
     assert_eq!(tree.snapshot(), before);
     // Once the process is gone, the orphan's leftovers go as usual.
-    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    prune_succeeds(&tree, &["--declared", "", "--purge-state", "old"]);
     assert!(!tree.path("/var/lib/microvms/old").exists());
 }
 
@@ -1692,14 +1668,8 @@ fn an_unmounted_state_dir_changes_nothing() {
         let tree = Tree::new("unmounted");
         tree.dir("/var/lib/microvms")
             .file(file, text)
-            .link(
-                "/nix/var/nix/gcroots/microvm/imp",
-                "/var/lib/microvms/imp/current",
-            )
-            .link(
-                "/nix/var/nix/gcroots/microvm/booted-imp",
-                "/var/lib/microvms/imp/booted",
-            )
+            .gc_root("imp", "/var/lib/microvms/imp/current")
+            .gc_root("booted-imp", "/var/lib/microvms/imp/booted")
             .link(
                 "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
                 "/etc/systemd/system/microvm@.service",
@@ -1728,10 +1698,7 @@ fn the_state_dir_comes_from_the_installed_template() {
     let runner = tree.runner("srvimp", &[], &[]);
     tree.link("/srv/microvms/srvimp/current", &runner)
         .file("/srv/microvms/srvimp/flake", "git+file:///etc/nixos")
-        .link(
-            "/nix/var/nix/gcroots/microvm/srvimp",
-            "/srv/microvms/srvimp/current",
-        )
+        .gc_root("srvimp", "/srv/microvms/srvimp/current")
         .run_drop_in("srvimp");
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(
@@ -1804,8 +1771,7 @@ fn a_removed_declarative_flake_vm_is_an_orphan() {
     assert_eq!(status.class_of("/var/lib/microvms/flaky"), "orphaned");
     // `microvm -c` (flake and GC roots) stays imperative.
     assert_eq!(status.class_of("/var/lib/microvms/imp"), "imperative");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(gone.contains("/root/run/systemd/system/microvm@flaky.service.d/"));
 }
 
@@ -1825,8 +1791,7 @@ fn an_orphans_dependency_directories_are_removed() {
         "/run/systemd/system/microvm@web.service.wants/microvm-tap-interfaces@web.service",
         "/etc/systemd/system/microvm-tap-interfaces@.service",
     );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.wants/"));
     assert!(gone.contains("/root/etc/systemd/system.control/microvm@old.service.requires/"));
     assert!(
@@ -1849,8 +1814,7 @@ fn a_file_in_the_state_dir_is_kept_quietly() {
         "{:?}",
         status.problems()
     );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(!gone.iter().any(|line| line.contains("shared.img")));
     let refused = tree.run(&[
         "prune",
@@ -1877,8 +1841,7 @@ fn purging_names_what_lies_outside_the_state_dir() {
     tree.installed("old", &runner, "old")
         .file("/srv/images/old.img", "disk")
         .file("/srv/shares/old/data", "data");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "", "--purge-state", "old"]);
     assert!(!gone.iter().any(|line| line.contains("/srv/")));
     let problems = run.problem_text();
     assert!(
@@ -2028,8 +1991,7 @@ fn a_mounted_state_dir_is_used() {
         return;
     }
     let _unmount = Unmount(dir);
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", ""]);
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.d/"));
 }
 
@@ -2116,10 +2078,7 @@ fn a_vm_started_after_the_scan_is_not_purged() {
     let runner = tree.runner("old", &[], &[]);
     tree.installed("old", &runner, "old")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        );
+        .gc_root("old", "/var/lib/microvms/old/current");
     // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile,
     // once the plan (made from the scan) has been printed.
     let mut prune = Command::new("strace")
@@ -2203,11 +2162,10 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
         .file("/var/lib/microvms/plain/plain.img", "disk")
         .toplevel("fw", "old-fw")
         .file("/var/lib/microvms/fw/var.img", "disk");
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &["--declared", "web,db,plain", "--purge-state", "fw"],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
 }
 
@@ -2223,10 +2181,7 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
             "/etc/fstab",
             "/dev/disk/by-label/vms /srv/vms ext4 defaults 0 2\n",
         )
-        .link(
-            "/nix/var/nix/gcroots/microvm/imp",
-            "/var/lib/microvms/imp/current",
-        )
+        .gc_root("imp", "/var/lib/microvms/imp/current")
         .run_drop_in("imp");
     prune_changing_nothing(&tree, &["--declared", ""], 1, "")
         .assert_problem("the stateDir /var/lib/microvms is not mounted");
@@ -2241,16 +2196,9 @@ fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
     let tree = Tree::new("gcroot-dotdot");
     tree.imperative_vm("imp")
         .toplevel("old", "old")
-        .link(
-            "/nix/var/nix/gcroots/microvm/imp-extra",
-            "/var/lib/microvms/old/../imp/booted",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/old2",
-            "/var/lib/microvms//old/current",
-        );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+        .gc_root("imp-extra", "/var/lib/microvms/old/../imp/booted")
+        .gc_root("old2", "/var/lib/microvms//old/current");
+    let (run, gone) = prune_succeeds(&tree, &["--declared", ""]);
     let gcroots: Vec<_> = gone
         .iter()
         .filter(|line| line.contains("gcroots"))
@@ -2377,10 +2325,7 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
     )
     .link("/srv/microvms/imp/current", &runner)
     .file("/srv/microvms/imp/flake", "git+file:///etc/nixos")
-    .link(
-        "/nix/var/nix/gcroots/microvm/imp",
-        "/srv/microvms/imp/current",
-    )
+    .gc_root("imp", "/srv/microvms/imp/current")
     .run_drop_in("imp");
     let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(run.json["stateDir"], "/srv/microvms");
@@ -2406,11 +2351,8 @@ fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
     )
     .link("/srv/vms/imp/current", &runner)
     .file("/srv/vms/imp/flake", "git+file:///etc/nixos")
-    .link("/nix/var/nix/gcroots/microvm/imp", "/srv/vms//imp/current")
-    .link(
-        "/nix/var/nix/gcroots/microvm/booted-imp",
-        "/srv/vms//imp/booted",
-    )
+    .gc_root("imp", "/srv/vms//imp/current")
+    .gc_root("booted-imp", "/srv/vms//imp/booted")
     .run_drop_in("imp");
     let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(vm_json(&run, "imp")["class"], "imperative");
@@ -2451,8 +2393,7 @@ fn masks_are_never_removed() {
         .link("/etc/systemd/system/microvm@old.service", "/dev/null")
         .toplevel("old", "old")
         .run_drop_in("old");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", ""]);
     assert_eq!(
         gone,
         [
@@ -2476,8 +2417,7 @@ fn a_target_drop_in_that_wants_a_vm_keeps_it() {
         "/run/systemd/system/microvms.target.d/override.conf",
         "[Unit]\nWants=microvm@ci.service\n",
     );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone.iter().any(|line| line.contains("ci")),
         "removed: {gone:?}"
