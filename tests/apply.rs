@@ -117,12 +117,7 @@ fn existing_paths_are_never_changed_and_drift_is_reported() {
     assert_eq!(stat(&app), before, "an existing directory was changed");
     assert_eq!(std::fs::read_to_string(app.join("data")).unwrap(), "keep");
     let doc = run.json();
-    let entry = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == "/var/lib/app")
-        .unwrap();
+    let entry = common::entry(&doc, "/var/lib/app");
     assert_eq!(entry["state"], "drift");
     assert!(
         run.stderr
@@ -447,12 +442,7 @@ fn a_file_where_a_directory_should_be_is_an_error_for_that_entry() {
         "precious"
     );
     let doc = run.json();
-    let entry = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == "/var/lib/app")
-        .unwrap();
+    let entry = common::entry(&doc, "/var/lib/app");
     assert_eq!(entry["state"], "not-a-directory");
     assert!(
         entry["fix"]

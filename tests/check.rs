@@ -46,12 +46,7 @@ fn check_reports_every_state_and_touches_nothing() {
     let doc = run.json();
     assert_eq!(doc["command"], "check");
     let state = |path: &str| {
-        doc["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["path"] == path)
-            .unwrap_or_else(|| panic!("{path} missing from {doc}"))["state"]
+        common::entry(&doc, path)["state"]
             .as_str()
             .unwrap()
             .to_owned()
@@ -71,12 +66,7 @@ fn check_reports_every_state_and_touches_nothing() {
             .unwrap()
             .contains("neededForBoot")
     );
-    let drift = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == "/var/lib/drift")
-        .unwrap();
+    let drift = common::entry(&doc, "/var/lib/drift");
     assert_eq!(drift["declared"]["mode"], "0750");
     assert_eq!(drift["actual"]["mode"], "0755");
     assert_eq!(drift["origin"], "opt.drift");

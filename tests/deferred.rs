@@ -17,6 +17,34 @@ fn add_svc_user(s: &Scratch) {
     std::fs::write(etc.join("group"), "svc:x:4001:\n").unwrap();
 }
 
+/// The NixOS id maps kept in the storage, which name `svc` 4001.
+fn id_maps(s: &Scratch) {
+    let nixos = s.root().join("persist/var/lib/nixos");
+    std::fs::create_dir_all(&nixos).unwrap();
+    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
+    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
+}
+
+/// A scratch tree in which `apply` of [`SVC`] made `/persist/var/lib/svc` before the user `svc`
+/// exists (its owner deferred); with the path of that source directory.
+fn svc_deferred(name: &str) -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new(name);
+    s.manifest(SVC);
+    s.run(&["apply"]).assert_code(0);
+    let source = s.root().join("persist/var/lib/svc");
+    (s, source)
+}
+
+/// The state of the first entry in a `--json` document.
+fn first_state(run: &common::Run) -> serde_json::Value {
+    run.json()["entries"][0]["state"].clone()
+}
+
+/// The record of deferred owners in the state directory.
+fn record(s: &Scratch) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap()).unwrap()
+}
+
 /// What a reboot of an impermanent machine takes: `/run` and the tmpfs root's mount points.
 fn reboot(s: &Scratch) {
     std::fs::remove_dir_all(s.state()).unwrap();
@@ -29,22 +57,14 @@ fn an_owner_deferred_on_a_boot_cut_short_arrives_on_a_later_boot() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("interrupted");
-    s.manifest(SVC);
-    s.run(&["apply"]).assert_code(0);
-    let source = s.root().join("persist/var/lib/svc");
+    let (s, source) = svc_deferred("interrupted");
     assert_eq!(stat(&source), (0o750, 0, 0));
     // Two boots cut short before finish: the record in /run is gone each time.
     for _ in 0..2 {
         reboot(&s);
         let run = s.run(&["apply", "--json"]);
         run.assert_code(0);
-        assert_eq!(
-            run.json()["entries"][0]["state"],
-            "deferred",
-            "{}",
-            run.stderr
-        );
+        assert_eq!(first_state(&run), "deferred", "{}", run.stderr);
         assert!(s.state().join("deferred.json").exists(), "{}", run.stderr);
     }
     add_svc_user(&s);
@@ -60,15 +80,10 @@ fn an_owner_that_resolves_in_the_initrd_of_a_later_boot_is_given_by_apply() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("interrupted-map");
-    s.manifest(SVC);
-    s.run(&["apply"]).assert_code(0);
+    let (s, _) = svc_deferred("interrupted-map");
     reboot(&s);
     // The next boot knows the name from the NixOS id maps kept in the storage.
-    let nixos = s.root().join("persist/var/lib/nixos");
-    std::fs::create_dir_all(&nixos).unwrap();
-    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
-    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
+    id_maps(&s);
     let run = s.run(&["apply", "--json"]);
     run.assert_code(0);
     let doc = run.json();
@@ -95,10 +110,7 @@ fn finish_leaves_alone_a_directory_made_anew_on_a_reused_inode() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("reused-inode");
-    s.manifest(SVC);
-    s.run(&["apply"]).assert_code(0);
-    let source = s.root().join("persist/var/lib/svc");
+    let (s, source) = svc_deferred("reused-inode");
     std::fs::remove_dir(&source).unwrap();
     // Made again at once: on tmpfs and ext4 it usually gets the very same inode number.
     std::fs::create_dir(&source).unwrap();
@@ -189,9 +201,7 @@ fn two_runs_at_once_keep_both_records() {
             pb.wait_with_output().unwrap(),
         );
         assert!(oa.status.success() && ob.status.success(), "{oa:?} {ob:?}");
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap())
-                .unwrap();
+        let record = record(&s);
         let storage_side = record["pending"]
             .as_array()
             .unwrap()
@@ -210,22 +220,12 @@ fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
     rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
 }
 
-fn id_maps(s: &Scratch) {
-    let nixos = s.root().join("persist/var/lib/nixos");
-    std::fs::create_dir_all(&nixos).unwrap();
-    std::fs::write(nixos.join("uid-map"), r#"{"svc": 4001}"#).unwrap();
-    std::fs::write(nixos.join("gid-map"), r#"{"svc": 4001}"#).unwrap();
-}
-
 #[test]
 fn an_admins_change_to_a_deferred_directory_is_kept_by_the_next_boot() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("admin-change");
-    s.manifest(SVC);
-    s.run(&["apply"]).assert_code(0);
-    let source = s.root().join("persist/var/lib/svc");
+    let (s, source) = svc_deferred("admin-change");
     // The admin hands it over by hand before the user exists; finish must not undo that.
     std::os::unix::fs::chown(&source, Some(4005), Some(4005)).unwrap();
     reboot(&s);
@@ -233,7 +233,7 @@ fn an_admins_change_to_a_deferred_directory_is_kept_by_the_next_boot() {
     let run = s.run(&["apply", "--json"]);
     run.assert_code(0);
     assert_eq!(stat(&source), (0o750, 4005, 4005), "{}", run.stderr);
-    assert_eq!(run.json()["entries"][0]["state"], "drift", "{}", run.stdout);
+    assert_eq!(first_state(&run), "drift", "{}", run.stdout);
     add_svc_user(&s);
     s.run(&["finish"]);
     assert_eq!(stat(&source), (0o750, 4005, 4005));
@@ -249,24 +249,16 @@ fn a_declaration_changed_after_a_boot_cut_short_decides_the_owner() {
         r#"{"path":"/var/lib/svc","user":"svc","group":"svc","uid":1500,"gid":1500,"mode":"0750"}"#,
     ];
     for (i, entry) in changed.iter().enumerate() {
-        let s = Scratch::new(&format!("changed-{i}"));
-        s.manifest(SVC);
-        s.run(&["apply"]).assert_code(0);
+        let (s, source) = svc_deferred(&format!("changed-{i}"));
         reboot(&s);
         id_maps(&s);
         s.manifest(&format!(
             r#"{{"version":1,"storages":[{{"path":"/persist","directories":[{entry}]}}]}}"#
         ));
-        let source = s.root().join("persist/var/lib/svc");
         let run = s.run(&["apply", "--json"]);
         run.assert_code(0);
         assert_eq!(stat(&source), (0o750, 0, 0), "{i}: {}", run.stderr);
-        assert_eq!(
-            run.json()["entries"][0]["state"],
-            "drift",
-            "{i}: {}",
-            run.stdout
-        );
+        assert_eq!(first_state(&run), "drift", "{i}: {}", run.stdout);
         add_svc_user(&s);
         s.run(&["finish"]);
         assert_eq!(
@@ -317,10 +309,7 @@ fn finish_leaves_alone_a_deferred_directory_whose_mode_an_admin_changed() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("admin-chmod");
-    s.manifest(SVC);
-    s.run(&["apply"]).assert_code(0);
-    let source = s.root().join("persist/var/lib/svc");
+    let (s, source) = svc_deferred("admin-chmod");
     std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     add_svc_user(&s);
     let run = s.run(&["finish"]);
@@ -379,16 +368,10 @@ fn trusted_marks_refused_with_eperm_leave_the_deferral_to_the_record() {
         return;
     }
     run.assert_code(0);
-    assert_eq!(
-        run.json()["entries"][0]["state"],
-        "deferred",
-        "{}",
-        run.stderr
-    );
+    assert_eq!(first_state(&run), "deferred", "{}", run.stderr);
     let source = s.root().join("persist/var/lib/svc");
     assert_eq!(stat(&source), (0o750, 0, 0));
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.state().join("deferred.json")).unwrap()).unwrap();
+    let record = record(&s);
     let pending = record["pending"].as_array().unwrap();
     assert_eq!(pending.len(), 2, "{record}");
     assert!(pending.iter().all(|p| p["marked"] == false), "{record}");
@@ -418,12 +401,7 @@ fn check_trusts_no_record_in_a_state_directory_others_can_write_to() {
         std::os::unix::fs::MetadataExt::ino(&meta),
     );
     let honest = s.run(&["check", "--json"]);
-    assert_eq!(
-        honest.json()["entries"][0]["state"],
-        "drift",
-        "{}",
-        honest.stdout
-    );
+    assert_eq!(first_state(&honest), "drift", "{}", honest.stdout);
     std::fs::set_permissions(
         s.state(),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
@@ -434,5 +412,5 @@ fn check_trusts_no_record_in_a_state_directory_others_can_write_to() {
     );
     std::fs::write(s.state().join("deferred.json"), forged).unwrap();
     let run = s.run(&["check", "--json"]);
-    assert_eq!(run.json()["entries"][0]["state"], "drift", "{}", run.stderr);
+    assert_eq!(first_state(&run), "drift", "{}", run.stderr);
 }

@@ -17,6 +17,36 @@ fn temp_name(leaf: &str) -> String {
     format!(".persist-prep.{hash:016x}")
 }
 
+/// Alice's directory in her home, hers alone.
+const ALICE_DATA: &str = r#"{"path":"/home/alice/data","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}"#;
+
+/// A root-only service directory.
+const ROOT_SVC: &str = r#"{"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}"#;
+
+/// A scratch tree whose manifest declares one directory ENTRY (JSON) in the storage STORAGE.
+fn scratch(name: &str, storage: &str, entry: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.manifest(&format!(
+        r#"{{"version":1,"storages":[{{"path":"{storage}","directories":[
+        {entry}]}}]}}"#
+    ));
+    s
+}
+
+fn chmod(path: impl AsRef<Path>, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// A field of the first leftover in a `--json` document ("" when there is none).
+fn first_leftover<'a>(doc: &'a serde_json::Value, field: &str) -> &'a str {
+    doc["leftovers"][0][field].as_str().unwrap_or_default()
+}
+
+/// Asserts a path's (mode, uid, gid), showing the run's log when it differs.
+fn assert_stat(path: impl AsRef<Path>, expected: (u32, u32, u32), run: &common::Run) {
+    assert_eq!(common::stat(path), expected, "{}", run.stderr);
+}
+
 fn chown_tree(path: &Path, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
     for e in std::fs::read_dir(path).unwrap().flatten() {
@@ -33,11 +63,7 @@ fn a_users_tree_under_the_temporary_name_in_her_directory_survives() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-user");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/home/alice/data","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}]}]}"#,
-    );
+    let s = scratch("leftover-user", "/persist", ALICE_DATA);
     let home = s.root().join("persist/home/alice");
     let planted = home.join(temp_name("data"));
     std::fs::create_dir_all(planted.join("x/y")).unwrap();
@@ -55,12 +81,7 @@ fn a_users_tree_under_the_temporary_name_in_her_directory_survives() {
     );
     // A name she can predict must not let her block the entry: it is made all the same.
     run.assert_code(0);
-    assert_eq!(
-        common::stat(home.join("data")),
-        (0o700, 1000, 1000),
-        "{}",
-        run.stderr
-    );
+    assert_stat(home.join("data"), (0o700, 1000, 1000), &run);
     assert_eq!(s.run(&["apply"]).code, 0);
 }
 
@@ -69,40 +90,27 @@ fn a_killed_runs_leftover_in_a_users_directory_blocks_nothing() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-user-killed");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/home/alice/data","user":"alice","group":"alice","uid":1000,"gid":1000,"mode":"0700"}]}]}"#,
-    );
+    let s = scratch("leftover-user-killed", "/persist", ALICE_DATA);
     let home = s.root().join("persist/home/alice");
     std::fs::create_dir_all(&home).unwrap();
     chown_tree(&home, 1000);
     // As a run killed between its mkdir and its chown leaves it: root's, private.
     let leftover = home.join(temp_name("data"));
     std::fs::create_dir(&leftover).unwrap();
-    std::fs::set_permissions(
-        &leftover,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    chmod(&leftover, 0o700);
     let run = s.run(&["apply", "--json"]);
     run.assert_code(0);
-    assert_eq!(
-        common::stat(home.join("data")),
-        (0o700, 1000, 1000),
-        "{}",
-        run.stderr
-    );
+    assert_stat(home.join("data"), (0o700, 1000, 1000), &run);
     assert!(exists(&leftover), "{}", run.stderr);
     assert!(run.stderr.contains(&temp_name("data")), "{}", run.stderr);
     // The document names it too.
     let doc = run.json();
-    let path = doc["leftovers"][0]["path"].as_str().unwrap_or_default();
+    let path = first_leftover(&doc, "path");
     assert!(
         path.ends_with(&format!("/home/alice/{}", temp_name("data"))),
         "{doc}"
     );
-    let warning = doc["leftovers"][0]["warning"].as_str().unwrap_or_default();
+    let warning = first_leftover(&doc, "warning");
     assert!(warning.contains("left it alone"), "{doc}");
     // Nothing else of persist-prep's stays in her directory.
     let names: Vec<String> = std::fs::read_dir(&home)
@@ -117,11 +125,7 @@ fn a_mixed_leftover_is_not_partly_removed() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-mixed");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
-    );
+    let s = scratch("leftover-mixed", "/persist", ROOT_SVC);
     let lib = s.root().join("persist/var/lib");
     let leftover = lib.join(temp_name("svc"));
     // Many empty directories and one with a file: whatever order the directory lists them in,
@@ -149,20 +153,16 @@ fn a_leftover_persist_prep_made_is_removed_and_named() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-ours");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/var/lib/svc/a","user":"root","group":"root","mode":"0700"}]}]}"#,
+    let s = scratch(
+        "leftover-ours",
+        "/persist",
+        r#"{"path":"/var/lib/svc/a","user":"root","group":"root","mode":"0700"}"#,
     );
     let lib = s.root().join("persist/var/lib");
     let leftover = lib.join(temp_name("svc"));
     // As a killed run staged it: the directory and one below it, each as it makes them.
     std::fs::create_dir_all(leftover.join("a")).unwrap();
-    std::fs::set_permissions(
-        leftover.join("a"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    chmod(leftover.join("a"), 0o700);
     let run = s.run(&["apply"]);
     run.assert_code(0);
     assert!(!exists(&leftover), "{}", run.stderr);
@@ -178,11 +178,7 @@ fn a_leftover_holding_a_directory_persist_prep_would_not_make_stays() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-foreign");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
-    );
+    let s = scratch("leftover-foreign", "/persist", ROOT_SVC);
     let leftover = s.root().join("persist/var/lib").join(temp_name("svc"));
     std::fs::create_dir_all(leftover.join("other")).unwrap();
     let run = s.run(&["apply"]);
@@ -195,27 +191,22 @@ fn a_leftover_in_a_group_writable_root_directory_stays() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-group");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/persist","directories":[
-        {"path":"/srv/share/data","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0700"}]}]}"#,
+    let s = scratch(
+        "leftover-group",
+        "/persist",
+        r#"{"path":"/srv/share/data","user":"nobody","group":"nogroup","uid":65534,"gid":65534,"mode":"0700"}"#,
     );
     let share = s.root().join("persist/srv/share");
     std::fs::create_dir_all(&share).unwrap();
     // Root's, but a group can write to it: a member could have made the name.
-    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+    chmod(&share, 0o775);
     let leftover = share.join(temp_name("data"));
     std::fs::create_dir(&leftover).unwrap();
     let run = s.run(&["apply"]);
     assert!(exists(&leftover), "{}", run.stderr);
     assert!(run.stderr.contains("left it alone"), "{}", run.stderr);
     run.assert_code(0);
-    assert_eq!(
-        common::stat(share.join("data")),
-        (0o700, 65534, 65534),
-        "{}",
-        run.stderr
-    );
+    assert_stat(share.join("data"), (0o700, 65534, 65534), &run);
 }
 
 #[test]
@@ -223,28 +214,19 @@ fn a_storage_made_in_a_users_directory_is_not_blocked_by_a_predicted_name() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("leftover-storage");
-    s.manifest(
-        r#"{"version":1,"storages":[{"path":"/srv/alice/persist","directories":[
-        {"path":"/var/lib/svc","user":"root","group":"root","mode":"0700"}]}]}"#,
-    );
+    let s = scratch("leftover-storage", "/srv/alice/persist", ROOT_SVC);
     let alice = s.root().join("srv/alice");
     let planted = alice.join(temp_name("persist"));
     std::fs::create_dir_all(&planted).unwrap();
     chown_tree(&alice, 1000);
     // Set-group-id: mkdir alone would not make the storage root:root, so it is staged.
-    std::fs::set_permissions(&alice, std::os::unix::fs::PermissionsExt::from_mode(0o2755)).unwrap();
+    chmod(&alice, 0o2755);
     let run = s.run(&["apply", "--json"]);
     run.assert_code(0);
-    assert_eq!(
-        common::stat(alice.join("persist")),
-        (0o755, 0, 0),
-        "{}",
-        run.stderr
-    );
+    assert_stat(alice.join("persist"), (0o755, 0, 0), &run);
     assert!(exists(alice.join("persist/var/lib/svc")), "{}", run.stderr);
     assert!(exists(&planted), "{}", run.stderr);
     let doc = run.json();
-    let path = doc["leftovers"][0]["path"].as_str().unwrap_or_default();
+    let path = first_leftover(&doc, "path");
     assert!(path.ends_with(&temp_name("persist")), "{doc}");
 }

@@ -17,14 +17,51 @@ const ONE: &str = r#"{"version":1,"storages":[{"path":"/persist","directories":[
 /// `flock ARGS... PATH sleep 30` in the background, holding its lock until killed (`-o`: the
 /// `sleep` does not inherit it).
 fn hold(args: &[&str], path: &std::path::Path) -> Child {
+    hold_for(args, path, "30")
+}
+
+/// `flock ARGS... PATH sleep SECONDS` in the background, given time to take its lock.
+fn hold_for(args: &[&str], path: &std::path::Path, seconds: &str) -> Child {
     let child = Command::new(args[0])
         .args(&args[1..])
         .arg(path)
-        .args(["sleep", "30"])
+        .args(["sleep", seconds])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     child
+}
+
+/// A scratch tree whose manifest is [`ONE`].
+fn scratch_one(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.manifest(ONE);
+    s
+}
+
+/// Asserts that the run's log says TEXT, showing the log when it does not.
+fn assert_said(run: &common::Run, text: &str) {
+    assert!(run.stderr.contains(text), "{}", run.stderr);
+}
+
+/// Mode 1777, as `/tmp`: anyone may create names in it.
+fn open_to_others(path: &std::path::Path) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// Asserts that a refused `COMMAND --json` printed its one document: the command, an error
+/// containing ERROR and a fix containing FIX.
+fn assert_error_document(run: &common::Run, command: &str, error: &str, fix: &str) {
+    let doc = run.json();
+    assert_eq!(doc["command"], command, "{doc}");
+    assert!(
+        doc["error"].as_str().is_some_and(|e| e.contains(error)),
+        "{doc}"
+    );
+    assert!(
+        doc["fix"].as_str().is_some_and(|f| f.contains(fix)),
+        "{doc}"
+    );
 }
 
 fn release(mut child: Child) {
@@ -48,8 +85,7 @@ fn only_root_can_hold_the_lock_and_a_lock_on_the_root_stalls_nothing() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("lock-root");
-    s.manifest(ONE);
+    let s = scratch_one("lock-root");
     // Any user who can open the root can flock it; that must not stall a run.
     std::fs::set_permissions(s.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let user = hold(
@@ -93,37 +129,22 @@ fn a_held_lock_is_waited_for_within_a_bound_and_its_holder_named() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("lock-bound");
-    s.manifest(ONE);
+    let s = scratch_one("lock-bound");
     let holder = hold(&["flock", "-x", "-o"], &s.state().join("lock"));
     let pid = holder.id();
     let (run, took) = apply_within(&s, "20", &[("PERSIST_PREP_LOCK_TIMEOUT", "1")]);
     release(holder);
     run.assert_code(1);
     assert!(took < Duration::from_secs(10), "waited {took:?}");
-    assert!(
-        run.stderr.contains(&format!("pid {pid} (flock)")),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("nothing was done"), "{}", run.stderr);
+    assert_said(&run, &format!("pid {pid} (flock)"));
+    assert_said(&run, "nothing was done");
     assert!(!exists(s.root().join("persist")));
     // Released within the bound, the lock is taken and the run goes on.
-    let holder = Command::new("flock")
-        .args(["-x", "-o"])
-        .arg(s.state().join("lock"))
-        .args(["sleep", "1"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let holder = hold_for(&["flock", "-x", "-o"], &s.state().join("lock"), "1");
     let (run, _) = apply_within(&s, "20", &[("PERSIST_PREP_LOCK_TIMEOUT", "10")]);
     release(holder);
     run.assert_code(0);
-    assert!(
-        run.stderr.contains("waiting for another persist-prep run"),
-        "{}",
-        run.stderr
-    );
+    assert_said(&run, "waiting for another persist-prep run");
 }
 
 #[test]
@@ -175,8 +196,7 @@ fn a_file_system_without_locks_is_warned_about_and_the_run_goes_on() {
         return;
     }
     for errno in ["ENOLCK", "EOPNOTSUPP"] {
-        let s = Scratch::new(&format!("lock-{errno}"));
-        s.manifest(ONE);
+        let s = scratch_one(&format!("lock-{errno}"));
         let inject = format!("inject=flock:error={errno}");
         let out = s
             .wrapped(
@@ -188,12 +208,8 @@ fn a_file_system_without_locks_is_warned_about_and_the_run_goes_on() {
         let run = common::Run::from(out);
         run.assert_code(0);
         assert!(exists(s.root().join("persist/var/lib/a")), "{errno}");
-        assert!(run.stderr.contains("keeps no locks"), "{}", run.stderr);
-        assert!(
-            run.stderr.contains("going on without the lock"),
-            "{}",
-            run.stderr
-        );
+        assert_said(&run, "keeps no locks");
+        assert_said(&run, "going on without the lock");
     }
 }
 
@@ -202,25 +218,15 @@ fn a_state_directory_others_can_write_to_is_refused_for_the_lock() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("lock-unsafe");
-    s.manifest(ONE);
-    std::fs::set_permissions(s.state(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let s = scratch_one("lock-unsafe");
+    open_to_others(&s.state());
     let (run, _) = apply_within(&s, "10", &[]);
     run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("so others could take or replace its lock"),
-        "{}",
-        run.stderr
-    );
+    assert_said(&run, "so others could take or replace its lock");
     assert!(!exists(s.root().join("persist")));
     // `check` only reads: it says so and goes on without the lock.
     let check = s.run(&["check"]);
-    assert!(
-        check.stderr.contains("going on without the lock"),
-        "{}",
-        check.stderr
-    );
+    assert_said(&check, "going on without the lock");
 }
 
 #[test]
@@ -228,25 +234,16 @@ fn a_run_refused_the_lock_still_prints_one_json_document() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("lock-json");
-    s.manifest(ONE);
-    std::fs::set_permissions(s.state(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let s = scratch_one("lock-json");
+    open_to_others(&s.state());
     for command in ["apply", "finish"] {
         let run = s.run(&[command, "--json"]);
         run.assert_code(1);
-        let doc = run.json();
-        assert_eq!(doc["command"], command, "{doc}");
-        assert!(
-            doc["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("others could take or replace its lock")),
-            "{doc}"
-        );
-        assert!(
-            doc["fix"]
-                .as_str()
-                .is_some_and(|f| f.contains("chown root")),
-            "{doc}"
+        assert_error_document(
+            &run,
+            command,
+            "others could take or replace its lock",
+            "chown root",
         );
     }
     assert!(!exists(s.root().join("persist")));
@@ -261,18 +258,7 @@ fn a_finish_that_cannot_read_its_record_still_prints_one_json_document() {
     std::fs::write(s.state().join("deferred.json"), "not json").unwrap();
     let run = s.run(&["finish", "--json"]);
     run.assert_code(1);
-    let doc = run.json();
-    assert_eq!(doc["command"], "finish", "{doc}");
-    assert!(
-        doc["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("deferred-owner record")),
-        "{doc}"
-    );
-    assert!(
-        doc["fix"].as_str().is_some_and(|f| f.contains("remove it")),
-        "{doc}"
-    );
+    assert_error_document(&run, "finish", "deferred-owner record", "remove it");
 }
 
 /// A holder that the run's pid namespace cannot see shows in `/proc/locks` as pid 0: the run
@@ -289,8 +275,7 @@ fn a_holder_in_another_pid_namespace_is_named_as_such() {
     {
         return common::skip("unshare --pid --mount-proc is not available here");
     }
-    let s = Scratch::new("lock-pidns");
-    s.manifest(ONE);
+    let s = scratch_one("lock-pidns");
     let holder = hold(&["flock", "-x", "-o"], &s.state().join("lock"));
     let mut cmd = s.wrapped(
         &["unshare", "--pid", "--fork", "--mount", "--mount-proc"],
@@ -301,11 +286,7 @@ fn a_holder_in_another_pid_namespace_is_named_as_such() {
     release(holder);
     run.assert_code(1);
     assert!(!run.stderr.contains("pid 0"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("another pid namespace"),
-        "{}",
-        run.stderr
-    );
+    assert_said(&run, "another pid namespace");
 }
 
 /// Whatever stands at the lock's name instead of a regular file (a symlink, a directory, a
@@ -315,8 +296,7 @@ fn anything_but_a_file_at_the_locks_name_is_named_with_the_right_fix() {
     if !require_root() {
         return;
     }
-    let s = Scratch::new("lock-not-a-file");
-    s.manifest(ONE);
+    let s = scratch_one("lock-not-a-file");
     let lock = s.state().join("lock");
     let make = |kind: &str, p: &std::path::Path| match kind {
         "symlink" => std::os::unix::fs::symlink("/etc/passwd", p).unwrap(),

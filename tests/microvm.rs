@@ -87,16 +87,48 @@ impl Tree {
         store
     }
 
+    /// The link `/var/lib/microvms/VM/toplevel` to the system `/nix/store/SYSTEM-nixos-system`.
+    fn toplevel(&self, vm: &str, system: &str) -> &Self {
+        self.link(
+            &format!("/var/lib/microvms/{vm}/toplevel"),
+            &format!("/nix/store/{system}-nixos-system"),
+        )
+    }
+
+    /// A VM installed in `/var/lib/microvms/VM`: its `current` runner and its `toplevel`.
+    fn installed(&self, vm: &str, runner: &str, system: &str) -> &Self {
+        self.link(&format!("/var/lib/microvms/{vm}/current"), runner)
+            .toplevel(vm, system)
+    }
+
+    /// A GC root `/nix/var/nix/gcroots/microvm/NAME` linking to TARGET.
+    fn gc_root(&self, name: &str, target: &str) -> &Self {
+        self.link(&format!("/nix/var/nix/gcroots/microvm/{name}"), target)
+    }
+
+    /// A runtime drop-in `microvm@VM.service.d/override.conf` (what `systemctl edit --runtime`
+    /// leaves).
+    fn run_drop_in(&self, vm: &str) -> &Self {
+        self.file(
+            &format!("/run/systemd/system/microvm@{vm}.service.d/override.conf"),
+            "[Service]\n",
+        )
+    }
+
     /// A declaratively installed VM (what `install-microvm-NAME.service` leaves).
     fn declarative_vm(&self, name: &str, taps: &[&str]) -> &Self {
         let runner = self.runner(name, taps, &[]);
         let state = format!("/var/lib/microvms/{name}");
-        self.link(&format!("{state}/current"), &runner)
-            .link(
-                &format!("{state}/toplevel"),
-                &format!("/nix/store/{name}-nixos-system"),
-            )
+        self.installed(name, &runner, name)
             .file(&format!("{state}/{name}.img"), "disk")
+    }
+
+    /// A VM `ci` installed by CI: a runner and a drop-in, no toplevel, flake or GC root.
+    fn ci_vm(&self) -> &Self {
+        let runner = self.runner("ci", &["vm-ci0"], &[]);
+        self.link("/var/lib/microvms/ci/current", &runner)
+            .file("/var/lib/microvms/ci/ci.img", "disk")
+            .run_drop_in("ci")
     }
 
     /// An imperative VM (what `microvm -c NAME` leaves), with its GC roots.
@@ -224,6 +256,17 @@ impl Run {
             .collect()
     }
 
+    /// The problems and notes, one per line.
+    fn problem_text(&self) -> String {
+        self.problems().join("\n")
+    }
+
+    /// Asserts that a problem or note contains TEXT.
+    fn assert_problem(&self, text: &str) {
+        let problems = self.problem_text();
+        assert!(problems.contains(text), "{problems}");
+    }
+
     fn stderr(&self) -> String {
         self.out.stderr.clone()
     }
@@ -287,6 +330,65 @@ fn prune_as_planned(tree: &Tree, args: &[&str]) -> (Run, BTreeSet<String>) {
     (real, gone)
 }
 
+/// Runs `prune --json ARGS`, checks that it left the tree as it was and ended with exit code
+/// CODE (2: refused, 1: errors), and returns it. `what` names the case in failure messages.
+fn prune_changing_nothing(tree: &Tree, args: &[&str], code: i32, what: &str) -> Run {
+    let before = tree.snapshot();
+    let mut full = vec!["prune", "--json"];
+    full.extend_from_slice(args);
+    let run = tree.run(&full);
+    let case = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what}: ")
+    };
+    assert_eq!(tree.snapshot(), before, "{case}something was changed");
+    assert_eq!(run.code, code, "{case}{}", run.stderr());
+    run
+}
+
+/// Runs `prune --json ARGS`, which must refuse (exit code 2) and change nothing; returns its
+/// problems, one per line.
+fn prune_refused(tree: &Tree, args: &[&str], what: &str) -> String {
+    prune_changing_nothing(tree, args, 2, what).problem_text()
+}
+
+/// Runs `prune --declared KEPT --purge-state ORPHAN`, which must refuse and change nothing with a
+/// problem that contains EXPECTED.
+fn purge_refused(tree: &Tree, kept: &str, orphan: &str, expected: &str, what: &str) {
+    let args = ["--declared", kept, "--purge-state", orphan];
+    let problems = prune_refused(tree, &args, what);
+    if what.is_empty() {
+        assert!(problems.contains(expected), "{problems}");
+    } else {
+        assert!(problems.contains(expected), "{what}: {problems}");
+    }
+}
+
+/// A process of the VM `old` as `cd $DIR; exec ./current/bin/microvm-run` starts it: its working
+/// directory is the state directory and it holds the image open. The caller kills it.
+fn old_vm_process(tree: &Tree) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", "exec 3<old.img; exec sleep 60"])
+        .current_dir(tree.path("/var/lib/microvms/old"))
+        .spawn()
+        .unwrap()
+}
+
+/// Runs [`prune_as_planned`], which must succeed and remove nothing.
+fn prune_removing_nothing(tree: &Tree, args: &[&str]) -> Run {
+    let (run, gone) = prune_succeeds(tree, args);
+    assert!(gone.is_empty(), "removed: {gone:?}");
+    run
+}
+
+/// Runs [`prune_as_planned`], which must succeed.
+fn prune_succeeds(tree: &Tree, args: &[&str]) -> (Run, BTreeSet<String>) {
+    let (run, gone) = prune_as_planned(tree, args);
+    assert_eq!(run.code, 0, "{}", run.stderr());
+    (run, gone)
+}
+
 fn planned(run: &Run) -> Vec<(String, String)> {
     run.plan()
         .iter()
@@ -345,18 +447,9 @@ fn nixos_host() -> Tree {
             "/var/lib/microvms/old/booted",
             "/nix/store/old-microvm-qemu-old",
         )
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/booted-old",
-            "/var/lib/microvms/old/booted",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/stale",
-            "/var/lib/microvms/stale/current",
-        )
+        .gc_root("old", "/var/lib/microvms/old/current")
+        .gc_root("booted-old", "/var/lib/microvms/old/booted")
+        .gc_root("stale", "/var/lib/microvms/stale/current")
         .link(
             "/run/systemd/system/microvm@old.service",
             "/etc/systemd/system/microvm@.service",
@@ -389,14 +482,8 @@ fn nixos_host() -> Tree {
             "/run/systemd/system.control/microvm@old.service.d/50-CPUWeight.conf",
             "[Service]\n",
         )
-        .file(
-            "/run/systemd/system/microvm@imp.service.d/override.conf",
-            "[Service]\n",
-        )
-        .file(
-            "/run/systemd/system/microvm@web.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("imp")
+        .run_drop_in("web")
         .file(
             "/run/systemd/system/microvm-virtiofsd@.service",
             "[Service]\n",
@@ -497,8 +584,7 @@ fn status_classifies_everything() {
 #[test]
 fn prune_removes_exactly_the_orphans_leftovers() {
     let tree = nixos_host();
-    let (run, _) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--declared", "web"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -588,8 +674,7 @@ fn templates_go_only_when_no_vm_is_left() {
     assert!(gone.is_empty(), "removed {gone:?}");
     assert_eq!(run.code, 0);
     // Purging the imperative VM's state makes it an orphan: then everything goes.
-    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "imp"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--declared", "", "--purge-state", "imp"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -635,7 +720,7 @@ fn store_managed_templates_are_reported_and_never_touched() {
         !paths.iter().any(|p| p.starts_with("/etc/systemd/system/")),
         "{paths:?}"
     );
-    let notes = run.problems().join("\n");
+    let notes = run.problem_text();
     assert!(
         notes.contains("/etc/systemd/system/microvm@.service is kept"),
         "{notes}"
@@ -664,10 +749,7 @@ fn read_only_unit_directories_are_never_touched() {
     let tree = Tree::new("readonly");
     tree.file("/ro/microvm@old.service.d/override.conf", "[Service]\n")
         .dir("/etc/systemd/system.control")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        );
+        .gc_root("old", "/var/lib/microvms/old/current");
     let target = tree.path("/etc/systemd/system.control");
     let mounted = Command::new("mount")
         .arg("--bind")
@@ -691,11 +773,7 @@ fn read_only_unit_directories_are_never_touched() {
         planned(&run),
         pairs(&[("remove-gc-root", "/nix/var/nix/gcroots/microvm/old")])
     );
-    assert!(
-        run.problems().join("\n").contains("read-only"),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem("read-only");
 }
 
 #[test]
@@ -710,7 +788,7 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
         .file("/var/lib/microvms/old/nested/deeper/disk.img", "disk")
         .fifo("/var/lib/microvms/old/nested/control.fifo");
     // `old` has `booted` (the host went down with it running): offline, that needs the override.
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -720,7 +798,6 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/"), "{gone:?}");
     assert!(
         tree.path("/precious/data").exists(),
@@ -737,11 +814,8 @@ fn purge_state_deletes_the_state_but_never_follows_links_out_of_it() {
 #[test]
 fn purging_a_declared_vm_aborts_everything() {
     let tree = nixos_host();
-    let before = tree.snapshot();
     for args in [
         &[
-            "prune",
-            "--json",
             "--declared",
             "web",
             "--purge-state",
@@ -749,25 +823,12 @@ fn purging_a_declared_vm_aborts_everything() {
             "--purge-state",
             "web",
         ][..],
-        &[
-            "prune",
-            "--json",
-            "--declared",
-            "web",
-            "--purge-state",
-            "nosuchvm",
-        ][..],
+        &["--declared", "web", "--purge-state", "nosuchvm"][..],
     ] {
-        let run = tree.run(args);
-        assert_eq!(run.code, 2, "{}", run.stderr());
+        let run = prune_changing_nothing(&tree, args, 2, "");
         assert_eq!(run.json["aborted"], true);
         assert_eq!(run.plan(), Vec::<Value>::new());
-        assert!(
-            run.problems().join("\n").contains("Nothing was changed"),
-            "{:?}",
-            run.problems()
-        );
-        assert_eq!(tree.snapshot(), before, "something was changed");
+        run.assert_problem("Nothing was changed");
     }
     let run = tree.run(&[
         "prune",
@@ -777,11 +838,7 @@ fn purging_a_declared_vm_aborts_everything() {
         "--purge-state",
         "web",
     ]);
-    assert!(
-        run.problems().join("\n").contains("declared"),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem("declared");
 }
 
 #[test]
@@ -791,23 +848,14 @@ fn broken_symlinks_in_a_state_dir_are_reported_and_handled() {
     tree.link("/var/lib/microvms/old/current", "/nix/store/gone-runner")
         .link("/var/lib/microvms/old/toplevel", "/nix/store/gone-system")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
+        .gc_root("old", "/var/lib/microvms/old/current")
         // A state "directory" that is itself a broken link: nothing of it may be touched.
         .link("/var/lib/microvms/lost", "/mnt/elsewhere/lost")
-        .link(
-            "/nix/var/nix/gcroots/microvm/lost",
-            "/var/lib/microvms/lost/current",
-        )
-        .file(
-            "/run/systemd/system/microvm@lost.service.d/override.conf",
-            "[Service]\n",
-        );
+        .gc_root("lost", "/var/lib/microvms/lost/current")
+        .run_drop_in("lost");
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1, "a state dir that is a symlink is an error");
-    let problems = status.problems().join("\n");
+    let problems = status.problem_text();
     assert!(
         problems.contains(
             "/var/lib/microvms/old/current is a broken symbolic link to /nix/store/gone-runner"
@@ -853,14 +901,8 @@ fn names_that_need_systemd_escaping_are_errors_and_kept() {
     let tree = Tree::new("escaping");
     tree.file("/var/lib/microvms/my vm/toplevel", "")
         .file("/var/lib/microvms/ünï/toplevel", "")
-        .file(
-            "/run/systemd/system/microvm@my vm.service.d/override.conf",
-            "[Service]\n",
-        )
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("my vm")
+        .run_drop_in("old")
         .file("/run/systemd/system/microvm@.service", "[Service]\n")
         .link(
             r"/nix/var/nix/gcroots/microvm/my\x20vm",
@@ -868,7 +910,7 @@ fn names_that_need_systemd_escaping_are_errors_and_kept() {
         );
     let status = tree.run(&["status", "--json", "--declared", ""]);
     assert_eq!(status.code, 1);
-    let problems = status.problems().join("\n");
+    let problems = status.problem_text();
     assert!(problems.contains(r"microvm@my\x20vm.service"), "{problems}");
     assert!(problems.contains("/var/lib/microvms/ünï"), "{problems}");
     assert_eq!(status.class_of("/var/lib/microvms/my vm"), "invalid");
@@ -947,18 +989,14 @@ fn unreadable_directories_block_prune_entirely() {
         ("gcroots-fifo", "it is a FIFO"),
     ] {
         let tree = Tree::new(case);
-        tree.link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
-        .file(
+        tree.gc_root("old", "/var/lib/microvms/old/current").file(
             "/etc/systemd/system/microvm@old.service.d/override.conf",
             "[Service]\n",
         );
         make_unreadable(case, &tree);
         let before = tree.snapshot();
         let run = tree.run(&["prune", "--json", "--declared", ""]);
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert_eq!(run.code, 1, "{case}: {problems}");
         assert_eq!(run.plan(), Vec::<Value>::new(), "{case}");
         assert_eq!(tree.snapshot(), before, "{case}: something was removed");
@@ -1195,7 +1233,7 @@ fn units_of_the_configuration_overrule_nothing_but_stop_everything() {
         assert_eq!(run.code, 2, "{:?}: {}", args, run.stderr());
         assert_eq!(run.json["aborted"], true);
         assert_eq!(run.plan(), Vec::<Value>::new());
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert!(
             problems.contains("VM 'web' is declared by the active configuration")
                 && problems.contains("/etc/systemd/system/install-microvm-web.service")
@@ -1234,7 +1272,7 @@ fn a_possibly_running_vm_is_not_purged_offline() {
         let run = tree.run(&full);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr());
         assert_eq!(run.json["aborted"], true);
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert!(
             problems.contains("/booted exists")
                 && problems.contains("--purge-state-of-possibly-running")
@@ -1247,7 +1285,7 @@ fn a_possibly_running_vm_is_not_purged_offline() {
     assert_eq!(vm_json(&status, "old")["booted"], true);
     assert_eq!(vm_json(&status, "imp")["booted"], false);
     // The override, named for what it does, lets a person who knows better purge both.
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -1259,7 +1297,6 @@ fn a_possibly_running_vm_is_not_purged_offline() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains("/root/var/lib/microvms/old/old.img (4 bytes)"));
     assert!(gone.contains("/root/var/lib/microvms/gone/gone.img (4 bytes)"));
 }
@@ -1291,10 +1328,7 @@ impl Tree {
 fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
     let tree = nixos_host();
     tree.installed_on_host_vm("deployed")
-        .file(
-            "/run/systemd/system/microvm@deployed.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("deployed")
         .link(
             "/run/systemd/system/microvms.target.wants/microvm@deployed.service",
             "/etc/systemd/system/microvm@.service",
@@ -1312,14 +1346,13 @@ fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
     ] {
         assert_eq!(status.class_of(path), "imperative", "class of {path}");
     }
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone.iter().any(|line| line.contains("deployed")),
         "removed: {gone:?}"
     );
     // Its state is purged only on request, like any imperative VM's (offline: with the override).
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &[
             "--declared",
@@ -1329,7 +1362,6 @@ fn vms_installed_on_the_host_are_imperative_and_kept_whole() {
             "--purge-state-of-possibly-running",
         ],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.contains(
         "/root/nix/var/nix/gcroots/microvm/old-deployed -> /var/lib/microvms/deployed/old"
     ));
@@ -1374,8 +1406,7 @@ fn the_state_dir_comes_from_the_manifest() {
     ] {
         assert_eq!(status.class_of(path), class, "class of {path}");
     }
-    let (run, _) = prune_as_planned(&tree, &["--manifest", &manifest, "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, _) = prune_succeeds(&tree, &["--manifest", &manifest, "--purge-state", "old"]);
     assert_eq!(
         planned(&run),
         pairs(&[
@@ -1432,10 +1463,7 @@ fn file_system_furniture_is_not_a_vm() {
     let tree = Tree::new("furniture");
     tree.dir("/var/lib/microvms/lost+found")
         .file("/var/lib/microvms/.snapshots/1/info.xml", "<snapshot/>")
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        )
+        .run_drop_in("old")
         // Named by a unit, a bare directory is an orphan's after all.
         .dir("/var/lib/microvms/old");
     let status = tree.run(&["status", "--json", "--declared", ""]);
@@ -1453,13 +1481,9 @@ fn file_system_furniture_is_not_a_vm() {
             "/run/systemd/system/microvm@old.service.d"
         )])
     );
-    let before = tree.snapshot();
     for name in [".snapshots", "lost+found"] {
-        let run = tree.run(&["prune", "--json", "--declared", "", "--purge-state", name]);
-        assert_eq!(run.code, 2, "{name}: {}", run.stderr());
-        let problems = run.problems().join("\n");
+        let problems = prune_refused(&tree, &["--declared", "", "--purge-state", name], name);
         assert!(problems.contains("is not a VM"), "{problems}");
-        assert_eq!(tree.snapshot(), before, "{name}: something was changed");
     }
 }
 
@@ -1509,19 +1533,10 @@ fn target_wants(tree: &Tree, vms: &[&str]) {
 #[test]
 fn autostarted_vms_are_kept_whole() {
     let tree = nixos_host();
-    // `ci` was installed by CI: a runner and a drop-in, no toplevel, flake or GC root.
-    let runner = tree.runner("ci", &["vm-ci0"], &[]);
-    tree.link("/var/lib/microvms/ci/current", &runner)
-        .file("/var/lib/microvms/ci/ci.img", "disk")
-        .file(
-            "/run/systemd/system/microvm@ci.service.d/override.conf",
-            "[Service]\n",
-        );
+    tree.ci_vm();
     // `dropped` left microvm.vms, but microvm.autostart still names it.
-    tree.declarative_vm("dropped", &["vm-dropped0"]).file(
-        "/run/systemd/system/microvm@dropped.service.d/override.conf",
-        "[Service]\n",
-    );
+    tree.declarative_vm("dropped", &["vm-dropped0"])
+        .run_drop_in("dropped");
     target_wants(&tree, &["web", "ci", "dropped"]);
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(status.code, 0, "{}", status.stderr());
@@ -1534,39 +1549,23 @@ fn autostarted_vms_are_kept_whole() {
         assert_eq!(status.class_of(path), "autostarted", "class of {path}");
     }
     assert_eq!(vm_json(&status, "ci")["evidence"]["autostarted"], true);
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone
             .iter()
             .any(|line| line.contains("ci") || line.contains("dropped")),
         "removed: {gone:?}"
     );
-    let problems = run.problems().join("\n");
-    assert!(
-        problems.contains("VM 'ci' is not in microvm.vms, but microvm.autostart names it"),
-        "{problems}"
-    );
-    let before = tree.snapshot();
-    let refused = tree.run(&[
-        "prune",
-        "--json",
-        "--declared",
-        "web",
-        "--purge-state",
-        "ci",
-    ]);
-    assert_eq!(refused.code, 2, "{}", refused.stderr());
-    assert!(refused.problems().join("\n").contains("microvm.autostart"));
-    assert_eq!(tree.snapshot(), before);
+    run.assert_problem("VM 'ci' is not in microvm.vms, but microvm.autostart names it");
+    let refused = prune_refused(&tree, &["--declared", "web", "--purge-state", "ci"], "");
+    assert!(refused.contains("microvm.autostart"));
     // The host manifest's autostart list is evidence too, without any microvms.target.
     target_wants(&tree, &["web"]);
     let manifest = host_manifest(
         &tree,
         r#"{"version":1,"vms":[{"name":"web","autostart":true}],"autostart":["web","ci","dropped"]}"#,
     );
-    let (run, gone) = prune_as_planned(&tree, &["--manifest", &manifest]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--manifest", &manifest]);
     assert!(
         !gone
             .iter()
@@ -1607,33 +1606,17 @@ fn a_renamed_vms_data_in_the_old_directory_is_not_purged() {
         "/var/lib/microvms/fw/var.img",
         "/var/lib/microvms/fw/journal",
     );
-    tree.link("/var/lib/microvms/firewall/current", &runner)
-        .link(
-            "/var/lib/microvms/firewall/toplevel",
-            "/nix/store/fw-nixos-system",
-        )
-        .link(
-            "/var/lib/microvms/fw/toplevel",
-            "/nix/store/old-fw-nixos-system",
-        )
+    tree.installed("firewall", &runner, "fw")
+        .toplevel("fw", "old-fw")
         .file("/var/lib/microvms/fw/var.img", "disk")
         .file("/var/lib/microvms/fw/journal/system.journal", "log");
-    let before = tree.snapshot();
-    let run = tree.run(&[
-        "prune",
-        "--json",
-        "--declared",
+    purge_refused(
+        &tree,
         "firewall",
-        "--purge-state",
         "fw",
-    ]);
-    assert_eq!(run.code, 2, "{}", run.stderr());
-    let problems = run.problems().join("\n");
-    assert!(
-        problems.contains("the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/"),
-        "{problems}"
+        "the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/",
+        "",
     );
-    assert_eq!(tree.snapshot(), before, "something was changed");
     let status = tree.run(&["status", "--json", "--declared", "firewall"]);
     let referenced = &vm_json(&status, "fw")["evidence"]["referencedBy"];
     assert_eq!(referenced[0][0], "firewall", "{referenced}");
@@ -1645,26 +1628,11 @@ fn a_renamed_vms_data_in_the_old_directory_is_not_purged() {
 fn a_vm_running_outside_systemd_is_kept_whole() {
     let tree = Tree::new("foreground");
     let runner = tree.runner("old", &["vm-old0"], &[]);
-    tree.link("/var/lib/microvms/old/current", &runner)
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
+    tree.installed("old", &runner, "old")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        )
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        );
-    // Like `cd $DIR; exec ./current/bin/microvm-run`: cwd there, the image held open.
-    let mut child = Command::new("sh")
-        .args(["-c", "exec 3<old.img; exec sleep 60"])
-        .current_dir(tree.path("/var/lib/microvms/old"))
-        .spawn()
-        .unwrap();
+        .gc_root("old", "/var/lib/microvms/old/current")
+        .run_drop_in("old");
+    let mut child = old_vm_process(&tree);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = child.id().to_string();
     let before = tree.snapshot();
@@ -1673,19 +1641,13 @@ fn a_vm_running_outside_systemd_is_kept_whole() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(purge.code, 2, "{}", purge.stderr());
-    let problems = purge.problems().join("\n");
-    assert!(
-        problems.contains(&format!("process {pid} uses it")),
-        "{problems}"
-    );
+    purge.assert_problem(&format!("process {pid} uses it"));
     assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(gone.is_empty(), "removed: {gone:?}");
-    let problems = run.problems().join("\n");
-    assert!(problems.contains("runs outside systemd"), "{problems}");
+    run.assert_problem("runs outside systemd");
     assert_eq!(tree.snapshot(), before);
     // Once the process is gone, the orphan's leftovers go as usual.
-    let (run, _) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    prune_succeeds(&tree, &["--declared", "", "--purge-state", "old"]);
     assert!(!tree.path("/var/lib/microvms/old").exists());
 }
 
@@ -1706,28 +1668,16 @@ fn an_unmounted_state_dir_changes_nothing() {
         let tree = Tree::new("unmounted");
         tree.dir("/var/lib/microvms")
             .file(file, text)
-            .link(
-                "/nix/var/nix/gcroots/microvm/imp",
-                "/var/lib/microvms/imp/current",
-            )
-            .link(
-                "/nix/var/nix/gcroots/microvm/booted-imp",
-                "/var/lib/microvms/imp/booted",
-            )
+            .gc_root("imp", "/var/lib/microvms/imp/current")
+            .gc_root("booted-imp", "/var/lib/microvms/imp/booted")
             .link(
                 "/etc/systemd/system/microvms.target.wants/microvm@imp.service",
                 "/etc/systemd/system/microvm@.service",
             )
-            .file(
-                "/run/systemd/system/microvm@imp.service.d/override.conf",
-                "[Service]\n",
-            );
-        let before = tree.snapshot();
-        let run = tree.run(&["prune", "--json", "--declared", ""]);
-        assert_eq!(tree.snapshot(), before, "{file}: something was changed");
-        assert_eq!(run.code, 1, "{file}: {}", run.stderr());
+            .run_drop_in("imp");
+        let run = prune_changing_nothing(&tree, &["--declared", ""], 1, file);
         assert!(run.plan().is_empty(), "{file}: {:?}", run.plan());
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert!(
             problems.contains("the stateDir /var/lib/microvms is not mounted"),
             "{file}: {problems}"
@@ -1748,14 +1698,8 @@ fn the_state_dir_comes_from_the_installed_template() {
     let runner = tree.runner("srvimp", &[], &[]);
     tree.link("/srv/microvms/srvimp/current", &runner)
         .file("/srv/microvms/srvimp/flake", "git+file:///etc/nixos")
-        .link(
-            "/nix/var/nix/gcroots/microvm/srvimp",
-            "/srv/microvms/srvimp/current",
-        )
-        .file(
-            "/run/systemd/system/microvm@srvimp.service.d/override.conf",
-            "[Service]\n",
-        );
+        .gc_root("srvimp", "/srv/microvms/srvimp/current")
+        .run_drop_in("srvimp");
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(
         status.json["stateDir"],
@@ -1787,7 +1731,7 @@ fn the_state_dir_comes_from_the_installed_template() {
         full.extend_from_slice(args);
         let run = tree.run(&full);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr());
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert!(
             problems.contains("the stateDir is /var/lib/microvms")
                 && problems.contains("runs VMs from /srv/microvms"),
@@ -1822,16 +1766,12 @@ fn a_removed_declarative_flake_vm_is_an_orphan() {
             "/var/lib/microvms/flaky/flake",
             "git+https://example.org/vms",
         )
-        .file(
-            "/run/systemd/system/microvm@flaky.service.d/override.conf",
-            "[Service]\n",
-        );
+        .run_drop_in("flaky");
     let status = tree.run(&["status", "--json", "--declared", "web"]);
     assert_eq!(status.class_of("/var/lib/microvms/flaky"), "orphaned");
     // `microvm -c` (flake and GC roots) stays imperative.
     assert_eq!(status.class_of("/var/lib/microvms/imp"), "imperative");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(gone.contains("/root/run/systemd/system/microvm@flaky.service.d/"));
 }
 
@@ -1851,8 +1791,7 @@ fn an_orphans_dependency_directories_are_removed() {
         "/run/systemd/system/microvm@web.service.wants/microvm-tap-interfaces@web.service",
         "/etc/systemd/system/microvm-tap-interfaces@.service",
     );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.wants/"));
     assert!(gone.contains("/root/etc/systemd/system.control/microvm@old.service.requires/"));
     assert!(
@@ -1875,8 +1814,7 @@ fn a_file_in_the_state_dir_is_kept_quietly() {
         "{:?}",
         status.problems()
     );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(!gone.iter().any(|line| line.contains("shared.img")));
     let refused = tree.run(&[
         "prune",
@@ -1887,7 +1825,7 @@ fn a_file_in_the_state_dir_is_kept_quietly() {
         "shared.img",
     ]);
     assert_eq!(refused.code, 2, "{}", refused.stderr());
-    assert!(refused.problems().join("\n").contains("is not a VM"));
+    assert!(refused.problem_text().contains("is not a VM"));
 }
 
 /// Shape 6d: purging an orphan names the volumes and shares it had outside its state directory.
@@ -1900,17 +1838,12 @@ fn purging_names_what_lies_outside_the_state_dir() {
         &format!("{runner}/share/microvm/virtiofs/ro-store/source"),
         "/nix/store\n",
     );
-    tree.link("/var/lib/microvms/old/current", &runner)
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
+    tree.installed("old", &runner, "old")
         .file("/srv/images/old.img", "disk")
         .file("/srv/shares/old/data", "data");
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "", "--purge-state", "old"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "", "--purge-state", "old"]);
     assert!(!gone.iter().any(|line| line.contains("/srv/")));
-    let problems = run.problems().join("\n");
+    let problems = run.problem_text();
     assert!(
         problems.contains("/srv/images/old.img (volume)")
             && problems.contains("/srv/shares/old (share source 'journal')"),
@@ -1968,12 +1901,9 @@ fn unreadable_template_or_target_changes_nothing() {
     ] {
         let tree = nixos_host();
         tree.fifo(path);
-        let before = tree.snapshot();
-        let run = tree.run(&["prune", "--json", "--declared", "web"]);
-        assert_eq!(tree.snapshot(), before, "{what}: something was changed");
-        assert_eq!(run.code, 1, "{what}: {}", run.stderr());
+        let run = prune_changing_nothing(&tree, &["--declared", "web"], 1, what);
         assert!(run.plan().is_empty(), "{what}: {:?}", run.plan());
-        let problems = run.problems().join("\n");
+        let problems = run.problem_text();
         assert!(
             problems.contains(&format!("{path}: it is a FIFO"))
                 && problems.contains("changes nothing"),
@@ -2047,14 +1977,8 @@ fn a_mounted_state_dir_is_used() {
         "/etc/fstab",
         "/nix/persist/var/lib/microvms /var/lib/microvms none bind 0 0\n",
     )
-    .link(
-        "/var/lib/microvms/old/toplevel",
-        "/nix/store/old-nixos-system",
-    )
-    .file(
-        "/run/systemd/system/microvm@old.service.d/override.conf",
-        "[Service]\n",
-    );
+    .toplevel("old", "old")
+    .run_drop_in("old");
     let dir = tree.path("/var/lib/microvms");
     let mounted = Command::new("mount")
         .arg("--bind")
@@ -2067,8 +1991,7 @@ fn a_mounted_state_dir_is_used() {
         return;
     }
     let _unmount = Unmount(dir);
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    let (_, gone) = prune_succeeds(&tree, &["--declared", ""]);
     assert!(gone.contains("/root/run/systemd/system/microvm@old.service.d/"));
 }
 
@@ -2126,36 +2049,20 @@ fn any_way_a_kept_runner_names_an_orphans_path_blocks_its_purge() {
             &format!("{runner}/bin/microvm-run"),
             &format!("#!/bin/sh\n{script}\n"),
         )
-        .link("/var/lib/microvms/firewall/current", &runner)
-        .link(
-            "/var/lib/microvms/firewall/toplevel",
-            "/nix/store/fw-nixos-system",
-        )
-        .link(
-            "/var/lib/microvms/fw/toplevel",
-            "/nix/store/old-fw-nixos-system",
-        )
+        .installed("firewall", &runner, "fw")
+        .toplevel("fw", "old-fw")
         .file("/var/lib/microvms/fw/var.img", "disk")
         .link("/srv/fw-data", "/var/lib/microvms/fw");
         if let Some((path, text)) = extra {
             tree.file(path, text);
         }
-        let before = tree.snapshot();
-        let run = tree.run(&[
-            "prune",
-            "--json",
-            "--declared",
+        purge_refused(
+            &tree,
             "firewall",
-            "--purge-state",
             "fw",
-        ]);
-        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
-        let problems = run.problems().join("\n");
-        assert!(
-            problems.contains("the runner of the kept VM 'firewall' uses"),
-            "{case}: {problems}"
+            "the runner of the kept VM 'firewall' uses",
+            case,
         );
-        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
     }
 }
 
@@ -2169,16 +2076,9 @@ fn a_vm_started_after_the_scan_is_not_purged() {
     }
     let tree = Tree::new("race");
     let runner = tree.runner("old", &[], &[]);
-    tree.link("/var/lib/microvms/old/current", &runner)
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
+    tree.installed("old", &runner, "old")
         .file("/var/lib/microvms/old/old.img", "disk")
-        .link(
-            "/nix/var/nix/gcroots/microvm/old",
-            "/var/lib/microvms/old/current",
-        );
+        .gc_root("old", "/var/lib/microvms/old/current");
     // The first unlinkat (the GC root, before the purge) waits 3 s; the VM starts meanwhile,
     // once the plan (made from the scan) has been printed.
     let mut prune = Command::new("strace")
@@ -2202,11 +2102,7 @@ fn a_vm_started_after_the_scan_is_not_purged() {
         assert!(read > 0, "prune ended before its plan: {printed}");
         printed.push_str(&line);
     }
-    let mut vm = Command::new("sh")
-        .args(["-c", "exec 3<old.img; exec sleep 60"])
-        .current_dir(tree.path("/var/lib/microvms/old"))
-        .spawn()
-        .unwrap();
+    let mut vm = old_vm_process(&tree);
     std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
     let out = prune.wait_with_output().unwrap();
     vm.kill().unwrap();
@@ -2242,27 +2138,15 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
             tree.link("/srv/firewall/current", &runner)
                 .link("/var/lib/microvms/firewall", "/srv/firewall");
         }
-        tree.link(
-            "/var/lib/microvms/fw/toplevel",
-            "/nix/store/old-fw-nixos-system",
-        )
-        .file("/var/lib/microvms/fw/var.img", "disk");
-        let before = tree.snapshot();
-        let run = tree.run(&[
-            "prune",
-            "--json",
-            "--declared",
+        tree.toplevel("fw", "old-fw")
+            .file("/var/lib/microvms/fw/var.img", "disk");
+        purge_refused(
+            &tree,
             "firewall",
-            "--purge-state",
             "fw",
-        ]);
-        assert_eq!(run.code, 2, "{case}: {}", run.stderr());
-        let problems = run.problems().join("\n");
-        assert!(
-            problems.contains("the runner of the kept VM 'firewall' cannot be read"),
-            "{case}: {problems}"
+            "the runner of the kept VM 'firewall' cannot be read",
+            case,
         );
-        assert_eq!(tree.snapshot(), before, "{case}: something was changed");
     }
     // A declared VM whose state "directory" links to a file holds no runner: no unknown there.
     let tree = Tree::new("runner-in-a-file");
@@ -2276,16 +2160,12 @@ fn a_kept_vm_whose_runner_cannot_be_read_blocks_purges() {
         .link("/var/lib/microvms/db/current", "/nix/store/db-runner")
         // Nor one with no runner link at all (not installed yet, or made by hand).
         .file("/var/lib/microvms/plain/plain.img", "disk")
-        .link(
-            "/var/lib/microvms/fw/toplevel",
-            "/nix/store/old-fw-nixos-system",
-        )
+        .toplevel("fw", "old-fw")
         .file("/var/lib/microvms/fw/var.img", "disk");
-    let (run, gone) = prune_as_planned(
+    let (_, gone) = prune_succeeds(
         &tree,
         &["--declared", "web,db,plain", "--purge-state", "fw"],
     );
-    assert_eq!(run.code, 0, "{}", run.stderr());
     assert!(!tree.path("/var/lib/microvms/fw").exists(), "{gone:?}");
 }
 
@@ -2301,23 +2181,10 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
             "/etc/fstab",
             "/dev/disk/by-label/vms /srv/vms ext4 defaults 0 2\n",
         )
-        .link(
-            "/nix/var/nix/gcroots/microvm/imp",
-            "/var/lib/microvms/imp/current",
-        )
-        .file(
-            "/run/systemd/system/microvm@imp.service.d/override.conf",
-            "[Service]\n",
-        );
-    let before = tree.snapshot();
-    let run = tree.run(&["prune", "--json", "--declared", ""]);
-    assert_eq!(tree.snapshot(), before, "something was changed");
-    assert_eq!(run.code, 1, "{}", run.stderr());
-    let problems = run.problems().join("\n");
-    assert!(
-        problems.contains("the stateDir /var/lib/microvms is not mounted"),
-        "{problems}"
-    );
+        .gc_root("imp", "/var/lib/microvms/imp/current")
+        .run_drop_in("imp");
+    prune_changing_nothing(&tree, &["--declared", ""], 1, "")
+        .assert_problem("the stateDir /var/lib/microvms is not mounted");
 }
 
 /// A GC root belongs to the VM whose directory its target is in, as the kernel walks it:
@@ -2328,20 +2195,10 @@ fn an_unmounted_state_dir_behind_a_symlink_changes_nothing() {
 fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
     let tree = Tree::new("gcroot-dotdot");
     tree.imperative_vm("imp")
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/imp-extra",
-            "/var/lib/microvms/old/../imp/booted",
-        )
-        .link(
-            "/nix/var/nix/gcroots/microvm/old2",
-            "/var/lib/microvms//old/current",
-        );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+        .toplevel("old", "old")
+        .gc_root("imp-extra", "/var/lib/microvms/old/../imp/booted")
+        .gc_root("old2", "/var/lib/microvms//old/current");
+    let (run, gone) = prune_succeeds(&tree, &["--declared", ""]);
     let gcroots: Vec<_> = gone
         .iter()
         .filter(|line| line.contains("gcroots"))
@@ -2363,34 +2220,16 @@ fn a_gc_root_target_with_dot_dot_is_not_the_first_components() {
 fn a_kept_vms_runner_link_into_an_orphans_dir_blocks_its_purge() {
     let tree = Tree::new("runner-through-orphan");
     let runner = tree.runner("firewall", &[], &[]);
-    tree.link("/var/lib/microvms/fw/current", &runner)
-        .link(
-            "/var/lib/microvms/fw/toplevel",
-            "/nix/store/old-fw-nixos-system",
-        )
+    tree.installed("fw", &runner, "old-fw")
         .link("/var/lib/microvms/firewall/current", "../fw/current")
-        .link(
-            "/var/lib/microvms/firewall/toplevel",
-            "/nix/store/fw-nixos-system",
-        );
-    let before = tree.snapshot();
-    let run = tree.run(&[
-        "prune",
-        "--json",
-        "--declared",
+        .toplevel("firewall", "fw");
+    purge_refused(
+        &tree,
         "firewall",
-        "--purge-state",
         "fw",
-    ]);
-    assert_eq!(run.code, 2, "{}", run.stderr());
-    assert!(
-        run.problems()
-            .join("\n")
-            .contains("the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/current"),
-        "{:?}",
-        run.problems()
+        "the runner of the kept VM 'firewall' uses /var/lib/microvms/fw/current",
+        "",
     );
-    assert_eq!(tree.snapshot(), before);
 }
 
 /// A kept VM that shares a directory above an orphan's (the stateDir, `/var/lib`) sees the
@@ -2400,35 +2239,17 @@ fn a_kept_vms_share_above_an_orphans_dir_blocks_its_purge() {
     for source in ["/var/lib/microvms", "/var/lib/", "/srv/link-to-state"] {
         let tree = Tree::new("share-above");
         let runner = runner_with_paths(&tree, "web", "/srv/web.img", source);
-        tree.link("/var/lib/microvms/web/current", &runner)
-            .link(
-                "/var/lib/microvms/web/toplevel",
-                "/nix/store/web-nixos-system",
-            )
+        tree.installed("web", &runner, "web")
             .link("/srv/link-to-state", "/var/lib/microvms/old")
-            .link(
-                "/var/lib/microvms/old/toplevel",
-                "/nix/store/old-nixos-system",
-            )
+            .toplevel("old", "old")
             .file("/var/lib/microvms/old/old.img", "disk");
-        let before = tree.snapshot();
-        let run = tree.run(&[
-            "prune",
-            "--json",
-            "--declared",
+        purge_refused(
+            &tree,
             "web",
-            "--purge-state",
             "old",
-        ]);
-        assert_eq!(run.code, 2, "{source}: {}", run.stderr());
-        assert!(
-            run.problems()
-                .join("\n")
-                .contains("the runner of the kept VM 'web' uses"),
-            "{source}: {:?}",
-            run.problems()
+            "the runner of the kept VM 'web' uses",
+            source,
         );
-        assert_eq!(tree.snapshot(), before, "{source}");
     }
 }
 
@@ -2438,22 +2259,14 @@ fn a_kept_vms_share_above_an_orphans_dir_blocks_its_purge() {
 fn an_orphan_kept_whole_keeps_the_templates() {
     let tree = Tree::new("kept-whole-templates");
     let runner = tree.runner("old", &[], &[]);
-    tree.link("/var/lib/microvms/old/current", &runner)
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
+    tree.installed("old", &runner, "old")
         .file("/var/lib/microvms/old/old.img", "disk")
         .file("/run/systemd/system/microvm@.service", "[Service]\n")
         .file(
             "/run/systemd/system/microvm-tap-interfaces@.service",
             "[Service]\n",
         );
-    let mut child = Command::new("sh")
-        .args(["-c", "exec 3<old.img; exec sleep 60"])
-        .current_dir(tree.path("/var/lib/microvms/old"))
-        .spawn()
-        .unwrap();
+    let mut child = old_vm_process(&tree);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
     child.kill().unwrap();
@@ -2480,16 +2293,9 @@ fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
         return;
     }
     let tree = Tree::new("own-unit-offline");
-    tree.link(
-        "/var/lib/microvms/old/toplevel",
-        "/nix/store/old-nixos-system",
-    )
-    .file("/var/lib/microvms/old/old.img", "disk");
-    let mut child = Command::new("sh")
-        .args(["-c", "exec 3<old.img; exec sleep 60"])
-        .current_dir(tree.path("/var/lib/microvms/old"))
-        .spawn()
-        .unwrap();
+    tree.toplevel("old", "old")
+        .file("/var/lib/microvms/old/old.img", "disk");
+    let mut child = old_vm_process(&tree);
     let moved = fs::write(unit.join("cgroup.procs"), child.id().to_string());
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = tree.snapshot();
@@ -2500,13 +2306,7 @@ fn offline_a_process_in_the_vms_own_unit_still_uses_it() {
     let _ = fs::remove_dir(&group);
     moved.expect("moving the process into the cgroup");
     assert_eq!(run.code, 2, "{}", run.stderr());
-    assert!(
-        run.problems()
-            .join("\n")
-            .contains(&format!("process {} uses it", child.id())),
-        "{:?}",
-        run.problems()
-    );
+    run.assert_problem(&format!("process {} uses it", child.id()));
     assert_eq!(tree.snapshot(), before);
 }
 
@@ -2525,17 +2325,9 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
     )
     .link("/srv/microvms/imp/current", &runner)
     .file("/srv/microvms/imp/flake", "git+file:///etc/nixos")
-    .link(
-        "/nix/var/nix/gcroots/microvm/imp",
-        "/srv/microvms/imp/current",
-    )
-    .file(
-        "/run/systemd/system/microvm@imp.service.d/override.conf",
-        "[Service]\n",
-    );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
-    assert!(gone.is_empty(), "removed: {gone:?}");
+    .gc_root("imp", "/srv/microvms/imp/current")
+    .run_drop_in("imp");
+    let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(run.json["stateDir"], "/srv/microvms");
     // Two different stateDirs in one template: which one runs is unknown.
     tree.file(
@@ -2543,17 +2335,8 @@ fn the_state_dir_comes_from_any_path_of_the_template() {
         "[Service]\nWorkingDirectory=/srv/microvms/%i\n\
          ExecStart=/var/lib/microvms/%i/current/bin/microvm-run\n",
     );
-    let before = tree.snapshot();
-    let run = tree.run(&["prune", "--json", "--declared", ""]);
-    assert_eq!(tree.snapshot(), before);
-    assert_eq!(run.code, 1, "{}", run.stderr());
-    assert!(
-        run.problems()
-            .join("\n")
-            .contains("names several stateDirs"),
-        "{:?}",
-        run.problems()
-    );
+    prune_changing_nothing(&tree, &["--declared", ""], 1, "")
+        .assert_problem("names several stateDirs");
 }
 
 /// `microvm.stateDir = "/srv/vms/"`: the `microvm` command spells its GC roots
@@ -2568,18 +2351,10 @@ fn gc_roots_under_a_state_dir_with_a_trailing_slash_are_the_vms() {
     )
     .link("/srv/vms/imp/current", &runner)
     .file("/srv/vms/imp/flake", "git+file:///etc/nixos")
-    .link("/nix/var/nix/gcroots/microvm/imp", "/srv/vms//imp/current")
-    .link(
-        "/nix/var/nix/gcroots/microvm/booted-imp",
-        "/srv/vms//imp/booted",
-    )
-    .file(
-        "/run/systemd/system/microvm@imp.service.d/override.conf",
-        "[Service]\n",
-    );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
-    assert!(gone.is_empty(), "removed: {gone:?}");
+    .gc_root("imp", "/srv/vms//imp/current")
+    .gc_root("booted-imp", "/srv/vms//imp/booted")
+    .run_drop_in("imp");
+    let run = prune_removing_nothing(&tree, &["--declared", ""]);
     assert_eq!(vm_json(&run, "imp")["class"], "imperative");
 }
 
@@ -2616,16 +2391,9 @@ fn masks_are_never_removed() {
     tree.link("/etc/systemd/system/microvms.target", "/dev/null")
         .link("/etc/systemd/system/microvm@.service", "/dev/null")
         .link("/etc/systemd/system/microvm@old.service", "/dev/null")
-        .link(
-            "/var/lib/microvms/old/toplevel",
-            "/nix/store/old-nixos-system",
-        )
-        .file(
-            "/run/systemd/system/microvm@old.service.d/override.conf",
-            "[Service]\n",
-        );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", ""]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+        .toplevel("old", "old")
+        .run_drop_in("old");
+    let (run, gone) = prune_succeeds(&tree, &["--declared", ""]);
     assert_eq!(
         gone,
         [
@@ -2645,19 +2413,11 @@ fn masks_are_never_removed() {
 #[test]
 fn a_target_drop_in_that_wants_a_vm_keeps_it() {
     let tree = nixos_host();
-    let runner = tree.runner("ci", &["vm-ci0"], &[]);
-    tree.link("/var/lib/microvms/ci/current", &runner)
-        .file("/var/lib/microvms/ci/ci.img", "disk")
-        .file(
-            "/run/systemd/system/microvm@ci.service.d/override.conf",
-            "[Service]\n",
-        )
-        .file(
-            "/run/systemd/system/microvms.target.d/override.conf",
-            "[Unit]\nWants=microvm@ci.service\n",
-        );
-    let (run, gone) = prune_as_planned(&tree, &["--declared", "web"]);
-    assert_eq!(run.code, 0, "{}", run.stderr());
+    tree.ci_vm().file(
+        "/run/systemd/system/microvms.target.d/override.conf",
+        "[Unit]\nWants=microvm@ci.service\n",
+    );
+    let (run, gone) = prune_succeeds(&tree, &["--declared", "web"]);
     assert!(
         !gone.iter().any(|line| line.contains("ci")),
         "removed: {gone:?}"
@@ -2671,10 +2431,7 @@ fn a_target_drop_in_that_wants_a_vm_keeps_it() {
 #[test]
 fn a_process_on_a_hung_mount_does_not_hang_the_scan() {
     let tree = Tree::new("hung-mount");
-    tree.link(
-        "/var/lib/microvms/old/toplevel",
-        "/nix/store/old-nixos-system",
-    );
+    tree.toplevel("old", "old");
     let base = tree.root.parent().unwrap().to_path_buf();
     let (mountpoint, flag) = (base.join("fuse"), base.join("hang"));
     fs::create_dir(&mountpoint).unwrap();

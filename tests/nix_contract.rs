@@ -134,6 +134,24 @@ fn kit() -> Option<String> {
     None
 }
 
+/// The kit, when both Nix and the kit are here; else the test skips (see [`have_nix`], [`kit`]).
+fn nix_and_kit() -> Option<String> {
+    if !have_nix() {
+        return None;
+    }
+    kit()
+}
+
+/// The `system` case, which most module tests evaluate with extra configuration.
+fn system_case() -> PathBuf {
+    repo().join("tests/nix/cases/system")
+}
+
+/// Evaluates `select` in a case's configuration with no extra configuration.
+fn eval_case_as_is(kit: &str, dir: &Path, select: &str) -> Result<Value, String> {
+    eval_case(kit, dir, &serde_json::json!({}), select)
+}
+
 /// Evaluates `expr` (a function of the `--argstr` names) strictly to JSON.
 fn eval(expr: &str, args: &[(&str, &str)]) -> Result<Value, String> {
     let mut cmd = Command::new("nix-instantiate");
@@ -493,10 +511,7 @@ fn generator_refuses_entries_overlapping_a_storage() {
 
 #[test]
 fn evaluated_fixtures_match_impermanence() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
     for dir in case_dirs("cases").into_iter().chain(case_dirs("invalid")) {
@@ -532,20 +547,12 @@ fn eval_case(kit: &str, dir: &Path, extra: &Value, select: &str) -> Result<Value
 
 #[test]
 fn module_writes_expected_manifest_and_assertions() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
     for dir in case_dirs("cases") {
-        let got = eval_case(
-            &kit,
-            &dir,
-            &serde_json::json!({}),
-            "{ inherit manifest problems assertions; }",
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", name(&dir)));
+        let got = eval_case_as_is(&kit, &dir, "{ inherit manifest problems assertions; }")
+            .unwrap_or_else(|e| panic!("{}: {e}", name(&dir)));
         // A case is a configuration NixOS accepts: only persist-prep's own assertions may fail.
         let others: Vec<&Value> = got["assertions"]
             .as_array()
@@ -576,17 +583,13 @@ fn module_writes_expected_manifest_and_assertions() {
 
 #[test]
 fn module_units_mirror_the_initrd_unit() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
-    let got = eval_case(
+    let dir = system_case();
+    let got = eval_case_as_is(
         &kit,
         &dir,
-        &serde_json::json!({}),
         "{ inherit initrdServices services contents extraBin assertions; }",
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -669,13 +672,10 @@ fn module_units_mirror_the_initrd_unit() {
 
 #[test]
 fn module_failure_action_and_systemd_initrd_assertion() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     let stop = eval_case(
         &kit,
         &dir,
@@ -702,7 +702,7 @@ fn module_failure_action_and_systemd_initrd_assertion() {
         cleanup["after"],
         serde_json::json!(["persist-prep.service"])
     );
-    let default = eval_case(&kit, &dir, &serde_json::json!({}), "initrdServices").unwrap();
+    let default = eval_case_as_is(&kit, &dir, "initrdServices").unwrap();
     assert!(
         default.get("initrd-cleanup").is_none(),
         "continue must leave initrd-cleanup alone"
@@ -724,13 +724,10 @@ fn module_failure_action_and_systemd_initrd_assertion() {
 
 #[test]
 fn module_microvm_prune_service() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     let extra = serde_json::json!({
         "services": { "persist-prep": { "microvm-prune": { "enable": true, "extraArgs": ["--stop"] } } },
         "microvm": { "vms": { "web": {}, "db": {} }, "autostart": ["web", "ci"], "stateDir": "/srv/microvms" },
@@ -806,10 +803,7 @@ const PACKAGE_AND_FLAKE: &str = r#"{ repo, lib, imp }:
 
 #[test]
 fn package_and_flake_outputs() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
     let (lib, imp) = (format!("{kit}/nixpkgs"), format!("{kit}/impermanence"));
@@ -906,10 +900,7 @@ const VM_NODE: &str = r#"{ repo, kit, test }:
 
 #[test]
 fn vm_test_machines_evaluate() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
     let repo = repo();
@@ -1019,13 +1010,10 @@ var/lib/nixos|0:0 755|0:0 755
 /// reaching the binary.
 #[test]
 fn module_ids_are_u32() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     for uid in [-1_i64, 4_294_967_296] {
         let extra = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "storages": {
             "/persist": { "directories": [ { "path": "/var/lib/x", "uid": uid } ] } } } } } });
@@ -1042,20 +1030,11 @@ fn module_ids_are_u32() {
 /// as impermanence's do; a disabled preservation contributes nothing.
 #[test]
 fn module_orders_before_preservation_mounts() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
     let dir = repo().join("tests/nix/cases/preservation");
-    let before = eval_case(
-        &kit,
-        &dir,
-        &serde_json::json!({}),
-        "initrdServices.persist-prep.before",
-    )
-    .unwrap();
+    let before = eval_case_as_is(&kit, &dir, "initrdServices.persist-prep.before").unwrap();
     let before: Vec<&str> = before
         .as_array()
         .unwrap()
@@ -1208,13 +1187,10 @@ srv/carol/.gnupg|root:50 700|root:50 700
 /// there), so it must stay a name for the binary to resolve or defer.
 #[test]
 fn module_bakes_only_ids_the_configuration_fixes() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     let extra = serde_json::json!({
         "users": { "users": { "git": { "isSystemUser": true, "group": "git" } }, "groups": { "git": {} } },
         "environment": { "persistence": { "/persist": { "directories": [
@@ -1308,13 +1284,10 @@ fn ordering(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 /// persist-prep, finish, the stage-2 finish, and the stop-the-boot drop-ins.
 #[test]
 fn rendered_units_agree_with_dracut_units() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     let emergency = serde_json::json!({ "boot": { "initrd": { "persist-prep": { "failureAction": "emergency" } } } });
     let got = eval_case(&kit, &dir, &emergency, "{ inherit initrdUnits units; }").unwrap();
     let file = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
@@ -1476,11 +1449,7 @@ fn rendered_initrd_units_have_no_ordering_cycle() {
             (d, serde_json::json!({}), n)
         })
         .collect();
-    runs.push((
-        repo().join("tests/nix/cases/system"),
-        emergency,
-        "system-emergency".into(),
-    ));
+    runs.push((system_case(), emergency, "system-emergency".into()));
     for (dir, extra, label) in runs {
         let set = eval_case(&kit, &dir, &extra, "initrdUnitSet")
             .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -1500,8 +1469,8 @@ fn ordering_cycle_check_can_fail() {
     let Some(kit) = kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
-    let mut set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    let dir = system_case();
+    let mut set = eval_case_as_is(&kit, &dir, "initrdUnitSet").unwrap();
     set["persist-prep-finish.service"] = serde_json::json!({
         "text": "[Unit]\nDefaultDependencies=no\nAfter=persist-prep.service initrd-fs.target initrd-nixos-activation.service\nBefore=initrd.target initrd-cleanup.service initrd-switch-root.target\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
         "wantedBy": ["initrd.target"], "requiredBy": [], "upheldBy": [], "overrideStrategy": "asDropinIfExists",
@@ -1521,15 +1490,12 @@ fn ordering_cycle_check_can_fail() {
 /// finish (it could only fail), persist-prep-finish-late after them, before sysinit.target.
 #[test]
 fn deferred_owners_follow_whoever_makes_the_users() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
+    let dir = system_case();
     let select = "{ initrd = builtins.attrNames initrdServices; inherit services assertions; }";
-    let default = eval_case(&kit, &dir, &serde_json::json!({}), select).unwrap();
+    let default = eval_case_as_is(&kit, &dir, select).unwrap();
     assert_eq!(
         default["initrd"],
         serde_json::json!(["persist-prep", "persist-prep-finish"])
@@ -1584,14 +1550,11 @@ fn deferred_owners_follow_whoever_makes_the_users() {
 /// the NixOS of today: same [Unit] ordering, same `RequiredBy=`.
 #[test]
 fn activation_stand_in_orders_like_nixos() {
-    if !have_nix() {
-        return;
-    }
-    let Some(kit) = kit() else {
+    let Some(kit) = nix_and_kit() else {
         return;
     };
-    let dir = repo().join("tests/nix/cases/system");
-    let set = eval_case(&kit, &dir, &serde_json::json!({}), "initrdUnitSet").unwrap();
+    let dir = system_case();
+    let set = eval_case_as_is(&kit, &dir, "initrdUnitSet").unwrap();
     let nixos = &set["initrd-nixos-activation.service"];
     let unit_section = |text: &str| -> String {
         text.lines()

@@ -175,12 +175,7 @@ fn a_bind_of_the_roots_file_system_below_the_storage_gets_nothing_created() {
            mount --bind "$ROOT/ephemeral" "$ROOT/nix/persist/var/lib""#,
     );
     for doc in [&apply, &check] {
-        let entry = doc["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["path"] == "/var/lib/app")
-            .unwrap();
+        let entry = common::entry(doc, "/var/lib/app");
         assert_eq!(entry["state"], "error", "{doc}\n{stderr}");
         let message = entry["error"].as_str().unwrap_or_default();
         assert!(

@@ -606,6 +606,14 @@ mod tests {
         }
     }
 
+    fn tap(name: &str, present: Option<bool>) -> Interface {
+        Interface {
+            name: name.into(),
+            kind: "tap",
+            present,
+        }
+    }
+
     fn item(kind: Kind, class: Class, path: &str, vm: Option<&str>) -> Item {
         Item {
             kind,
@@ -618,6 +626,38 @@ mod tests {
         }
     }
 
+    /// The options of `prune` without the override for possibly running VMs.
+    fn options(stop: bool, purge_state: &[String]) -> Options<'_> {
+        Options {
+            stop,
+            purge_state,
+            purge_possibly_running: false,
+        }
+    }
+
+    /// The plan of `prune --stop`, purging nothing.
+    fn stop_plan(inv: &Inventory) -> Plan {
+        build(inv, &options(true, &[]))
+    }
+
+    /// Asserts that no step of the plan touches the VM.
+    fn assert_no_step_for(plan: &Plan, vm: &str) {
+        assert!(
+            plan.steps.iter().all(|s| s.vm() != Some(vm)),
+            "{:?}",
+            plan.steps
+        );
+    }
+
+    /// Asserts that a note of the plan contains the text.
+    fn assert_note(plan: &Plan, text: &str) {
+        assert!(
+            plan.notes.iter().any(|n| n.message.contains(text)),
+            "{:?}",
+            plan.notes
+        );
+    }
+
     /// A live host with a running orphan `old` (two taps, one already gone) and a failed unit.
     fn live_inventory() -> Inventory {
         let mut old = vm("old", VmClass::Orphaned);
@@ -627,16 +667,8 @@ mod tests {
             "microvm-tap-interfaces@old.service".into(),
         ];
         old.interfaces = Some(vec![
-            Interface {
-                name: "vm-old0".into(),
-                kind: "tap",
-                present: Some(true),
-            },
-            Interface {
-                name: "vm-old1".into(),
-                kind: "tap",
-                present: Some(false),
-            },
+            tap("vm-old0", Some(true)),
+            tap("vm-old1", Some(false)),
         ]);
         let mut gone = vm("gone", VmClass::Orphaned);
         gone.state_dir = None;
@@ -666,14 +698,7 @@ mod tests {
     #[test]
     fn running_orphan_is_kept_without_stop() {
         let inv = live_inventory();
-        let plan = build(
-            &inv,
-            &Options {
-                stop: false,
-                purge_state: &[],
-                purge_possibly_running: false,
-            },
-        );
+        let plan = build(&inv, &options(false, &[]));
         assert_eq!(
             plan.steps,
             [Step::ResetFailed {
@@ -687,14 +712,7 @@ mod tests {
     #[test]
     fn stop_stops_deletes_present_taps_resets_and_reloads() {
         let inv = live_inventory();
-        let plan = build(
-            &inv,
-            &Options {
-                stop: true,
-                purge_state: &[],
-                purge_possibly_running: false,
-            },
-        );
+        let plan = stop_plan(&inv);
         let old = || "old".to_string();
         assert_eq!(
             plan.steps,
@@ -741,21 +759,14 @@ mod tests {
     fn unknown_interfaces_of_a_stopped_vm_are_an_error() {
         let mut inv = live_inventory();
         inv.vms.get_mut("old").unwrap().interfaces = None;
-        let plan = build(
-            &inv,
-            &Options {
-                stop: true,
-                purge_state: &[],
-                purge_possibly_running: false,
-            },
-        );
+        let plan = stop_plan(&inv);
         assert!(
             !plan
                 .steps
                 .iter()
                 .any(|s| matches!(s, Step::DeleteInterface { .. }))
         );
-        assert!(plan.notes.iter().any(|n| n.message.contains("ip link")));
+        assert_note(&plan, "ip link");
     }
 
     #[test]
@@ -794,23 +805,8 @@ mod tests {
         assert!(check(&["gone"], true).is_err());
         inv.vms.get_mut("web").unwrap().state_dir = None;
         let names = ["web".to_owned()];
-        let declared = check_purge(
-            &inv,
-            &Options {
-                stop: false,
-                purge_state: &names,
-                purge_possibly_running: false,
-            },
-        );
+        let declared = check_purge(&inv, &options(false, &names));
         assert!(declared.unwrap_err()[0].message.contains("declared"));
-    }
-
-    fn options(stop: bool, purge_state: &[String]) -> Options<'_> {
-        Options {
-            stop,
-            purge_state,
-            purge_possibly_running: false,
-        }
     }
 
     #[test]
@@ -818,18 +814,10 @@ mod tests {
         let mut inv = live_inventory();
         // `old` was renamed to `new`: both runners list vm-old0.
         let mut new = vm("new", VmClass::Declared);
-        new.interfaces = Some(vec![Interface {
-            name: "vm-old0".into(),
-            kind: "tap",
-            present: Some(true),
-        }]);
+        new.interfaces = Some(vec![tap("vm-old0", Some(true))]);
         inv.vms.insert("new".into(), new);
-        let plan = build(&inv, &options(true, &[]));
-        assert!(
-            !plan.steps.iter().any(|s| s.vm() == Some("old")),
-            "{:?}",
-            plan.steps
-        );
+        let plan = stop_plan(&inv);
+        assert_no_step_for(&plan, "old");
         // The rest goes on: the failed orphan is still reset.
         assert!(plan.steps.contains(&Step::ResetFailed {
             unit: "microvm@gone.service".into(),
@@ -846,16 +834,11 @@ mod tests {
         assert!(refused[0].message.contains("is not stopped"), "{refused:?}");
         // Unreadable interfaces of a kept VM: sharing cannot be ruled out, so no stop either.
         inv.vms.get_mut("new").unwrap().interfaces = None;
-        assert!(
-            build(&inv, &options(true, &[]))
-                .steps
-                .iter()
-                .all(|s| s.vm() != Some("old"))
-        );
+        assert_no_step_for(&stop_plan(&inv), "old");
         // Without a kept VM's interface in common, the orphan is stopped as before.
         inv.vms.get_mut("new").unwrap().interfaces = Some(vec![]);
         assert!(
-            build(&inv, &options(true, &[]))
+            stop_plan(&inv)
                 .steps
                 .iter()
                 .any(|s| matches!(s, Step::Stop { vm, .. } if vm == "old"))
@@ -910,30 +893,14 @@ mod tests {
         let mut inv = live_inventory();
         inv.vms.get_mut("old").unwrap().evidence.users =
             classify::Users::Unknown("/proc is not mounted".into());
-        let plan = build(&inv, &options(true, &[]));
-        assert!(
-            plan.steps.iter().all(|s| s.vm() != Some("old")),
-            "{:?}",
-            plan.steps
-        );
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.message.contains("/proc is not mounted"))
-        );
+        let plan = stop_plan(&inv);
+        assert_no_step_for(&plan, "old");
+        assert_note(&plan, "/proc is not mounted");
         inv.vms.get_mut("old").unwrap().evidence.users = classify::Users::Pids(vec![4242]);
         inv.vms.get_mut("old").unwrap().evidence.systemd_running = false;
-        let plan = build(&inv, &options(true, &[]));
-        assert!(
-            plan.steps.iter().all(|s| s.vm() != Some("old")),
-            "{:?}",
-            plan.steps
-        );
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.message.contains("process 4242"))
-        );
+        let plan = stop_plan(&inv);
+        assert_no_step_for(&plan, "old");
+        assert_note(&plan, "process 4242");
     }
 
     #[test]
@@ -943,18 +910,7 @@ mod tests {
             blocking: true,
             ..Problem::error(None, None, "x".into())
         });
-        assert!(
-            build(
-                &inv,
-                &Options {
-                    stop: true,
-                    purge_state: &[],
-                    purge_possibly_running: false,
-                }
-            )
-            .steps
-            .is_empty()
-        );
+        assert!(stop_plan(&inv).steps.is_empty());
     }
 
     /// After a rename, an orphan run outside systemd (`microvm -r fw2`) lists the tap of the
@@ -965,20 +921,9 @@ mod tests {
         let mut inv = live_inventory();
         let mut fw2 = vm("fw2", VmClass::Orphaned);
         fw2.evidence.users = classify::Users::Pids(vec![42]);
-        fw2.interfaces = Some(vec![Interface {
-            name: "vm-old0".into(),
-            kind: "tap",
-            present: Some(true),
-        }]);
+        fw2.interfaces = Some(vec![tap("vm-old0", Some(true))]);
         inv.vms.insert("fw2".into(), fw2);
-        let plan = build(
-            &inv,
-            &Options {
-                stop: true,
-                purge_state: &[],
-                purge_possibly_running: false,
-            },
-        );
+        let plan = stop_plan(&inv);
         assert!(
             !plan
                 .steps
@@ -987,12 +932,6 @@ mod tests {
             "{:?}",
             plan.steps
         );
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.message.contains("vm-old0 (also 'fw2')")),
-            "{:?}",
-            plan.notes
-        );
+        assert_note(&plan, "vm-old0 (also 'fw2')");
     }
 }

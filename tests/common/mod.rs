@@ -202,6 +202,17 @@ impl Run {
     }
 }
 
+/// The entry for PATH in a `--json` document's `entries`; panics, showing the document, when it
+/// has none.
+pub fn entry<'a>(doc: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} missing from {doc}"))
+}
+
 /// `(mode, uid, gid)` of a path, as stat(2) reports it, without following a final symlink.
 pub fn stat(path: impl AsRef<Path>) -> (u32, u32, u32) {
     let m = std::fs::symlink_metadata(path.as_ref())
