@@ -263,13 +263,6 @@ fn leads_off(root: BorrowedFd<'_>, path: &str, deepest: &str) -> NotMounted {
     }
 }
 
-/// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`;
-/// false when that cannot be read.
-#[allow(dead_code)]
-fn is_beneath(id: u64, ancestor: u64) -> bool {
-    beneath_by_mountinfo(id, ancestor).unwrap_or(false)
-}
-
 /// True when mount `id` sits somewhere below mount `ancestor`, by `/proc/self/mountinfo`; the
 /// errno when that cannot be read (or does not name the mount, as an empty `/proc` would).
 fn beneath_by_mountinfo(id: u64, ancestor: u64) -> Result<bool, Errno> {
