@@ -58,59 +58,21 @@ use std::ffi::OsString;
 use crate::exit::Exit;
 use crate::report::Elapsed;
 
-use args::{ArgsError, Command, DeclaredSource};
+use args::{Args, ArgsError, Command, DeclaredSource};
 use output::Report;
 use scan::Problem;
 
 /// Entry point for `persist-prep microvm ARGS...`.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
-    let args = match args::parse(args) {
+    let args = match parse_args(args) {
         Ok(args) => args,
-        Err(ArgsError::Help) => {
-            println!("{}", args::USAGE);
-            return Exit::Ok;
-        }
-        Err(ArgsError::Usage(message)) => {
-            // The message may quote an argument: shown escaped, like bytes from the tree.
-            eprintln!(
-                "persist-prep microvm: {}\n{}",
-                crate::escape::text(&message),
-                args::USAGE
-            );
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
-    let (host, source) = match &args.declared {
-        DeclaredSource::Manifest(path) => match manifest::load(path) {
-            Ok(host) => (
-                host,
-                format!("the host manifest {}", path.to_string_lossy()),
-            ),
-            Err(message) => {
-                log::error!("{}", crate::escape::text(&message));
-                return Exit::InvalidManifest;
-            }
-        },
-        DeclaredSource::Names(names) => (
-            manifest::Host {
-                vms: names.iter().map(|n| (n.clone(), None)).collect(),
-                state_dir: args.state_dir.clone(),
-                autostart: std::collections::BTreeSet::new(),
-            },
-            format!("--declared '{}'", names.join(",")),
-        ),
+    let Some((host, source)) = declared(&args) else {
+        return Exit::InvalidManifest;
     };
-    // Like the core commands: a root that cannot be opened is a failure, not a usage error.
-    let root = match rootfs::Root::open(&args.root) {
-        Ok(root) => root,
-        Err(errno) => {
-            log::error!(
-                "cannot open --root {}: {}; give the directory the host's tree is mounted on",
-                crate::escape::bytes(args.root.as_os_str().as_encoded_bytes()),
-                crate::report::errno_words(errno)
-            );
-            return Exit::Failed;
-        }
+    let Some(root) = open_root(&args) else {
+        return Exit::Failed;
     };
     let mut report = Report::new(&args, &host.vms);
     let state_dir = match state_dir(&root, &host, &args, &source, &mut report) {
@@ -161,6 +123,66 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Exit {
         report.print_json(&inventory);
     }
     exit
+}
+
+/// The arguments, or the exit for `--help` and usage errors (printed here).
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, Exit> {
+    match args::parse(args) {
+        Ok(args) => Ok(args),
+        Err(ArgsError::Help) => {
+            println!("{}", args::USAGE);
+            Err(Exit::Ok)
+        }
+        Err(ArgsError::Usage(message)) => {
+            // The message may quote an argument: shown escaped, like bytes from the tree.
+            eprintln!(
+                "persist-prep microvm: {}\n{}",
+                crate::escape::text(&message),
+                args::USAGE
+            );
+            Err(Exit::Usage)
+        }
+    }
+}
+
+/// The declared VMs and where they were declared (for messages); `None` after logging an
+/// invalid host manifest.
+fn declared(args: &Args) -> Option<(manifest::Host, String)> {
+    match &args.declared {
+        DeclaredSource::Manifest(path) => match manifest::load(path) {
+            Ok(host) => Some((
+                host,
+                format!("the host manifest {}", path.to_string_lossy()),
+            )),
+            Err(message) => {
+                log::error!("{}", crate::escape::text(&message));
+                None
+            }
+        },
+        DeclaredSource::Names(names) => Some((
+            manifest::Host {
+                vms: names.iter().map(|n| (n.clone(), None)).collect(),
+                state_dir: args.state_dir.clone(),
+                autostart: std::collections::BTreeSet::new(),
+            },
+            format!("--declared '{}'", names.join(",")),
+        )),
+    }
+}
+
+/// Like the core commands: a root that cannot be opened is a failure, not a usage error.
+fn open_root(args: &Args) -> Option<rootfs::Root> {
+    match rootfs::Root::open(&args.root) {
+        Ok(root) => Some(root),
+        Err(errno) => {
+            log::error!(
+                "cannot open --root {}: {}; give the directory the host's tree is mounted on",
+                crate::escape::bytes(args.root.as_os_str().as_encoded_bytes()),
+                crate::report::errno_words(errno)
+            );
+            None
+        }
+    }
 }
 
 /// The stateDir: the given one (manifest or `--state-dir`) must agree with the installed
