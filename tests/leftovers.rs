@@ -112,6 +112,7 @@ fn a_killed_runs_leftover_in_a_users_directory_blocks_nothing() {
     );
     let warning = first_leftover(&doc, "warning");
     assert!(warning.contains("left it alone"), "{doc}");
+    assert!(warning.contains("fix: nothing waits on it"), "{doc}");
     // Nothing else of persist-prep's stays in her directory.
     let names: Vec<String> = std::fs::read_dir(&home)
         .unwrap()

@@ -278,7 +278,7 @@ pub fn log_plan(run: Intent, plan: &Plan<'_>, shown: &str) {
 /// A name of persist-prep's temporary directory that someone may have made, and what was done.
 fn foreign_words(foreign: &Foreign) -> String {
     format!(
-        "{}; made {} under another name",
+        "{}; made {} under another name; fix: nothing waits on it: if a killed run of persist-prep left it, or no one wants it, look inside and remove it",
         leftover_words(LeftoverWhy::OpenParent, &escape::text(&foreign.path)),
         escape::text(&foreign.made)
     )
